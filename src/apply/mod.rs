@@ -1,0 +1,1 @@
+//! `apply`: gates, the batching executor, the journal and the receipt.

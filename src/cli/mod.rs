@@ -1,0 +1,133 @@
+//! The command line: one file per subcommand. Each parses its arguments, calls the library, and prints.
+//!
+//! Results go to stdout (tables, or JSON with `--json`); progress, warnings and errors go to stderr.
+
+pub mod apply;
+pub mod approve;
+pub mod audit;
+pub mod check;
+pub mod export;
+pub mod keygen;
+pub mod plan;
+pub mod report;
+pub mod show;
+pub mod verify;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::error::{exit, Error, Result};
+
+/// Signed, reviewable changesets from PoliteMail lists to Microsoft Entra ID groups.
+#[derive(Debug, Parser)]
+#[command(name = "writeback", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Show more detail on stderr (-v: each request and retry; -vv: debugging).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compare a PoliteMail list with an Entra group and write a signed plan of adds and removes.
+    Plan(plan::PlanArgs),
+    /// Review a plan: summary, signature status and tables of every change.
+    Show(show::ShowArgs),
+    /// Check a plan's signature, signer, format version and expiry.
+    Verify(verify::VerifyArgs),
+    /// Make an Ed25519 signing key pair and print its allowed_signers line.
+    Keygen(keygen::KeygenArgs),
+    /// Apply a reviewed, signed plan to Microsoft Graph.
+    Apply(apply::ApplyArgs),
+    /// Turn a verified plan into Entra bulk-operation CSVs or a PowerShell script.
+    Export(export::ExportArgs),
+    /// Compare each group's current membership with the plan's target.
+    Check(check::CheckArgs),
+    /// Add an approval signature to a plan.
+    Approve(approve::ApproveArgs),
+    /// Verify an archive of plans, approvals, receipts and journals.
+    Audit(audit::AuditArgs),
+    /// Write a self-contained HTML report of a plan and its outcome.
+    Report(report::ReportArgs),
+}
+
+/// What every command gets from the process: verbosity and the current time (passed in, so the library never
+/// reads the clock itself).
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The `-v` count.
+    pub verbose: u8,
+    /// The time the command started.
+    pub now: DateTime<Utc>,
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose);
+    let ctx = Context {
+        verbose: cli.verbose,
+        now: Utc::now(),
+    };
+    match dispatch(cli.command, &ctx) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn dispatch(command: Command, ctx: &Context) -> Result<()> {
+    match command {
+        Command::Plan(args) => plan::run(args, ctx),
+        Command::Show(args) => show::run(args, ctx),
+        Command::Verify(args) => verify::run(args, ctx),
+        Command::Keygen(args) => keygen::run(args, ctx),
+        Command::Apply(args) => apply::run(args, ctx),
+        Command::Export(args) => export::run(args, ctx),
+        Command::Check(args) => check::run(args, ctx),
+        Command::Approve(args) => approve::run(args, ctx),
+        Command::Audit(args) => audit::run(args, ctx),
+        Command::Report(args) => report::run(args, ctx),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "writeback=info",
+        _ => "writeback=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WRITEBACK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// The error for a command that a later part of the work builds.
+pub(crate) fn not_built(name: &str) -> Error {
+    Error::Internal(format!(
+        "`writeback {name}` is not available in this build yet"
+    ))
+}

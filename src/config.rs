@@ -1,0 +1,1 @@
+//! `writeback.toml`: sync mappings and defaults.

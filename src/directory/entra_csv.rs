@@ -1,0 +1,1 @@
+//! The Entra admin center's "Download members" and "Download users" CSV exports.

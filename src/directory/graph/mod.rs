@@ -1,0 +1,1 @@
+//! Microsoft Graph: authentication, retries, paging, `$batch`, groups and users.

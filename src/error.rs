@@ -1,0 +1,225 @@
+//! The error type every command returns, and the exit code each kind of failure maps to.
+//!
+//! Exit codes are part of writeback's interface: scripts branch on them. `docs/exit-codes.md` lists them; the
+//! table there and [`Error::exit_code`] must agree (a test checks it).
+
+use std::path::{Path, PathBuf};
+
+/// Exit codes, one per kind of outcome.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// An unexpected failure (a bug, or the disk refused a write).
+    pub const FAILURE: i32 = 1;
+    /// The command line is wrong.
+    pub const USAGE: i32 = 2;
+    /// An input file, the config, a key or a keep list is missing or malformed.
+    pub const INPUT: i32 = 3;
+    /// Microsoft Graph, the sign-in endpoint or PoliteMail failed or refused a request.
+    pub const SERVICE: i32 = 4;
+    /// The signature is missing, malformed, or does not match the file.
+    pub const BAD_SIGNATURE: i32 = 10;
+    /// The signature is valid but its key is not allowed to sign plans (or was not at signing time).
+    pub const UNTRUSTED_SIGNER: i32 = 11;
+    /// The plan has expired.
+    pub const EXPIRED: i32 = 12;
+    /// The plan file is not a well-formed plan.
+    pub const MALFORMED_PLAN: i32 = 13;
+    /// The plan's format version is not one this writeback reads.
+    pub const UNSUPPORTED_VERSION: i32 = 14;
+    /// Fewer valid approvals than the policy requires.
+    pub const APPROVALS: i32 = 15;
+    /// The plan was made for another tenant.
+    pub const TENANT_MISMATCH: i32 = 20;
+    /// A group no longer exists or can no longer be changed through Graph.
+    pub const GROUP_NOT_MANAGEABLE: i32 = 21;
+    /// The plan was applied already.
+    pub const REPLAY: i32 = 22;
+    /// Membership changed since planning and `--strict` was given.
+    pub const DRIFT: i32 = 23;
+    /// The removals exceed `--max-removals` or `--max-removal-percent`.
+    pub const THRESHOLD: i32 = 24;
+    /// Apply finished but some changes failed; the receipt lists them.
+    pub const PARTIAL: i32 = 25;
+    /// The admin did not confirm (or there was no terminal to ask on, and no `--yes`).
+    pub const NOT_CONFIRMED: i32 = 26;
+    /// `check` found that the group is not where the plan said.
+    pub const NOT_IN_EFFECT: i32 = 30;
+    /// `audit` found a problem in the archive.
+    pub const AUDIT_FINDINGS: i32 = 31;
+}
+
+/// Everything that can make a writeback command fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line or the combination of options is wrong.
+    #[error("{0}")]
+    Usage(String),
+
+    /// An input file is missing or malformed. `location` is `file`, `file:line` or `file:line: column 'X'`.
+    #[error("{location}: {message}")]
+    Input {
+        /// Where: the file, and the line and column when known.
+        location: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+
+    /// Reading or writing a file failed.
+    #[error("{}: cannot {action}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What writeback was doing ("read", "write", "create the folder for").
+        action: &'static str,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+
+    /// The signature does not verify.
+    #[error("{}: {message}", path.display())]
+    BadSignature {
+        /// The plan (or receipt) whose signature failed.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+
+    /// The signing key is not trusted for this purpose.
+    #[error("{}: {message}", path.display())]
+    UntrustedSigner {
+        /// The signed file.
+        path: PathBuf,
+        /// Who signed, and why they are not trusted.
+        message: String,
+    },
+
+    /// The plan has expired.
+    #[error("{}: {message}", path.display())]
+    Expired {
+        /// The plan.
+        path: PathBuf,
+        /// When it expired and what to do.
+        message: String,
+    },
+
+    /// The plan file's content is malformed.
+    #[error("{}: not a valid plan: {message}", path.display())]
+    MalformedPlan {
+        /// The plan.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The plan's format version is unknown.
+    #[error("{}: {message}", path.display())]
+    UnsupportedVersion {
+        /// The plan.
+        path: PathBuf,
+        /// Which version, and what to do.
+        message: String,
+    },
+
+    /// Not enough approvals.
+    #[error("{0}")]
+    Approvals(String),
+
+    /// A remote service failed or refused.
+    #[error("{0}")]
+    Service(String),
+
+    /// One of `apply`'s gates refused the plan; `code` is the gate's exit code.
+    #[error("{message}")]
+    Gate {
+        /// The gate's exit code (see [`exit`]).
+        code: i32,
+        /// Why, and what to do.
+        message: String,
+    },
+
+    /// The work finished with a result that is not success (partial apply, audit findings, check mismatch),
+    /// already reported in full on stdout.
+    #[error("{message}")]
+    Outcome {
+        /// The exit code (see [`exit`]).
+        code: i32,
+        /// One line for stderr.
+        message: String,
+    },
+
+    /// A bug or an unexpected condition.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::Input { .. } => exit::INPUT,
+            Error::Io { .. } => exit::INPUT,
+            Error::BadSignature { .. } => exit::BAD_SIGNATURE,
+            Error::UntrustedSigner { .. } => exit::UNTRUSTED_SIGNER,
+            Error::Expired { .. } => exit::EXPIRED,
+            Error::MalformedPlan { .. } => exit::MALFORMED_PLAN,
+            Error::UnsupportedVersion { .. } => exit::UNSUPPORTED_VERSION,
+            Error::Approvals(_) => exit::APPROVALS,
+            Error::Service(_) => exit::SERVICE,
+            Error::Gate { code, .. } | Error::Outcome { code, .. } => *code,
+            Error::Internal(_) => exit::FAILURE,
+        }
+    }
+
+    /// An input error for a whole file.
+    pub fn input(path: &Path, message: impl Into<String>) -> Error {
+        Error::Input {
+            location: path.display().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// An input error at a line (1-based) of a file.
+    pub fn input_at(path: &Path, line: u64, message: impl Into<String>) -> Error {
+        Error::Input {
+            location: format!("{}:{line}", path.display()),
+            message: message.into(),
+        }
+    }
+
+    /// A read failure.
+    pub fn read(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            action: "read",
+            source,
+        }
+    }
+
+    /// A write failure.
+    pub fn write(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            action: "write",
+            source,
+        }
+    }
+
+    /// Maps a plan decoding error to the matching variant for `path`.
+    pub fn plan(path: &Path, err: crate::plan::PlanError) -> Error {
+        match err {
+            crate::plan::PlanError::Malformed(message) => Error::MalformedPlan {
+                path: path.to_path_buf(),
+                message,
+            },
+            e @ crate::plan::PlanError::UnsupportedVersion(_) => Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The result type of the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! HTTP plumbing shared by the Graph and PoliteMail clients: endpoint checks, timeouts, retries.

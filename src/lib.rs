@@ -1,0 +1,34 @@
+//! writeback: signed, reviewable changesets that bring PoliteMail lists into Microsoft Entra ID groups.
+//!
+//! The library holds all of the product's logic; `src/main.rs` only runs [`cli::run`]. Data flows one way:
+//!
+//! ```text
+//! plan:  source (PoliteMail CSV | API) + directory (Entra CSV | Graph) → reconcile → plan → encode → sign
+//! apply: plan bytes → verify → decode → gates → executor (Graph writes) → journal → receipt
+//! audit: files → verify → cross-check plans, receipts and journals
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod atomic_write;
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod http;
+pub mod identity;
+pub mod plan;
+pub mod reconcile;
+pub mod report;
+pub mod source;
+pub mod tabular;
+pub mod trust;
+
+pub use error::{Error, Result};
+
+/// The tool name and version written into plans and receipts, e.g. `writeback 0.1.0`.
+pub fn tool_version() -> String {
+    format!("writeback {}", env!("CARGO_PKG_VERSION"))
+}

@@ -1,0 +1,1 @@
+//! Resolution and diff: contacts + directory → changes (pure, no I/O).

@@ -1,0 +1,1 @@
+//! The PoliteMail OData API: lists and their contacts.

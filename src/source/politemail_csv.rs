@@ -1,0 +1,1 @@
+//! The PoliteMail list export (CSV).

@@ -1,0 +1,1 @@
+//! Reading the CSV files people export from PoliteMail and the Entra admin center.

@@ -1,0 +1,1 @@
+//! Signatures and trust: SSHSIG signing and verification, allowed_signers, keys.
