@@ -18,32 +18,22 @@ pub fn stage(target: &Path, bytes: &[u8]) -> Result<Staged> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut temp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempfile_in(&dir)
         .map_err(|e| Error::write(target, e))?;
     temp.write_all(bytes).map_err(|e| Error::write(target, e))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| Error::write(target, e))?;
-    Ok(Staged {
-        temp,
-        target: target.to_path_buf(),
-    })
+    temp.as_file().sync_all().map_err(|e| Error::write(target, e))?;
+    Ok(Staged { temp, target: target.to_path_buf() })
 }
 
 impl Staged {
     /// Renames the staged file over its target.
     pub fn commit(self) -> Result<()> {
         let target = self.target;
-        self.temp
-            .persist(&target)
-            .map_err(|e| Error::write(&target, e.error))?;
+        self.temp.persist(&target).map_err(|e| Error::write(&target, e.error))?;
         sync_parent(&target);
         Ok(())
     }
@@ -58,10 +48,7 @@ pub fn write(target: &Path, bytes: &[u8]) -> Result<()> {
 /// fails, the files already renamed in this call are removed again, so a plan never lands without its
 /// signature.
 pub fn write_together(files: &[(&Path, &[u8])]) -> Result<()> {
-    let staged = files
-        .iter()
-        .map(|(path, bytes)| stage(path, bytes))
-        .collect::<Result<Vec<_>>>()?;
+    let staged = files.iter().map(|(path, bytes)| stage(path, bytes)).collect::<Result<Vec<_>>>()?;
     let mut landed: Vec<PathBuf> = Vec::new();
     for file in staged {
         let target = file.target.clone();
@@ -79,11 +66,7 @@ pub fn write_together(files: &[(&Path, &[u8])]) -> Result<()> {
 fn sync_parent(target: &Path) {
     #[cfg(unix)]
     if let Some(parent) = target.parent() {
-        let dir = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
+        let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
         if let Ok(handle) = std::fs::File::open(dir) {
             let _ = handle.sync_all();
         }

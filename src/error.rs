@@ -174,49 +174,31 @@ impl Error {
 
     /// An input error for a whole file.
     pub fn input(path: &Path, message: impl Into<String>) -> Error {
-        Error::Input {
-            location: path.display().to_string(),
-            message: message.into(),
-        }
+        Error::Input { location: path.display().to_string(), message: message.into() }
     }
 
     /// An input error at a line (1-based) of a file.
     pub fn input_at(path: &Path, line: u64, message: impl Into<String>) -> Error {
-        Error::Input {
-            location: format!("{}:{line}", path.display()),
-            message: message.into(),
-        }
+        Error::Input { location: format!("{}:{line}", path.display()), message: message.into() }
     }
 
     /// A read failure.
     pub fn read(path: &Path, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.to_path_buf(),
-            action: "read",
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), action: "read", source }
     }
 
     /// A write failure.
     pub fn write(path: &Path, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.to_path_buf(),
-            action: "write",
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), action: "write", source }
     }
 
     /// Maps a plan decoding error to the matching variant for `path`.
     pub fn plan(path: &Path, err: crate::plan::PlanError) -> Error {
         match err {
-            crate::plan::PlanError::Malformed(message) => Error::MalformedPlan {
-                path: path.to_path_buf(),
-                message,
-            },
-            e @ crate::plan::PlanError::UnsupportedVersion(_) => Error::UnsupportedVersion {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            },
+            crate::plan::PlanError::Malformed(message) => Error::MalformedPlan { path: path.to_path_buf(), message },
+            e @ crate::plan::PlanError::UnsupportedVersion(_) => {
+                Error::UnsupportedVersion { path: path.to_path_buf(), message: e.to_string() }
+            }
         }
     }
 }

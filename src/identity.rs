@@ -44,10 +44,7 @@ impl Email {
         if lower.chars().any(|c| {
             c.is_whitespace()
                 || c.is_control()
-                || matches!(
-                    c,
-                    '"' | '<' | '>' | ',' | ';' | '(' | ')' | '[' | ']' | '\\'
-                )
+                || matches!(c, '"' | '<' | '>' | ',' | ';' | '(' | ')' | '[' | ']' | '\\')
         }) {
             return Err(InvalidEmail::Character);
         }
@@ -60,9 +57,7 @@ impl Email {
             return Err(InvalidEmail::LocalPart);
         }
         let labels_ok = domain.split('.').count() >= 2
-            && domain
-                .split('.')
-                .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+            && domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
         if !labels_ok {
             return Err(InvalidEmail::Domain(domain.to_string()));
         }
@@ -152,12 +147,7 @@ mod tests {
 
     #[test]
     fn emails_are_trimmed_and_lowercased() {
-        assert_eq!(
-            Email::parse("  Ada.Lovelace@Contoso.COM ")
-                .unwrap()
-                .as_str(),
-            "ada.lovelace@contoso.com"
-        );
+        assert_eq!(Email::parse("  Ada.Lovelace@Contoso.COM ").unwrap().as_str(), "ada.lovelace@contoso.com");
     }
 
     #[test]

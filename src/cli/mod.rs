@@ -71,20 +71,13 @@ pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
             let _ = e.print();
             return code;
         }
     };
     init_logging(cli.verbose);
-    let ctx = Context {
-        verbose: cli.verbose,
-        now: Utc::now(),
-    };
+    let ctx = Context { verbose: cli.verbose, now: Utc::now() };
     match dispatch(cli.command, &ctx) {
         Ok(()) => exit::OK,
         Err(e) => {
@@ -127,7 +120,5 @@ fn init_logging(verbose: u8) {
 
 /// The error for a command that a later part of the work builds.
 pub(crate) fn not_built(name: &str) -> Error {
-    Error::Internal(format!(
-        "`writeback {name}` is not available in this build yet"
-    ))
+    Error::Internal(format!("`writeback {name}` is not available in this build yet"))
 }

@@ -77,11 +77,7 @@ impl MemberKind {
     /// `Service Principal`, `servicePrincipal`, `orgContact`, …
     pub fn from_type_name(raw: &str) -> MemberKind {
         let name = raw.trim().trim_start_matches("#microsoft.graph.");
-        let key: String = name
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '_')
-            .collect::<String>()
-            .to_lowercase();
+        let key: String = name.chars().filter(|c| !c.is_whitespace() && *c != '_').collect::<String>().to_lowercase();
         match key.as_str() {
             "user" => MemberKind::User,
             "group" => MemberKind::Group,

@@ -9,7 +9,5 @@ pub fn encode(_plan: &Plan) -> Vec<u8> {
 
 /// Decodes a CSV plan.
 pub fn decode(_bytes: &[u8]) -> Result<Plan, PlanError> {
-    Err(PlanError::Malformed(
-        "CSV plans are not readable yet".into(),
-    ))
+    Err(PlanError::Malformed("CSV plans are not readable yet".into()))
 }

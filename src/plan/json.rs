@@ -12,10 +12,8 @@ pub fn encode(plan: &Plan) -> Vec<u8> {
 
 /// Decodes and validates a JSON plan.
 pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
-    let text =
-        std::str::from_utf8(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)).map_err(|e| {
-            PlanError::Malformed(format!("the file is not UTF-8 (byte {})", e.valid_up_to()))
-        })?;
+    let text = std::str::from_utf8(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes))
+        .map_err(|e| PlanError::Malformed(format!("the file is not UTF-8 (byte {})", e.valid_up_to())))?;
     // Check the version before the full shape, so a future format gets the version message, not a field error.
     if let Ok(probe) = serde_json::from_str::<VersionProbe>(text) {
         if probe.format.as_deref() == Some(super::FORMAT_NAME) {
@@ -24,9 +22,8 @@ pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
             }
         }
     }
-    let plan: Plan = serde_json::from_str(text).map_err(|e| {
-        PlanError::Malformed(format!("line {}, column {}: {e}", e.line(), e.column()))
-    })?;
+    let plan: Plan = serde_json::from_str(text)
+        .map_err(|e| PlanError::Malformed(format!("line {}, column {}: {e}", e.line(), e.column())))?;
     plan.validate()?;
     Ok(plan)
 }

@@ -119,14 +119,9 @@ impl InputRole {
 
     /// Parses [`InputRole::as_str`].
     pub fn parse(raw: &str) -> Option<Self> {
-        [
-            InputRole::Contacts,
-            InputRole::Members,
-            InputRole::Users,
-            InputRole::Keep,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == raw)
+        [InputRole::Contacts, InputRole::Members, InputRole::Users, InputRole::Keep]
+            .into_iter()
+            .find(|r| r.as_str() == raw)
     }
 }
 
@@ -311,10 +306,8 @@ pub struct Counts {
 impl Counts {
     /// Counts the entries of `changes` and `skipped`.
     pub fn tally(changes: &[Change], skipped: &[Skipped]) -> Counts {
-        let mut counts = Counts {
-            not_acted_on: SkipKind::ALL.into_iter().map(|k| (k, 0)).collect(),
-            ..Counts::default()
-        };
+        let mut counts =
+            Counts { not_acted_on: SkipKind::ALL.into_iter().map(|k| (k, 0)).collect(), ..Counts::default() };
         for change in changes {
             match change.action {
                 Action::Add => counts.add += 1,
@@ -349,8 +342,7 @@ impl GroupPlan {
 
     /// The user membership the plan aims for: the precondition's members, plus adds, minus removes.
     pub fn target_members(&self) -> std::collections::BTreeSet<ObjectId> {
-        let mut target: std::collections::BTreeSet<ObjectId> =
-            self.precondition.member_ids.iter().cloned().collect();
+        let mut target: std::collections::BTreeSet<ObjectId> = self.precondition.member_ids.iter().cloned().collect();
         for change in &self.changes {
             match change.action {
                 Action::Add => target.insert(change.user_id.clone()),
@@ -364,9 +356,7 @@ impl GroupPlan {
 impl Plan {
     /// Total adds and removes over all groups.
     pub fn totals(&self) -> (u64, u64) {
-        self.groups
-            .iter()
-            .fold((0, 0), |(a, r), g| (a + g.counts.add, r + g.counts.remove))
+        self.groups.iter().fold((0, 0), |(a, r), g| (a + g.counts.add, r + g.counts.remove))
     }
 
     /// True when `now` is past the plan's expiry.
@@ -378,16 +368,11 @@ impl Plan {
     /// preconditions agree with the lists they describe. Both decoders call this.
     pub fn validate(&self) -> Result<(), PlanError> {
         if self.format != FORMAT_NAME {
-            return Err(PlanError::Malformed(format!(
-                "this is not a writeback plan (format is '{}')",
-                self.format
-            )));
+            return Err(PlanError::Malformed(format!("this is not a writeback plan (format is '{}')", self.format)));
         }
         check_version(&self.format_version)?;
         if self.expires_at < self.created_at {
-            return Err(PlanError::Malformed(
-                "expires_at is before created_at".into(),
-            ));
+            return Err(PlanError::Malformed("expires_at is before created_at".into()));
         }
         if self.groups.is_empty() {
             return Err(PlanError::Malformed("the plan names no group".into()));
@@ -395,10 +380,7 @@ impl Plan {
         let mut seen = std::collections::BTreeSet::new();
         for group in &self.groups {
             if !seen.insert(&group.group_id) {
-                return Err(PlanError::Malformed(format!(
-                    "group {} appears twice",
-                    group.group_id
-                )));
+                return Err(PlanError::Malformed(format!("group {} appears twice", group.group_id)));
             }
             let tally = Counts::tally(&group.changes, &group.not_acted_on);
             if tally != group.counts {
@@ -407,10 +389,7 @@ impl Plan {
                     group.group_id, group.counts.add, group.counts.remove, tally.add, tally.remove
                 )));
             }
-            group
-                .precondition
-                .check()
-                .map_err(|m| PlanError::Malformed(format!("group {}: {m}", group.group_id)))?;
+            group.precondition.check().map_err(|m| PlanError::Malformed(format!("group {}: {m}", group.group_id)))?;
             let mut users = std::collections::BTreeSet::new();
             for change in &group.changes {
                 if !users.insert(&change.user_id) {
@@ -431,9 +410,7 @@ pub fn check_version(version: &str) -> Result<(), PlanError> {
         .split('.')
         .next()
         .and_then(|m| m.parse::<u32>().ok())
-        .ok_or_else(|| {
-            PlanError::Malformed(format!("format_version '{version}' is not MAJOR.MINOR"))
-        })?;
+        .ok_or_else(|| PlanError::Malformed(format!("format_version '{version}' is not MAJOR.MINOR")))?;
     if major != SUPPORTED_MAJOR {
         return Err(PlanError::UnsupportedVersion(version.to_string()));
     }
@@ -457,9 +434,7 @@ pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
     match start.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => json::decode(bytes),
         Some(b'#') => csv::decode(bytes),
-        Some(_) => Err(PlanError::Malformed(
-            "the file is neither a JSON nor a CSV plan".into(),
-        )),
+        Some(_) => Err(PlanError::Malformed("the file is neither a JSON nor a CSV plan".into())),
         None => Err(PlanError::Malformed("the file is empty".into())),
     }
 }
@@ -500,17 +475,12 @@ pub mod timestamp {
     }
 
     /// serde: serialize.
-    pub fn serialize<S: Serializer>(
-        value: &DateTime<Utc>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format(value))
     }
 
     /// serde: deserialize.
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<DateTime<Utc>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
         let raw = String::deserialize(deserializer)?;
         parse(&raw).map_err(serde::de::Error::custom)
     }

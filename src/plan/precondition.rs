@@ -27,11 +27,7 @@ impl Precondition {
         let mut member_ids: Vec<ObjectId> = ids.into_iter().cloned().collect();
         member_ids.sort();
         member_ids.dedup();
-        Precondition {
-            member_count: member_ids.len() as u64,
-            members_sha256: membership_hash(&member_ids),
-            member_ids,
-        }
+        Precondition { member_count: member_ids.len() as u64, members_sha256: membership_hash(&member_ids), member_ids }
     }
 
     /// True when `current` (in any order) is exactly the membership this precondition recorded.
@@ -72,12 +68,10 @@ pub fn membership_hash(sorted_ids: &[ObjectId]) -> String {
 /// Lowercase hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 /// SHA-256 of some bytes, as lowercase hex.
@@ -115,10 +109,7 @@ mod tests {
     #[test]
     fn empty_group_hashes_empty_input() {
         let p = Precondition::from_members(&[]);
-        assert_eq!(
-            p.members_sha256,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(p.members_sha256, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 
     #[test]
