@@ -1,1 +1,6 @@
-//! What people read: review tables for `show`, `plan` and `apply`, and the HTML report.
+//! What people read: the review of a plan (summary and tables) that `plan`, `show` and `apply` print, and the
+//! machine-readable shape of `show --json`.
+
+pub mod review;
+
+pub use review::{render_review, summary_table, SignatureStatus};

@@ -1,0 +1,333 @@
+//! The approver's review of a plan: a summary, then tables of adds, removes and entries not acted on, laid out
+//! for an 80-column terminal.
+
+use chrono::{DateTime, Utc};
+use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
+use serde::Serialize;
+
+use crate::plan::{timestamp, Action, Change, GroupPlan, Plan, SkipKind, Skipped};
+
+/// What is known about a plan's signature when it is reviewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SignatureStatus {
+    /// Verified against an allowed_signers file.
+    Valid {
+        /// The principal the allowed_signers file gives the key.
+        principal: String,
+        /// The key's fingerprint.
+        fingerprint: String,
+    },
+    /// Checked and refused.
+    Invalid {
+        /// Why.
+        message: String,
+    },
+    /// Not checked: no allowed_signers file was given.
+    Unchecked,
+}
+
+impl SignatureStatus {
+    fn lines(&self, claimed: &str) -> String {
+        match self {
+            SignatureStatus::Valid { principal, fingerprint } => {
+                format!("  Signed by  {principal}\n  Signature  valid, key {fingerprint}\n")
+            }
+            SignatureStatus::Invalid { message } => {
+                format!("  Signed by  {claimed} (claimed)\n  Signature  NOT VALID: {message}\n")
+            }
+            SignatureStatus::Unchecked => {
+                format!("  Signed by  {claimed} (claimed)\n  Signature  not checked (give --allowed-signers)\n")
+            }
+        }
+    }
+}
+
+/// How far `when` is from `now`, in words ("in 6 days", "3 hours ago").
+pub fn relative(when: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let delta = when - now;
+    let (amount, future) = if delta.num_seconds() >= 0 { (delta, true) } else { (-delta, false) };
+    let text = if amount.num_days() >= 2 {
+        format!("{} days", amount.num_days())
+    } else if amount.num_hours() >= 2 {
+        format!("{} hours", amount.num_hours())
+    } else {
+        format!("{} minutes", amount.num_minutes().max(1))
+    };
+    if future {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+fn human_time(when: &DateTime<Utc>) -> String {
+    when.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+fn new_table(width: u16) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(width);
+    table
+}
+
+/// The per-group counts as one table.
+pub fn summary_table(plan: &Plan, width: u16) -> Table {
+    let mut table = new_table(width);
+    table.set_header(["Group", "Members", "Adds", "Removes", "Not acted on"]);
+    for group in &plan.groups {
+        table.add_row(vec![
+            Cell::new(group.label()),
+            Cell::new(group.precondition.member_count).set_alignment(CellAlignment::Right),
+            Cell::new(group.counts.add).set_alignment(CellAlignment::Right),
+            Cell::new(group.counts.remove).set_alignment(CellAlignment::Right),
+            Cell::new(group.counts.not_acted_on_total()).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    table
+}
+
+fn notes(change: &Change) -> String {
+    let mut notes: Vec<String> = change.flags.iter().map(|f| f.as_str().to_uppercase()).collect();
+    if change.action == Action::Add {
+        if let Some(how) = change.reason.rsplit("matched by ").next().filter(|_| change.reason.contains("matched by "))
+        {
+            if how != "userPrincipalName" {
+                notes.push(format!("via {how}"));
+            }
+        }
+    }
+    notes.join(", ")
+}
+
+fn changes_table(changes: &[&Change], width: u16) -> Table {
+    let mut table = new_table(width);
+    table.set_header(["User (UPN)", "Name", "Line", "Notes"]);
+    for change in changes {
+        table.add_row(vec![
+            Cell::new(&change.upn),
+            Cell::new(change.display_name.as_deref().unwrap_or("")),
+            Cell::new(change.source_line.map(|l| l.to_string()).unwrap_or_default())
+                .set_alignment(CellAlignment::Right),
+            Cell::new(notes(change)),
+        ]);
+    }
+    table
+}
+
+fn skipped_table(entries: &[&Skipped], width: u16) -> Table {
+    let mut table = new_table(width);
+    table.set_header(["Why", "Entry", "Line", "Detail"]);
+    for entry in entries {
+        let what = entry
+            .email
+            .clone()
+            .or_else(|| entry.upn.clone())
+            .or_else(|| entry.display_name.clone())
+            .or_else(|| entry.object_id.as_ref().map(|id| id.to_string()))
+            .unwrap_or_default();
+        table.add_row(vec![
+            Cell::new(entry.kind.label()),
+            Cell::new(what),
+            Cell::new(entry.source_line.map(|l| l.to_string()).unwrap_or_default()).set_alignment(CellAlignment::Right),
+            Cell::new(&entry.detail),
+        ]);
+    }
+    table
+}
+
+fn group_section(out: &mut String, group: &GroupPlan, width: u16) {
+    out.push_str(&format!("\nGroup {}\n", group.label()));
+    out.push_str(&format!(
+        "  {} user members when planned (membership hash {}…)\n",
+        group.precondition.member_count,
+        &group.precondition.members_sha256[..16.min(group.precondition.members_sha256.len())]
+    ));
+    if group.options.add_only {
+        out.push_str("  adds only (--add-only): no member is removed\n");
+    }
+    if group.options.remove_only {
+        out.push_str("  removes only (--remove-only): no member is added\n");
+    }
+    for input in &group.inputs {
+        out.push_str(&format!(
+            "  {:<9} {} (sha256 {}…)\n",
+            input.role.as_str(),
+            input.description,
+            &input.sha256[..12.min(input.sha256.len())]
+        ));
+    }
+    for (action, title) in [(Action::Add, "Adds"), (Action::Remove, "Removes")] {
+        let changes: Vec<&Change> = group.changes_of(action).collect();
+        out.push_str(&format!("\n{title}: {}\n", changes.len()));
+        if !changes.is_empty() {
+            out.push_str(&changes_table(&changes, width).to_string());
+            out.push('\n');
+        }
+    }
+    let skipped: Vec<&Skipped> = group.not_acted_on.iter().collect();
+    let by_kind: Vec<String> = SkipKind::ALL
+        .iter()
+        .filter_map(|k| group.counts.not_acted_on.get(k).filter(|n| **n > 0).map(|n| format!("{} {n}", k.as_str())))
+        .collect();
+    out.push_str(&format!(
+        "\nNot acted on: {}{}\n",
+        skipped.len(),
+        if by_kind.is_empty() { String::new() } else { format!(" ({})", by_kind.join(", ")) }
+    ));
+    if !skipped.is_empty() {
+        out.push_str(&skipped_table(&skipped, width).to_string());
+        out.push('\n');
+    }
+}
+
+/// The full review: summary lines, the counts table, then each group's tables.
+pub fn render_review(
+    plan: &Plan,
+    plan_sha256: &str,
+    signature: &SignatureStatus,
+    now: DateTime<Utc>,
+    width: u16,
+) -> String {
+    let mut out = String::new();
+    let (adds, removes) = plan.totals();
+    out.push_str(&format!("Plan {}\n", plan.plan_id));
+    out.push_str(&signature.lines(&plan.signer));
+    out.push_str(&format!("  Created    {} by {}\n", human_time(&plan.created_at), plan.tool_version));
+    let expiry = if plan.is_expired(now) {
+        format!("EXPIRED {}, {} (apply refuses it)", relative(plan.expires_at, now), human_time(&plan.expires_at))
+    } else {
+        format!("{} ({})", human_time(&plan.expires_at), relative(plan.expires_at, now))
+    };
+    out.push_str(&format!("  Expires    {expiry}\n"));
+    out.push_str(&format!(
+        "  Tenant     {}\n",
+        plan.tenant_id.as_deref().unwrap_or("(not recorded: planned from files)")
+    ));
+    out.push_str(&format!("  SHA-256    {plan_sha256}\n"));
+    out.push_str(&format!("  Changes    {adds} adds, {removes} removes in {} group(s)\n\n", plan.groups.len()));
+    out.push_str(&summary_table(plan, width).to_string());
+    out.push('\n');
+    for group in &plan.groups {
+        group_section(&mut out, group, width);
+    }
+    out
+}
+
+/// The stable shape of `show --json`.
+#[derive(Debug, Serialize)]
+pub struct ReviewJson<'a> {
+    /// The plan id.
+    pub plan_id: String,
+    /// The format version.
+    pub format_version: &'a str,
+    /// SHA-256 of the plan file.
+    pub plan_sha256: &'a str,
+    /// When the plan was made.
+    pub created_at: String,
+    /// When it expires.
+    pub expires_at: String,
+    /// Whether it has expired.
+    pub expired: bool,
+    /// The signer the plan names.
+    pub signer: &'a str,
+    /// The signature check.
+    pub signature: &'a SignatureStatus,
+    /// The tenant, when recorded.
+    pub tenant_id: Option<&'a str>,
+    /// Total adds.
+    pub adds: u64,
+    /// Total removes.
+    pub removes: u64,
+    /// The groups.
+    pub groups: Vec<GroupJson<'a>>,
+}
+
+/// One group in [`ReviewJson`].
+#[derive(Debug, Serialize)]
+pub struct GroupJson<'a> {
+    /// The group id.
+    pub group_id: &'a str,
+    /// The display name.
+    pub display_name: Option<&'a str>,
+    /// User members when planned.
+    pub member_count: u64,
+    /// The membership hash.
+    pub members_sha256: &'a str,
+    /// Counts.
+    pub counts: &'a crate::plan::Counts,
+    /// Inputs.
+    pub inputs: &'a [crate::plan::InputRecord],
+    /// Changes.
+    pub changes: &'a [Change],
+    /// Entries not acted on.
+    pub not_acted_on: &'a [Skipped],
+}
+
+impl<'a> ReviewJson<'a> {
+    /// Builds the JSON review.
+    pub fn new(plan: &'a Plan, plan_sha256: &'a str, signature: &'a SignatureStatus, now: DateTime<Utc>) -> Self {
+        let (adds, removes) = plan.totals();
+        ReviewJson {
+            plan_id: plan.plan_id.to_string(),
+            format_version: &plan.format_version,
+            plan_sha256,
+            created_at: timestamp::format(&plan.created_at),
+            expires_at: timestamp::format(&plan.expires_at),
+            expired: plan.is_expired(now),
+            signer: &plan.signer,
+            signature,
+            tenant_id: plan.tenant_id.as_deref(),
+            adds,
+            removes,
+            groups: plan
+                .groups
+                .iter()
+                .map(|g| GroupJson {
+                    group_id: g.group_id.as_str(),
+                    display_name: g.display_name.as_deref(),
+                    member_count: g.precondition.member_count,
+                    members_sha256: &g.precondition.members_sha256,
+                    counts: &g.counts,
+                    inputs: &g.inputs,
+                    changes: &g.changes,
+                    not_acted_on: &g.not_acted_on,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests_support::sample_plan;
+
+    #[test]
+    fn review_fits_80_columns_and_names_everything() {
+        let plan = sample_plan();
+        let now = plan.created_at + chrono::Duration::hours(1);
+        let text = render_review(&plan, "00ff", &SignatureStatus::Unchecked, now, 80);
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "too wide: {line}");
+        }
+        assert!(text.contains("All Staff"));
+        assert!(text.contains("user4@contoso.example"));
+        assert!(text.contains("GUEST"));
+        assert!(text.contains("DISABLED"));
+        assert!(text.contains("no matching user"));
+        assert!(text.contains("not checked"));
+        assert!(!text.contains("EXPIRED"));
+    }
+
+    #[test]
+    fn expiry_is_reported_not_hidden() {
+        let plan = sample_plan();
+        let later = plan.expires_at + chrono::Duration::days(3);
+        let text = render_review(&plan, "00", &SignatureStatus::Unchecked, later, 80);
+        assert!(text.contains("EXPIRED 3 days ago"));
+    }
+}
