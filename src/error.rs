@@ -205,3 +205,46 @@ impl Error {
 
 /// The result type of the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::exit;
+
+    /// docs/exit-codes.md and the constants must agree.
+    #[test]
+    fn documented_exit_codes_match() {
+        let doc = include_str!("../docs/exit-codes.md");
+        let documented: Vec<(i32, String)> = doc
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.parse().ok()?;
+                Some((code, cells.get(2)?.to_string()))
+            })
+            .collect();
+        let constants = [
+            (exit::OK, "OK"),
+            (exit::FAILURE, "FAILURE"),
+            (exit::USAGE, "USAGE"),
+            (exit::INPUT, "INPUT"),
+            (exit::SERVICE, "SERVICE"),
+            (exit::BAD_SIGNATURE, "BAD_SIGNATURE"),
+            (exit::UNTRUSTED_SIGNER, "UNTRUSTED_SIGNER"),
+            (exit::EXPIRED, "EXPIRED"),
+            (exit::MALFORMED_PLAN, "MALFORMED_PLAN"),
+            (exit::UNSUPPORTED_VERSION, "UNSUPPORTED_VERSION"),
+            (exit::APPROVALS, "APPROVALS"),
+            (exit::TENANT_MISMATCH, "TENANT_MISMATCH"),
+            (exit::GROUP_NOT_MANAGEABLE, "GROUP_NOT_MANAGEABLE"),
+            (exit::REPLAY, "REPLAY"),
+            (exit::DRIFT, "DRIFT"),
+            (exit::THRESHOLD, "THRESHOLD"),
+            (exit::PARTIAL, "PARTIAL"),
+            (exit::NOT_CONFIRMED, "NOT_CONFIRMED"),
+            (exit::NOT_IN_EFFECT, "NOT_IN_EFFECT"),
+            (exit::AUDIT_FINDINGS, "AUDIT_FINDINGS"),
+        ];
+        let expected: Vec<(i32, String)> = constants.iter().map(|(c, n)| (*c, n.to_string())).collect();
+        assert_eq!(documented, expected);
+    }
+}
