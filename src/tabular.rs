@@ -483,11 +483,7 @@ fn sniff_delimiter(body: &[u8]) -> u8 {
     for &b in body {
         match b {
             b'"' => in_quotes = !in_quotes,
-            b'\n' | b'\r' if !in_quotes => {
-                if started {
-                    break;
-                }
-            }
+            b'\n' | b'\r' if !in_quotes && started => break,
             b',' if !in_quotes => commas += 1,
             b';' if !in_quotes => semicolons += 1,
             b'\t' if !in_quotes => tabs += 1,

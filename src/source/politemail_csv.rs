@@ -43,7 +43,7 @@ fn contacts(table: &Table, email_column: Option<&str>) -> Result<ContactList> {
                 ),
             )
         })?,
-        None => table.require_column(EMAIL_COLUMNS, "e-mail").map_err(|e| with_override_hint(e))?,
+        None => table.require_column(EMAIL_COLUMNS, "e-mail").map_err(with_override_hint)?,
     };
     let first = table.column(FIRST_NAME_COLUMNS);
     let last = table.column(LAST_NAME_COLUMNS);
