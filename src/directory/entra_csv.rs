@@ -1,1 +1,320 @@
 //! The Entra admin center's "Download members" and "Download users" CSV exports.
+//!
+//! The portal has spelled these headers several ways over the years (`objectId`, `Object Id`, `id`;
+//! `userPrincipalName`, `User principal name`), and PowerShell or Graph exports use the attribute names: every
+//! spelling is accepted, in any case and spacing. Object ids must be GUIDs; a bad one stops the read with its line.
+
+use std::path::Path;
+
+use crate::directory::{DirectoryUser, GroupMember, MemberKind, UserType};
+use crate::error::Result;
+use crate::identity::ObjectId;
+use crate::plan::{InputRecord, InputRole};
+use crate::tabular::{Row, Table};
+
+/// Header names accepted for the object id.
+pub const ID_COLUMNS: &[&str] = &["id", "objectId", "Object ID", "Object Id"];
+/// Header names accepted for the user principal name.
+pub const UPN_COLUMNS: &[&str] = &["userPrincipalName", "User principal name", "UPN"];
+/// Header names accepted for the display name.
+pub const DISPLAY_NAME_COLUMNS: &[&str] = &["displayName", "Display name", "Name"];
+/// Header names accepted for the primary SMTP address.
+pub const MAIL_COLUMNS: &[&str] = &["mail", "Email", "E-mail", "PrimarySmtpAddress"];
+/// Header names accepted for a member's type.
+pub const MEMBER_TYPE_COLUMNS: &[&str] = &["Member type", "memberType", "objectType", "Object type", "@odata.type"];
+/// Header names accepted for the user type (Member or Guest).
+pub const USER_TYPE_COLUMNS: &[&str] = &["userType", "User type"];
+/// Header names accepted for whether the account is enabled.
+pub const ACCOUNT_ENABLED_COLUMNS: &[&str] = &["accountEnabled", "Account enabled"];
+/// Header names accepted for the proxy addresses.
+pub const PROXY_ADDRESSES_COLUMNS: &[&str] = &["proxyAddresses", "Proxy addresses"];
+
+/// Reads a group's "Download members" export.
+///
+/// A row is a user when its member type says so; without a member-type column (or with an empty cell), a row is a
+/// user exactly when its user principal name is not empty.
+pub fn read_members(path: &Path) -> Result<(Vec<GroupMember>, InputRecord)> {
+    members(&Table::open(path)?)
+}
+
+/// Like [`read_members`], for bytes already in memory; `name` stands for the file in messages and in the plan.
+pub fn parse_members(bytes: &[u8], name: &Path) -> Result<(Vec<GroupMember>, InputRecord)> {
+    members(&Table::from_bytes(bytes, name)?)
+}
+
+/// Reads a "Download users" export (or a PowerShell/Graph export with the same attribute names).
+pub fn read_users(path: &Path) -> Result<(Vec<DirectoryUser>, InputRecord)> {
+    users(&Table::open(path)?)
+}
+
+/// Like [`read_users`], for bytes already in memory; `name` stands for the file in messages and in the plan.
+pub fn parse_users(bytes: &[u8], name: &Path) -> Result<(Vec<DirectoryUser>, InputRecord)> {
+    users(&Table::from_bytes(bytes, name)?)
+}
+
+fn members(table: &Table) -> Result<(Vec<GroupMember>, InputRecord)> {
+    let id = table.require_column(ID_COLUMNS, "object id")?;
+    let upn = table.optional_column(UPN_COLUMNS, "user principal name")?;
+    let kind = table.optional_column(MEMBER_TYPE_COLUMNS, "member type")?;
+    let display = table.column(DISPLAY_NAME_COLUMNS);
+    let mail = table.column(MAIL_COLUMNS);
+    if upn.is_none() && kind.is_none() {
+        return Err(table.error_at(
+            table.header_line(),
+            format!(
+                "cannot tell users from other members: the file needs a 'User principal name' or a 'Member type' \
+                 column; the header has {}. Download the members again from the group's Members page",
+                table.header_summary()
+            ),
+        ));
+    }
+
+    let mut out = Vec::new();
+    let mut rows = table.rows();
+    while let Some(row) = rows.next_row()? {
+        let member_upn = row.text_opt(upn)?;
+        let member_kind = match row.text_opt(kind)? {
+            Some(name) => MemberKind::from_type_name(name),
+            None if member_upn.is_some() => MemberKind::User,
+            None => MemberKind::Other("unknown".to_string()),
+        };
+        out.push(GroupMember {
+            id: object_id(&row, id)?,
+            kind: member_kind,
+            upn: member_upn.map(str::to_string),
+            display_name: row.text_opt(display)?.map(str::to_string),
+            mail: row.text_opt(mail)?.map(str::to_string),
+            source_line: Some(row.line()),
+        });
+    }
+    Ok((out, record(table, InputRole::Members, "Entra members export")))
+}
+
+fn users(table: &Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
+    let id = table.require_column(ID_COLUMNS, "object id")?;
+    let upn = table.require_column(UPN_COLUMNS, "user principal name")?;
+    let display = table.column(DISPLAY_NAME_COLUMNS);
+    let mail = table.optional_column(MAIL_COLUMNS, "mail")?;
+    let user_type = table.column(USER_TYPE_COLUMNS);
+    let enabled = table.column(ACCOUNT_ENABLED_COLUMNS);
+    let proxies = table.optional_column(PROXY_ADDRESSES_COLUMNS, "proxy addresses")?;
+
+    let mut out = Vec::new();
+    let mut rows = table.rows();
+    while let Some(row) = rows.next_row()? {
+        let user_upn = row.text(upn)?.ok_or_else(|| {
+            row.error(upn, "the user principal name is empty; every user has one. Download the users again")
+        })?;
+        let user_type = match row.text_opt(user_type)? {
+            Some(t) if t.eq_ignore_ascii_case("member") => UserType::Member,
+            Some(t) if t.eq_ignore_ascii_case("guest") => UserType::Guest,
+            _ => UserType::Unknown,
+        };
+        let account_enabled = match (enabled, row.text_opt(enabled)?) {
+            (Some(col), Some(cell)) => Some(parse_bool(cell).ok_or_else(|| {
+                row.error(col, format!("'{cell}' is not a yes/no value; expected true, false, yes or no"))
+            })?),
+            _ => None,
+        };
+        let proxy_addresses = match (proxies, row.text_opt(proxies)?) {
+            (Some(col), Some(cell)) => split_proxy_addresses(cell).map_err(|msg| row.error(col, msg))?,
+            _ => Vec::new(),
+        };
+        out.push(DirectoryUser {
+            id: object_id(&row, id)?,
+            upn: user_upn.to_string(),
+            display_name: row.text_opt(display)?.map(str::to_string),
+            mail: row.text_opt(mail)?.map(str::to_string),
+            user_type,
+            account_enabled,
+            proxy_addresses,
+        });
+    }
+    Ok((out, record(table, InputRole::Users, "Entra users export")))
+}
+
+fn object_id(row: &Row<'_>, column: usize) -> Result<ObjectId> {
+    match row.text(column)? {
+        None => Err(row.error(column, "the object id is empty; every row needs one")),
+        Some(raw) => ObjectId::parse(raw).map_err(|e| row.error(column, e.to_string())),
+    }
+}
+
+fn record(table: &Table, role: InputRole, what: &str) -> InputRecord {
+    InputRecord { role, description: format!("{what} {}", table.path().display()), sha256: table.sha256().to_string() }
+}
+
+/// `true`/`false`, `yes`/`no`, `1`/`0`, in any case.
+fn parse_bool(cell: &str) -> Option<bool> {
+    match cell.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" => Some(true),
+        "false" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Splits a proxyAddresses cell: values separated by `;`, `|` or `,`, optionally wrapped in `{…}` or `[…]` with
+/// quoted items (as PowerShell and JSON write arrays).
+fn split_proxy_addresses(cell: &str) -> std::result::Result<Vec<String>, String> {
+    if cell.starts_with("System.") || cell.starts_with("Microsoft.") {
+        return Err(format!(
+            "'{cell}' is a PowerShell type name, not the addresses; export with \
+             @{{n='proxyAddresses';e={{$_.proxyAddresses -join ';'}}}}"
+        ));
+    }
+    let inner = cell.trim().trim_start_matches(['{', '[']).trim_end_matches(['}', ']']);
+    Ok(inner
+        .split([';', '|', ','])
+        .map(|v| v.trim().trim_matches(['"', '\'']).trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    const B: &str = "6f9619ff-8b86-d011-b42d-00c04fc964ff";
+    const C: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+    fn members_of(text: &str) -> Result<Vec<GroupMember>> {
+        parse_members(text.as_bytes(), Path::new("m.csv")).map(|(m, _)| m)
+    }
+
+    fn users_of(text: &str) -> Result<Vec<DirectoryUser>> {
+        parse_users(text.as_bytes(), Path::new("u.csv")).map(|(u, _)| u)
+    }
+
+    #[test]
+    fn portal_members_export() {
+        let text = format!(
+            "\u{feff}Object ID,User principal name,Display name,Member type\r\n\
+             {},Ada@Contoso.example,Ada Lovelace,User\r\n{B},,Comms Team,Group\r\n{C},,Build Agent,Service Principal\r\n",
+            A.to_uppercase()
+        );
+        let (members, input) = parse_members(text.as_bytes(), Path::new("m.csv")).unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[0].id.as_str(), A);
+        assert_eq!(members[0].kind, MemberKind::User);
+        assert_eq!(members[0].upn.as_deref(), Some("Ada@Contoso.example"));
+        assert_eq!(members[0].display_name.as_deref(), Some("Ada Lovelace"));
+        assert_eq!(members[0].source_line, Some(2));
+        assert_eq!(members[1].kind, MemberKind::Group);
+        assert_eq!(members[2].kind, MemberKind::ServicePrincipal);
+        assert_eq!(input.role, InputRole::Members);
+        assert_eq!(input.description, "Entra members export m.csv");
+    }
+
+    #[test]
+    fn graph_style_members_export() {
+        let text = format!(
+            "id;userPrincipalName;displayName;@odata.type\n{A};a@x.example;A;#microsoft.graph.user\n\
+             {B};;Laptop;#microsoft.graph.device\n"
+        );
+        let members = members_of(&text).unwrap();
+        assert_eq!(members[0].kind, MemberKind::User);
+        assert_eq!(members[1].kind, MemberKind::Device);
+    }
+
+    #[test]
+    fn without_a_type_column_an_empty_upn_is_not_a_user() {
+        let members = members_of(&format!("objectId,UPN\n{A},a@x.example\n{B},\n")).unwrap();
+        assert_eq!(members[0].kind, MemberKind::User);
+        assert_eq!(members[1].kind, MemberKind::Other("unknown".into()));
+    }
+
+    #[test]
+    fn members_need_upn_or_type() {
+        let err = members_of(&format!("id,displayName\n{A},A\n")).unwrap_err().to_string();
+        assert!(err.starts_with("m.csv:1: cannot tell users from other members"), "{err}");
+    }
+
+    #[test]
+    fn bad_object_id_names_line_and_column() {
+        let err = members_of(&format!("Object Id,User principal name\n{A},a@x.example\nnot-a-guid,b@x.example\n"))
+            .unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::INPUT);
+        assert_eq!(
+            err.to_string(),
+            "m.csv:3: column 'Object Id': 'not-a-guid' is not an object id (a GUID such as \
+             1b4e28ba-2fa1-11d2-883f-0016d3cca427)"
+        );
+        let err = members_of(&format!("id,upn\n{A},a@x.example\n,b@x.example\n")).unwrap_err().to_string();
+        assert_eq!(err, "m.csv:3: column 'id': the object id is empty; every row needs one");
+    }
+
+    #[test]
+    fn missing_id_column() {
+        let err = members_of("userPrincipalName\na@x.example\n").unwrap_err().to_string();
+        assert!(err.starts_with("m.csv:1: no object id column: expected one of 'id', 'objectId'"), "{err}");
+    }
+
+    #[test]
+    fn users_export_with_attribute_names() {
+        let text = format!(
+            "id,userPrincipalName,displayName,surname,mail,givenName,userType,accountEnabled,proxyAddresses\n\
+             {A},ada@contoso.example,Ada,Lovelace,Ada.Lovelace@contoso.example,Ada,Member,true,\
+             SMTP:Ada.Lovelace@contoso.example;smtp:ada@contoso.example\n\
+             {B},bob_fabrikam.example#EXT#@contoso.example,Bob,,bob@fabrikam.example,,Guest,False,\n\
+             {C},carol@contoso.example,,,,,,,\"smtp:c@contoso.example|SMTP:carol@contoso.example\"\n"
+        );
+        let (users, input) = parse_users(text.as_bytes(), Path::new("u.csv")).unwrap();
+        assert_eq!(input.role, InputRole::Users);
+        assert_eq!(input.description, "Entra users export u.csv");
+        assert_eq!(users[0].id.as_str(), A);
+        assert_eq!(users[0].mail.as_deref(), Some("Ada.Lovelace@contoso.example"));
+        assert_eq!(users[0].user_type, UserType::Member);
+        assert_eq!(users[0].account_enabled, Some(true));
+        assert_eq!(users[0].proxy_addresses, ["SMTP:Ada.Lovelace@contoso.example", "smtp:ada@contoso.example"]);
+        assert!(users[1].is_guest());
+        assert!(users[1].is_disabled());
+        assert!(users[1].proxy_addresses.is_empty());
+        assert_eq!(users[2].user_type, UserType::Unknown);
+        assert_eq!(users[2].account_enabled, None);
+        assert_eq!(users[2].display_name, None);
+        assert_eq!(users[2].proxy_addresses, ["smtp:c@contoso.example", "SMTP:carol@contoso.example"]);
+    }
+
+    #[test]
+    fn users_export_with_portal_names() {
+        let text = format!(
+            "User principal name;Display name;Object Id;User type;Account enabled;Mail\n\
+             ada@contoso.example;Ada;{A};member;Yes;\nbob@contoso.example;Bob;{B};Member;No;bob@contoso.example\n"
+        );
+        let users = users_of(&text).unwrap();
+        assert_eq!(users[0].account_enabled, Some(true));
+        assert_eq!(users[0].mail, None);
+        assert_eq!(users[1].account_enabled, Some(false));
+        assert_eq!(users[1].id.as_str(), B);
+    }
+
+    #[test]
+    fn bad_account_enabled() {
+        let err = users_of(&format!("id,upn,accountEnabled\n{A},a@x.example,maybe\n")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "u.csv:2: column 'accountEnabled': 'maybe' is not a yes/no value; expected true, false, yes or no"
+        );
+    }
+
+    #[test]
+    fn empty_upn_is_an_error_for_users() {
+        let err = users_of(&format!("id,upn\n{A},\n")).unwrap_err().to_string();
+        assert!(err.starts_with("u.csv:2: column 'upn': the user principal name is empty"), "{err}");
+    }
+
+    #[test]
+    fn proxy_address_shapes() {
+        assert_eq!(
+            split_proxy_addresses("{SMTP:a@x.example, smtp:b@x.example}").unwrap(),
+            ["SMTP:a@x.example", "smtp:b@x.example"]
+        );
+        assert_eq!(
+            split_proxy_addresses("[\"SMTP:a@x.example\",\"x500:/o=X\"]").unwrap(),
+            ["SMTP:a@x.example", "x500:/o=X"]
+        );
+        assert!(split_proxy_addresses("System.String[]").unwrap_err().contains("-join ';'"));
+    }
+}

@@ -1,0 +1,247 @@
+//! Ed25519 signing keys in OpenSSH's private key format (what `ssh-keygen -t ed25519` and `writeback keygen`
+//! write): loading, with ssh's permission check and passphrase handling, making new ones, and signing.
+//!
+//! Nothing in this module prints key material or passphrases.
+
+use std::path::{Path, PathBuf};
+
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
+
+/// The environment variable that holds the passphrase of an encrypted key.
+pub const PASSPHRASE_ENV: &str = "WRITEBACK_KEY_PASSPHRASE";
+
+/// A key file that could not be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct KeyError {
+    /// The key file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: KeyProblem,
+}
+
+/// What is wrong with a key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyProblem {
+    /// The file cannot be read.
+    #[error("cannot read the key file: {0}")]
+    Read(std::io::Error),
+    /// Group or others may read the file.
+    #[error("the private key file can be read by other users (mode {mode:03o}); ssh refuses such keys and so does writeback: run `chmod 600 {path}`")]
+    Permissions {
+        /// The file's permission bits.
+        mode: u32,
+        /// The path, for the command to run.
+        path: String,
+    },
+    /// The file is not an OpenSSH private key.
+    #[error("not an OpenSSH private key ({0}); make one with `writeback keygen` or `ssh-keygen -t ed25519`")]
+    Malformed(String),
+    /// The key is not Ed25519.
+    #[error("this is a {0} key; writeback signs only with Ed25519 keys (make one with `writeback keygen` or `ssh-keygen -t ed25519`)")]
+    NotEd25519(String),
+    /// The key is encrypted and there is no way to ask for its passphrase.
+    #[error("the key is protected by a passphrase and there is no terminal to ask for it; set {PASSPHRASE_ENV}")]
+    PassphraseNeeded,
+    /// The passphrase does not open the key.
+    #[error("the passphrase is wrong (check {PASSPHRASE_ENV}, or what you typed)")]
+    WrongPassphrase,
+    /// Signing or encoding failed.
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+impl From<KeyError> for crate::Error {
+    fn from(e: KeyError) -> crate::Error {
+        crate::Error::input(&e.path, e.problem.to_string())
+    }
+}
+
+/// An unlocked Ed25519 signing key.
+#[derive(Clone)]
+pub struct SigningKey {
+    key: PrivateKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Loads a key file. An encrypted key is opened with the passphrase from [`PASSPHRASE_ENV`], or else one
+    /// asked for on the terminal.
+    pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
+        SigningKey::load_with(path, passphrase_from_env_or_terminal)
+    }
+
+    /// Loads a key file, getting the passphrase of an encrypted key from `passphrase` (called only when the
+    /// key is encrypted).
+    pub fn load_with(
+        path: &Path,
+        passphrase: impl FnOnce(&Path) -> Result<String, KeyProblem>,
+    ) -> Result<SigningKey, KeyError> {
+        let fail = |problem| KeyError { path: path.to_path_buf(), problem };
+        check_permissions(path).map_err(fail)?;
+        let text = std::fs::read(path).map_err(|e| fail(KeyProblem::Read(e)))?;
+        let key = PrivateKey::from_openssh(&text).map_err(|e| fail(KeyProblem::Malformed(e.to_string())))?;
+        if key.algorithm() != Algorithm::Ed25519 {
+            return Err(fail(KeyProblem::NotEd25519(key.algorithm().to_string())));
+        }
+        let key = if key.is_encrypted() {
+            let pass = passphrase(path).map_err(fail)?;
+            key.decrypt(pass.as_bytes()).map_err(|_| fail(KeyProblem::WrongPassphrase))?
+        } else {
+            key
+        };
+        Ok(SigningKey { key })
+    }
+
+    /// Makes a new random key with `comment` (the principal, by convention).
+    pub fn generate(comment: &str) -> Result<SigningKey, KeyProblem> {
+        let mut key = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519)
+            .map_err(|e| KeyProblem::Sign(format!("cannot make a key: {e}")))?;
+        key.set_comment(comment);
+        Ok(SigningKey { key })
+    }
+
+    /// The key's comment (usually the owner's principal).
+    pub fn comment(&self) -> &str {
+        self.key.comment()
+    }
+
+    /// The public key's fingerprint, `SHA256:…` as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// The public key as one OpenSSH line, `ssh-ed25519 AAAA… comment` (what a `.pub` file holds).
+    pub fn public_key_openssh(&self) -> String {
+        self.key.public_key().to_openssh().unwrap_or_default()
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> &ssh_key::PublicKey {
+        self.key.public_key()
+    }
+
+    /// Signs `message` for `namespace` with SHA-512 (as `ssh-keygen -Y sign` does) and returns the armored
+    /// `-----BEGIN SSH SIGNATURE-----` text.
+    pub fn sign(&self, namespace: &str, message: &[u8]) -> Result<String, KeyProblem> {
+        let sig = self.key.sign(namespace, HashAlg::Sha512, message).map_err(|e| KeyProblem::Sign(e.to_string()))?;
+        sig.to_pem(LineEnding::LF).map_err(|e| KeyProblem::Sign(e.to_string()))
+    }
+
+    /// The private key in OpenSSH form, encrypted with `passphrase` when one is given (bcrypt-pbkdf and
+    /// AES-256-CTR, like `ssh-keygen`). The bytes are secret: write them only to a 0600 file.
+    pub fn to_openssh_bytes(&self, passphrase: Option<&str>) -> Result<Vec<u8>, KeyProblem> {
+        let encode = |key: &PrivateKey| {
+            key.to_openssh(LineEnding::LF)
+                .map(|pem| pem.as_bytes().to_vec())
+                .map_err(|e| KeyProblem::Sign(format!("cannot encode the key: {e}")))
+        };
+        match passphrase {
+            Some(pass) if !pass.is_empty() => {
+                let encrypted = self
+                    .key
+                    .encrypt(&mut rand_core::OsRng, pass.as_bytes())
+                    .map_err(|e| KeyProblem::Sign(format!("cannot encrypt the key: {e}")))?;
+                encode(&encrypted)
+            }
+            _ => encode(&self.key),
+        }
+    }
+}
+
+/// Refuses a key file that group or others may access, as ssh does.
+fn check_permissions(path: &Path) -> Result<(), KeyProblem> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(KeyProblem::Read)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyProblem::Permissions { mode, path: path.display().to_string() });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// The passphrase from [`PASSPHRASE_ENV`], else asked on the terminal (`/dev/tty`), else an error saying to set
+/// the variable.
+pub fn passphrase_from_env_or_terminal(path: &Path) -> Result<String, KeyProblem> {
+    if let Some(pass) = std::env::var_os(PASSPHRASE_ENV) {
+        return pass.into_string().map_err(|_| KeyProblem::Malformed(format!("{PASSPHRASE_ENV} is not valid UTF-8")));
+    }
+    rpassword::prompt_password(format!("Passphrase for {}: ", path.display())).map_err(|_| KeyProblem::PassphraseNeeded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_key(dir: &Path, key: &SigningKey, pass: Option<&str>, mode: u32) -> PathBuf {
+        let path = dir.join("key");
+        std::fs::write(&path, key.to_openssh_bytes(pass).unwrap()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn plain_key_loads_and_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate("alice@contoso.com").unwrap();
+        let path = write_key(dir.path(), &key, None, 0o600);
+        let loaded = SigningKey::load_with(&path, |_| panic!("no passphrase needed")).unwrap();
+        assert_eq!(loaded.comment(), "alice@contoso.com");
+        assert_eq!(loaded.fingerprint(), key.fingerprint());
+        assert!(loaded.public_key_openssh().starts_with("ssh-ed25519 AAAA"));
+        let sig = loaded.sign("writeback-plan", b"x").unwrap();
+        assert!(sig.starts_with("-----BEGIN SSH SIGNATURE-----\n"));
+        assert!(!format!("{loaded:?}").contains("PRIVATE"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate("a").unwrap();
+        let path = write_key(dir.path(), &key, None, 0o644);
+        let err = SigningKey::load_with(&path, |_| Ok(String::new())).unwrap_err();
+        assert!(err.to_string().contains(&format!("chmod 600 {}", path.display())), "{err}");
+    }
+
+    #[test]
+    fn encrypted_key_needs_the_right_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate("a").unwrap();
+        let path = write_key(dir.path(), &key, Some("correct horse"), 0o600);
+        let ok = SigningKey::load_with(&path, |_| Ok("correct horse".into())).unwrap();
+        assert_eq!(ok.fingerprint(), key.fingerprint());
+        let wrong = SigningKey::load_with(&path, |_| Ok("nope".into())).unwrap_err();
+        assert!(matches!(wrong.problem, KeyProblem::WrongPassphrase));
+        let none = SigningKey::load_with(&path, |_| Err(KeyProblem::PassphraseNeeded)).unwrap_err();
+        assert!(none.to_string().contains(PASSPHRASE_ENV));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "not a key").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let err = SigningKey::load_with(&path, |_| Ok(String::new())).unwrap_err();
+        assert!(matches!(err.problem, KeyProblem::Malformed(_)));
+    }
+}
