@@ -32,6 +32,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process; boxing the larger argument structs would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Compare a PoliteMail list with an Entra group and write a signed plan of adds and removes.

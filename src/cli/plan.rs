@@ -1,13 +1,440 @@
-//! `writeback plan`.
+//! `writeback plan`: read the list and the group, resolve, diff, and write a signed plan.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
 
 use crate::cli::Context;
-use crate::error::Result;
+use crate::config::{parse_duration, Config, SyncMapping};
+use crate::directory::{entra_csv, DirectoryUser, GroupMember};
+use crate::error::{Error, Result};
+use crate::identity::ObjectId;
+use crate::plan::{self, Counts, GroupPlan, InputRecord, InputRole, Plan, PlanFormat, PlanOptions};
+use crate::reconcile::{reconcile, KeepList, ReconcileOptions};
+use crate::source::{politemail_csv, ContactList};
+use crate::trust::keys::SigningKey;
 
 /// Arguments of `writeback plan`.
-#[derive(Debug, clap::Args)]
-pub struct PlanArgs {}
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The config file (default: ./writeback.toml when it exists).
+    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Plan only these `[[sync]]` mappings of the config, by name (repeatable).
+    #[arg(long = "sync", value_name = "NAME")]
+    pub syncs: Vec<String>,
+
+    /// The PoliteMail list export (CSV).
+    #[arg(long, value_name = "FILE", alias = "politemail-csv", conflicts_with = "list")]
+    pub contacts: Option<PathBuf>,
+
+    /// The PoliteMail list to read through its API, by name or id (needs POLITEMAIL_URL).
+    #[arg(long, value_name = "NAME|ID")]
+    pub list: Option<String>,
+
+    /// The Entra "Download members" export of the group. Without it, members are read from Graph.
+    #[arg(long, value_name = "FILE")]
+    pub members: Option<PathBuf>,
+
+    /// The Entra "Download users" export, to resolve contacts. Without it, users are looked up in Graph.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+
+    /// The group: its object id (offline), or its object id or display name (Graph).
+    #[arg(long, value_name = "ID|NAME")]
+    pub group: Option<String>,
+
+    /// The group's display name to record in the plan when planning from files.
+    #[arg(long, value_name = "NAME")]
+    pub group_name: Option<String>,
+
+    /// The contacts file's email column, when it is not Email, E-mail, Email Address or EmailAddress.
+    #[arg(long, value_name = "COLUMN")]
+    pub email_column: Option<String>,
+
+    /// A file of UPNs or object ids that are never removed (one per line, # comments).
+    #[arg(long, value_name = "FILE")]
+    pub keep: Option<PathBuf>,
+
+    /// Plan adds only: nobody is removed.
+    #[arg(long, conflicts_with = "remove_only")]
+    pub add_only: bool,
+
+    /// Plan removes only: nobody is added.
+    #[arg(long)]
+    pub remove_only: bool,
+
+    /// The plan's format.
+    #[arg(long, value_enum)]
+    pub format: Option<PlanFormat>,
+
+    /// Where to write the plan; the signature goes to the same path plus `.sig`.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// How long the plan stays valid, e.g. 7d, 36h, 90m [default: 7d].
+    #[arg(long, value_name = "DURATION")]
+    pub expires_in: Option<String>,
+
+    /// The planner's private key (OpenSSH ed25519).
+    #[arg(long, env = "WRITEBACK_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// The principal to record as signer, as it appears in allowed_signers [default: the key's comment].
+    #[arg(long, env = "WRITEBACK_SIGNER", value_name = "PRINCIPAL")]
+    pub signer: Option<String>,
+
+    /// Print the plan summary as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where a mapping's contacts come from.
+#[derive(Debug, Clone)]
+pub enum ContactsSource {
+    /// A PoliteMail CSV export.
+    Csv(PathBuf),
+    /// The PoliteMail API, by list name or id.
+    Api(String),
+}
+
+/// Where a mapping's directory data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectorySource {
+    /// An Entra admin center export.
+    Csv(PathBuf),
+    /// Microsoft Graph.
+    Graph,
+}
+
+/// One fully specified mapping, after the config and the flags are merged.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// For messages.
+    pub name: String,
+    /// The group's id or (with Graph) name.
+    pub group: String,
+    /// The display name to record, when known.
+    pub group_name: Option<String>,
+    /// The list.
+    pub contacts: ContactsSource,
+    /// The current members.
+    pub members: DirectorySource,
+    /// The users to resolve against.
+    pub users: DirectorySource,
+    /// The email column override.
+    pub email_column: Option<String>,
+    /// Direction and keep list.
+    pub add_only: bool,
+    /// Direction.
+    pub remove_only: bool,
+    /// The keep list file.
+    pub keep: Option<PathBuf>,
+}
+
+/// Everything read for one mapping, ready for [`reconcile`].
+pub struct GroupInputs {
+    /// The group's id.
+    pub group_id: ObjectId,
+    /// Its display name.
+    pub display_name: Option<String>,
+    /// The contacts.
+    pub contacts: ContactList,
+    /// The current members.
+    pub members: Vec<GroupMember>,
+    /// Users the contacts may resolve to.
+    pub users: std::sync::Arc<Vec<DirectoryUser>>,
+    /// Input records, in role order.
+    pub inputs: Vec<InputRecord>,
+    /// The tenant, when read from Graph.
+    pub tenant_id: Option<String>,
+}
 
 /// Runs `writeback plan`.
-pub fn run(_args: PlanArgs, _ctx: &Context) -> Result<()> {
-    Err(crate::cli::not_built("plan"))
+pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
+    let config = Config::discover(args.config.as_deref())?;
+    let defaults = config.as_ref().map(|c| c.defaults.clone()).unwrap_or_default();
+
+    // Check every argument before reading any input.
+    let mappings = mappings(&args, config.as_ref())?;
+    let expires_in = parse_duration(args.expires_in.as_deref().or(defaults.expires_in.as_deref()).unwrap_or("7d"))
+        .map_err(|e| Error::Usage(format!("--expires-in: {e}")))?;
+    let format = args.format.or(defaults.format).unwrap_or(PlanFormat::Json);
+    let key_path = args.key.clone().or(defaults.key.clone()).ok_or_else(|| {
+        Error::Usage(
+            "no signing key: pass --key FILE (or set key in writeback.toml); `writeback keygen` makes one".into(),
+        )
+    })?;
+    let created_at = chrono::DateTime::from_timestamp(ctx.now.timestamp(), 0).unwrap_or(ctx.now);
+    let plan_id = uuid::Uuid::new_v4();
+    let out = args.out.clone().or(defaults.out.clone()).unwrap_or_else(|| {
+        let ext = if format == PlanFormat::Csv { "csv" } else { "json" };
+        PathBuf::from(format!("plan-{}.{ext}", created_at.format("%Y%m%d-%H%M%S")))
+    });
+    let sig_path = crate::trust::default_signature_path(&out);
+    let key = SigningKey::load(&key_path)?;
+    let signer = args.signer.clone().or(defaults.signer.clone()).unwrap_or_else(|| key.comment().to_string());
+    if signer.trim().is_empty() {
+        return Err(Error::Usage(
+            "the key has no comment to use as signer: pass --signer PRINCIPAL (as written in allowed_signers)".into(),
+        ));
+    }
+
+    let mut user_cache: HashMap<PathBuf, (std::sync::Arc<Vec<DirectoryUser>>, InputRecord)> = HashMap::new();
+    let mut groups = Vec::new();
+    let mut tenant_id = None;
+    let mut warnings = Vec::new();
+    for mapping in &mappings {
+        let inputs = gather(mapping, &mut user_cache)?;
+        let keep = match &mapping.keep {
+            Some(path) => read_keep(path)?,
+            None => (KeepList::default(), None),
+        };
+        let options = ReconcileOptions { add_only: mapping.add_only, remove_only: mapping.remove_only, keep: keep.0 };
+        let result = reconcile(&inputs.contacts.contacts, &inputs.users, &inputs.members, &options);
+        warnings.extend(result.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
+        if let Some(t) = inputs.tenant_id.clone() {
+            tenant_id.get_or_insert(t);
+        }
+        let mut records = inputs.inputs;
+        records.extend(keep.1);
+        groups.push(GroupPlan {
+            group_id: inputs.group_id,
+            display_name: inputs.display_name,
+            options: PlanOptions { add_only: mapping.add_only, remove_only: mapping.remove_only },
+            inputs: records,
+            precondition: result.precondition,
+            counts: Counts::tally(&result.changes, &result.not_acted_on),
+            changes: result.changes,
+            not_acted_on: result.not_acted_on,
+        });
+    }
+    let plan = Plan {
+        format: plan::FORMAT_NAME.into(),
+        format_version: plan::FORMAT_VERSION.into(),
+        plan_id,
+        created_at,
+        expires_at: created_at + expires_in,
+        signer,
+        tool_version: crate::tool_version(),
+        tenant_id,
+        groups,
+    };
+    plan.validate().map_err(|e| Error::Internal(format!("the plan failed its own checks: {e}")))?;
+    let bytes = plan::encode(&plan, format);
+    let signature = key
+        .sign(crate::trust::PLAN_NAMESPACE, &bytes)
+        .map_err(|e| Error::Internal(format!("signing with {} failed: {e}", key_path.display())))?;
+    crate::atomic_write::write_together(&[(&out, &bytes), (&sig_path, signature.as_bytes())])?;
+
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+
+    print_result(&plan, &out, &sig_path, &plan::precondition::sha256_hex(&bytes), args.json);
+    Ok(())
+}
+
+fn print_result(plan: &Plan, out: &Path, sig: &Path, sha256: &str, json: bool) {
+    if json {
+        let groups: Vec<serde_json::Value> = plan
+            .groups
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "group_id": g.group_id,
+                    "display_name": g.display_name,
+                    "member_count": g.precondition.member_count,
+                    "counts": g.counts,
+                })
+            })
+            .collect();
+        let summary = serde_json::json!({
+            "plan": out.display().to_string(),
+            "signature": sig.display().to_string(),
+            "plan_id": plan.plan_id,
+            "plan_sha256": sha256,
+            "signer": plan.signer,
+            "expires_at": crate::plan::timestamp::format(&plan.expires_at),
+            "groups": groups,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+        return;
+    }
+    let (adds, removes) = plan.totals();
+    println!("Wrote {} and {}", out.display(), sig.display());
+    println!(
+        "Plan {}: {adds} adds, {removes} removes, signed by {}, valid until {}",
+        plan.plan_id,
+        plan.signer,
+        plan.expires_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    println!("{}", crate::report::summary_table(plan, 80));
+    let skipped: u64 = plan.groups.iter().map(|g| g.counts.not_acted_on_total()).sum();
+    if skipped > 0 {
+        println!("{skipped} entries will not be acted on (invalid, unresolved, ambiguous, duplicate, kept, non-user members).");
+    }
+    println!("Review it with: writeback show {}", out.display());
+    println!("Then hand {} and {} to your IT admin.", out.display(), sig.display());
+}
+
+/// Merges the config's mappings with the flags.
+fn mappings(args: &PlanArgs, config: Option<&Config>) -> Result<Vec<Mapping>> {
+    let defaults = config.map(|c| c.defaults.clone()).unwrap_or_default();
+    let adhoc = args.group.is_some() || args.contacts.is_some() || args.list.is_some();
+    let mut selected: Vec<SyncMapping> = match config {
+        Some(config) if !args.syncs.is_empty() => {
+            let mut out = Vec::new();
+            for name in &args.syncs {
+                let found = config.sync.iter().find(|s| s.name.as_deref() == Some(name.as_str())).ok_or_else(|| {
+                    let names: Vec<&str> = config.sync.iter().filter_map(|s| s.name.as_deref()).collect();
+                    Error::Usage(format!(
+                        "{} has no [[sync]] named '{name}' (it has: {})",
+                        config.path.display(),
+                        names.join(", ")
+                    ))
+                })?;
+                out.push(found.clone());
+            }
+            out
+        }
+        Some(config) if !adhoc => config.sync.clone(),
+        _ => vec![SyncMapping::default()],
+    };
+    if selected.is_empty() {
+        return Err(Error::Usage(
+            "nothing to plan: give --group and --contacts (or --list), or a config with [[sync]] entries".into(),
+        ));
+    }
+    if adhoc && selected.len() > 1 {
+        return Err(Error::Usage(
+            "--group, --contacts and --list describe one mapping, but the config has several: pick one with --sync NAME"
+                .into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (index, sync) in selected.iter_mut().enumerate() {
+        let name = sync.name.clone().unwrap_or_else(|| format!("mapping {}", index + 1));
+        let group = args.group.clone().or(sync.group.clone()).ok_or_else(|| {
+            Error::Usage(format!("{name}: no group: pass --group ID (or set group in the [[sync]] entry)"))
+        })?;
+        let contacts = match (&args.contacts, &args.list) {
+            (Some(path), _) => ContactsSource::Csv(path.clone()),
+            (None, Some(list)) => ContactsSource::Api(list.clone()),
+            (None, None) => match (&sync.contacts, &sync.list) {
+                (Some(path), _) => ContactsSource::Csv(path.clone()),
+                (None, Some(list)) => ContactsSource::Api(list.clone()),
+                (None, None) => {
+                    return Err(Error::Usage(format!(
+                        "{name}: no list: pass --contacts FILE (PoliteMail export) or --list NAME (PoliteMail API)"
+                    )))
+                }
+            },
+        };
+        let members =
+            args.members.clone().or(sync.members.clone()).map(DirectorySource::Csv).unwrap_or(DirectorySource::Graph);
+        let users = args
+            .users
+            .clone()
+            .or(sync.users.clone())
+            .or(defaults.users.clone())
+            .map(DirectorySource::Csv)
+            .unwrap_or(DirectorySource::Graph);
+        let add_only = args.add_only || (sync.add_only && !args.remove_only);
+        let remove_only = args.remove_only || (sync.remove_only && !args.add_only);
+        if add_only && remove_only {
+            return Err(Error::Usage(format!("{name}: add_only and remove_only cannot both be set")));
+        }
+        out.push(Mapping {
+            name,
+            group,
+            group_name: args.group_name.clone().or(sync.group_name.clone()),
+            contacts,
+            members,
+            users,
+            email_column: args.email_column.clone().or(sync.email_column.clone()),
+            add_only,
+            remove_only,
+            keep: args.keep.clone().or(sync.keep.clone()),
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for mapping in &out {
+        if !seen.insert(mapping.group.to_lowercase()) {
+            return Err(Error::Usage(format!(
+                "group {} appears in two mappings; one plan holds each group once",
+                mapping.group
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one mapping's inputs from files (and, where a mapping asks for it, from the services).
+fn gather(
+    mapping: &Mapping,
+    user_cache: &mut HashMap<PathBuf, (std::sync::Arc<Vec<DirectoryUser>>, InputRecord)>,
+) -> Result<GroupInputs> {
+    let offline_only = |what: &str| {
+        Error::Usage(format!(
+            "{}: reading {what} from Graph or PoliteMail is not available in this build; pass the export files",
+            mapping.name
+        ))
+    };
+    let contacts = match &mapping.contacts {
+        ContactsSource::Csv(path) => politemail_csv::read(path, mapping.email_column.as_deref())?,
+        ContactsSource::Api(_) => return Err(offline_only("the list")),
+    };
+    let group_id = ObjectId::parse(&mapping.group).map_err(|_| {
+        Error::Usage(format!(
+            "{}: --group '{}' is not an object id; offline, the group is named by its object id (names need Graph)",
+            mapping.name, mapping.group
+        ))
+    })?;
+    let (members, members_input) = match &mapping.members {
+        DirectorySource::Csv(path) => entra_csv::read_members(path)?,
+        DirectorySource::Graph => return Err(offline_only("the members")),
+    };
+    let (users, users_input) = match &mapping.users {
+        DirectorySource::Csv(path) => match user_cache.get(path) {
+            Some(cached) => cached.clone(),
+            None => {
+                let (users, input) = entra_csv::read_users(path)?;
+                let entry = (std::sync::Arc::new(users), input);
+                user_cache.insert(path.clone(), entry.clone());
+                entry
+            }
+        },
+        DirectorySource::Graph => return Err(offline_only("the users")),
+    };
+    let inputs = vec![contacts.input.clone(), members_input, users_input];
+    Ok(GroupInputs {
+        group_id,
+        display_name: mapping.group_name.clone(),
+        contacts,
+        members,
+        users,
+        inputs,
+        tenant_id: None,
+    })
+}
+
+fn read_keep(path: &Path) -> Result<(KeepList, Option<InputRecord>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::read(path, e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        Error::input_at(path, line, "not UTF-8 text; save the keep list as UTF-8")
+    })?;
+    let keep = KeepList::parse(text).map_err(|bad| {
+        let (line, entry) = &bad[0];
+        Error::input_at(path, *line, format!("'{entry}' is neither an object id nor a user principal name"))
+    })?;
+    let record = InputRecord {
+        role: InputRole::Keep,
+        description: format!("keep list {}", path.display()),
+        sha256: plan::precondition::sha256_hex(&bytes),
+    };
+    Ok((keep, Some(record)))
 }

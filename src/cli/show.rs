@@ -1,13 +1,84 @@
-//! `writeback show`.
+//! `writeback show`: the approver's review of a plan.
+
+use std::path::PathBuf;
+
+use clap::Args;
 
 use crate::cli::Context;
-use crate::error::Result;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::plan;
+use crate::report::review::{render_review, ReviewJson, SignatureStatus};
 
 /// Arguments of `writeback show`.
-#[derive(Debug, clap::Args)]
-pub struct ShowArgs {}
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The plan file (JSON or CSV).
+    pub plan: PathBuf,
 
-/// Runs `writeback show`.
-pub fn run(_args: ShowArgs, _ctx: &Context) -> Result<()> {
-    Err(crate::cli::not_built("show"))
+    /// Check the signature against this allowed_signers file (without it, the signature is reported as not
+    /// checked).
+    #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+
+    /// The signature file [default: PLAN.sig].
+    #[arg(long, value_name = "SIG")]
+    pub signature: Option<PathBuf>,
+
+    /// The config file, for its allowed_signers default.
+    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print a stable JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `writeback show`. Expired plans are shown (with the expiry called out) and exit 0; a signature that was
+/// checked and failed is shown as such, then the command exits with the verification's code.
+pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
+    let allowed = match args.allowed_signers.clone() {
+        Some(path) => Some(path),
+        None => Config::discover(args.config.as_deref())?.and_then(|c| c.defaults.allowed_signers),
+    };
+    let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
+    let sha256 = plan::precondition::sha256_hex(&bytes);
+    let (status, failure) = match &allowed {
+        Some(allowed) => {
+            match crate::trust::verify_plan_files(&args.plan, args.signature.as_deref(), allowed, ctx.now) {
+                Ok(verified) => {
+                    (SignatureStatus::Valid { principal: verified.principal, fingerprint: verified.fingerprint }, None)
+                }
+                Err(e @ (Error::BadSignature { .. } | Error::UntrustedSigner { .. })) => {
+                    (SignatureStatus::Invalid { message: short_reason(&e) }, Some(e))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        None => (SignatureStatus::Unchecked, None),
+    };
+    let plan = plan::decode(&bytes).map_err(|e| Error::plan(&args.plan, e))?;
+    if args.json {
+        let doc = ReviewJson::new(&plan, &sha256, &status, ctx.now);
+        println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| Error::Internal(e.to_string()))?);
+    } else {
+        print!("{}", render_review(&plan, &sha256, &status, ctx.now, terminal_width()));
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn short_reason(error: &Error) -> String {
+    let text = error.to_string();
+    match text.split_once(": ") {
+        Some((_, reason)) => reason.to_string(),
+        None => text,
+    }
+}
+
+/// The width tables are laid out for: the `COLUMNS` variable when set, else 80.
+pub fn terminal_width() -> u16 {
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).filter(|w: &u16| *w >= 60).unwrap_or(80)
 }

@@ -80,7 +80,7 @@ pub fn summary_table(plan: &Plan, width: u16) -> Table {
     table.set_header(["Group", "Members", "Adds", "Removes", "Not acted on"]);
     for group in &plan.groups {
         table.add_row(vec![
-            Cell::new(group.label()),
+            Cell::new(group.display_name.clone().unwrap_or_else(|| group.group_id.to_string())),
             Cell::new(group.precondition.member_count).set_alignment(CellAlignment::Right),
             Cell::new(group.counts.add).set_alignment(CellAlignment::Right),
             Cell::new(group.counts.remove).set_alignment(CellAlignment::Right),

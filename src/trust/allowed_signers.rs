@@ -443,9 +443,11 @@ fn parse_options(field: &str, entry: &mut Entry) -> Result<(), String> {
             }
             ("valid-after", Some(v)) => entry.valid_after = Some(parse_time(quoted_value(v, "valid-after")?)?),
             ("valid-before", Some(v)) => entry.valid_before = Some(parse_time(quoted_value(v, "valid-before")?)?),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown option '{option}' (allowed: cert-authority, namespaces=\"…\", valid-after=…, valid-before=…)"
-            )),
+            ))
+            }
         }
     }
     Ok(())
