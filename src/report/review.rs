@@ -153,12 +153,7 @@ fn group_section(out: &mut String, group: &GroupPlan, width: u16) {
         out.push_str("  removes only (--remove-only): no member is added\n");
     }
     for input in &group.inputs {
-        out.push_str(&format!(
-            "  {:<9} {} (sha256 {}…)\n",
-            input.role.as_str(),
-            input.description,
-            &input.sha256[..12.min(input.sha256.len())]
-        ));
+        out.push_str(&format!("  {:<9} {}\n    sha256 {}\n", input.role.as_str(), input.description, input.sha256));
     }
     for (action, title) in [(Action::Add, "Adds"), (Action::Remove, "Removes")] {
         let changes: Vec<&Change> = group.changes_of(action).collect();
@@ -173,11 +168,21 @@ fn group_section(out: &mut String, group: &GroupPlan, width: u16) {
         .iter()
         .filter_map(|k| group.counts.not_acted_on.get(k).filter(|n| **n > 0).map(|n| format!("{} {n}", k.as_str())))
         .collect();
-    out.push_str(&format!(
-        "\nNot acted on: {}{}\n",
-        skipped.len(),
-        if by_kind.is_empty() { String::new() } else { format!(" ({})", by_kind.join(", ")) }
-    ));
+    out.push_str(&format!("\nNot acted on: {}\n", skipped.len()));
+    let mut line = String::new();
+    for part in by_kind {
+        if !line.is_empty() && line.len() + part.len() + 2 > 76 {
+            out.push_str(&format!("  {line}\n"));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(&part);
+    }
+    if !line.is_empty() {
+        out.push_str(&format!("  {line}\n"));
+    }
     if !skipped.is_empty() {
         out.push_str(&skipped_table(&skipped, width).to_string());
         out.push('\n');

@@ -1,0 +1,246 @@
+//! End-to-end tests of `writeback plan`, `show` and `verify` on the samples and on generated edge cases.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
+}
+
+fn writeback(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_writeback"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("WRITEBACK_CONFIG")
+        .env_remove("WRITEBACK_KEY")
+        .env_remove("WRITEBACK_SIGNER")
+        .env_remove("WRITEBACK_ALLOWED_SIGNERS")
+        .env_remove("WRITEBACK_KEY_PASSPHRASE")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A working folder with the samples copied in and the demo key made private, as a user would.
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&samples(), dir.path());
+    for key in ["demo-planner", "demo-approver", "demo-admin"] {
+        set_private(&dir.path().join("keys").join(key));
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn plan_json(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["plan", "--config", "writeback.toml", "--out", out];
+    args.extend_from_slice(extra);
+    let run = writeback(dir, &args);
+    assert!(run.status.success(), "plan failed: {}", text(&run.stderr));
+    serde_json::from_slice(&std::fs::read(dir.join(out)).unwrap()).unwrap()
+}
+
+fn count(group: &serde_json::Value, kind: &str) -> u64 {
+    group["counts"]["not_acted_on"][kind].as_u64().unwrap()
+}
+
+#[test]
+fn samples_plan_verifies_and_covers_every_messy_case() {
+    let dir = workspace();
+    let plan = plan_json(dir.path(), "plan.json", &[]);
+    assert!(dir.path().join("plan.json.sig").exists());
+    let groups = plan["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "the sample config maps two groups");
+    let all_staff = &groups[0];
+    assert_eq!(all_staff["display_name"], "All Staff");
+    for kind in ["invalid", "unresolved", "ambiguous", "duplicate", "non_user_member", "kept"] {
+        assert!(count(all_staff, kind) >= 1, "the samples should show a {kind} entry");
+    }
+    let changes = all_staff["changes"].as_array().unwrap();
+    let flags: Vec<&str> =
+        changes.iter().flat_map(|c| c["flags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap())).collect();
+    assert!(flags.contains(&"guest") && flags.contains(&"disabled"), "flags: {flags:?}");
+    assert!(changes.iter().any(|c| c["reason"].as_str().unwrap().ends_with("matched by proxy address")));
+
+    let verify = writeback(dir.path(), &["verify", "plan.json", "--allowed-signers", "keys/allowed_signers"]);
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    assert!(text(&verify.stdout).contains("planner@contoso.example"));
+}
+
+#[test]
+fn ssh_keygen_verifies_a_plan_signed_by_writeback() {
+    let dir = workspace();
+    plan_json(dir.path(), "plan.json", &[]);
+    let plan = std::fs::File::open(dir.path().join("plan.json")).unwrap();
+    let status = Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-f", "keys/allowed_signers", "-I", "planner@contoso.example", "-n", "writeback-plan"])
+        .args(["-s", "plan.json.sig"])
+        .current_dir(dir.path())
+        .stdin(plan)
+        .output()
+        .expect("ssh-keygen is installed (.ci/run installs openssh-client)");
+    assert!(status.status.success(), "ssh-keygen: {}{}", text(&status.stdout), text(&status.stderr));
+}
+
+#[test]
+fn csv_plan_carries_the_same_information() {
+    let dir = workspace();
+    let json = plan_json(dir.path(), "plan.json", &[]);
+    let run = writeback(dir.path(), &["plan", "--config", "writeback.toml", "--format", "csv", "--out", "plan.csv"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let show = |file: &str| {
+        let out = writeback(dir.path(), &["show", file, "--allowed-signers", "keys/allowed_signers", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (a, b) = (show("plan.json"), show("plan.csv"));
+    assert_eq!(a["groups"].as_array().unwrap().len(), b["groups"].as_array().unwrap().len());
+    for (ga, gb) in a["groups"].as_array().unwrap().iter().zip(b["groups"].as_array().unwrap()) {
+        assert_eq!(ga["changes"], gb["changes"]);
+        assert_eq!(ga["not_acted_on"], gb["not_acted_on"]);
+        assert_eq!(ga["counts"], gb["counts"]);
+    }
+    assert_eq!(a["groups"][0]["members_sha256"], json["groups"][0]["precondition"]["members_sha256"]);
+    let verify = writeback(dir.path(), &["verify", "plan.csv", "--allowed-signers", "keys/allowed_signers"]);
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+}
+
+#[test]
+fn flags_override_the_config_and_shape_the_diff() {
+    let dir = workspace();
+    let full = plan_json(dir.path(), "full.json", &["--sync", "all-staff"]);
+    let adds_only = plan_json(dir.path(), "adds.json", &["--sync", "all-staff", "--add-only"]);
+    let removes_only = plan_json(dir.path(), "removes.json", &["--sync", "all-staff", "--remove-only"]);
+    let (f, a, r) = (&full["groups"][0], &adds_only["groups"][0], &removes_only["groups"][0]);
+    assert_eq!(full["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(a["counts"]["add"], f["counts"]["add"]);
+    assert_eq!(a["counts"]["remove"], 0);
+    assert_eq!(count(a, "suppressed_remove"), f["counts"]["remove"].as_u64().unwrap());
+    assert_eq!(r["counts"]["add"], 0);
+    assert_eq!(r["counts"]["remove"], f["counts"]["remove"]);
+    assert_eq!(count(r, "suppressed_add"), f["counts"]["add"].as_u64().unwrap());
+    assert_eq!(a["options"]["add_only"], true);
+}
+
+#[test]
+fn plan_from_flags_alone() {
+    let dir = workspace();
+    let run = writeback(
+        dir.path(),
+        &[
+            "plan",
+            "--contacts",
+            "politemail-managers.csv",
+            "--members",
+            "entra-members-managers.csv",
+            "--users",
+            "entra-users.csv",
+            "--group",
+            "4215FBAD-0D2A-4FCF-BF8C-01EE7318E9CB",
+            "--key",
+            "keys/demo-planner",
+            "--expires-in",
+            "2d",
+            "--out",
+            "managers.json",
+        ],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("managers.json")).unwrap()).unwrap();
+    assert_eq!(plan["groups"][0]["group_id"], "4215fbad-0d2a-4fcf-bf8c-01ee7318e9cb");
+    assert_eq!(plan["signer"], "planner@contoso.example", "the signer defaults to the key's comment");
+    let created = chrono::DateTime::parse_from_rfc3339(plan["created_at"].as_str().unwrap()).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(plan["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(expires - created, chrono::Duration::days(2));
+}
+
+#[test]
+fn refusals_write_nothing() {
+    let dir = workspace();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec![
+                "--group",
+                "All Staff",
+                "--contacts",
+                "politemail-all-staff.csv",
+                "--members",
+                "entra-members-all-staff.csv",
+            ],
+            2,
+            "object id",
+        ),
+        (vec!["--expires-in", "soon"], 2, "--expires-in"),
+        (vec!["--sync", "nope"], 2, "no [[sync]] named 'nope'"),
+        (vec!["--sync", "all-staff", "--keep", "politemail-managers.csv"], 3, "neither an object id"),
+        (vec!["--sync", "all-staff", "--contacts", "missing.csv"], 3, "missing.csv"),
+        (vec!["--add-only", "--remove-only"], 2, ""),
+    ];
+    for (extra, code, needle) in cases {
+        let mut args = vec!["plan", "--config", "writeback.toml", "--out", "refused.json"];
+        args.extend_from_slice(&extra);
+        let run = writeback(dir.path(), &args);
+        let stderr = text(&run.stderr);
+        assert_eq!(run.status.code(), Some(code), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!dir.path().join("refused.json").exists() && !dir.path().join("refused.json.sig").exists());
+    }
+}
+
+#[test]
+fn a_world_readable_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = workspace();
+    let key = dir.path().join("keys/demo-planner");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = writeback(dir.path(), &["plan", "--config", "writeback.toml", "--out", "p.json"]);
+    assert_eq!(run.status.code(), Some(3), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("chmod 600"), "{}", text(&run.stderr));
+    assert!(!dir.path().join("p.json").exists());
+}
+
+#[test]
+fn show_reports_tampering_and_expiry_without_hiding_the_plan() {
+    let dir = workspace();
+    plan_json(dir.path(), "plan.json", &[]);
+    let text_review = writeback(dir.path(), &["show", "plan.json", "--allowed-signers", "keys/allowed_signers"]);
+    assert!(text_review.status.success());
+    let review = text(&text_review.stdout);
+    assert!(review.contains("Signature  valid"));
+    assert!(review.lines().all(|l| l.chars().count() <= 80), "fits 80 columns");
+
+    // From a folder without writeback.toml (whose allowed_signers default would check it).
+    let unchecked = writeback(&dir.path().join("keys"), &["show", "../plan.json"]);
+    assert!(text(&unchecked.stdout).contains("not checked"));
+
+    let path = dir.path().join("plan.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(9).position(|w| w == b"All Staff").unwrap();
+    bytes[at] = b'B';
+    std::fs::write(&path, &bytes).unwrap();
+    let tampered = writeback(dir.path(), &["show", "plan.json", "--allowed-signers", "keys/allowed_signers"]);
+    assert_eq!(tampered.status.code(), Some(10));
+    assert!(text(&tampered.stdout).contains("NOT VALID"));
+}
