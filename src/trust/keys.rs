@@ -85,7 +85,10 @@ impl SigningKey {
         let fail = |problem| KeyError { path: path.to_path_buf(), problem };
         check_permissions(path).map_err(fail)?;
         let text = std::fs::read(path).map_err(|e| fail(KeyProblem::Read(e)))?;
-        let key = PrivateKey::from_openssh(&text).map_err(|e| fail(KeyProblem::Malformed(e.to_string())))?;
+        let key = PrivateKey::from_openssh(&text).map_err(|e| match other_key_type(&text) {
+            Some(kind) => fail(KeyProblem::NotEd25519(kind)),
+            None => fail(KeyProblem::Malformed(e.to_string())),
+        })?;
         if key.algorithm() != Algorithm::Ed25519 {
             return Err(fail(KeyProblem::NotEd25519(key.algorithm().to_string())));
         }
@@ -152,6 +155,42 @@ impl SigningKey {
             _ => encode(&self.key),
         }
     }
+}
+
+/// The key type of a private key that `ssh-key` (built for Ed25519 only) cannot decode: read from the
+/// public-key part of an OpenSSH key, or from the label of an old PEM key.
+fn other_key_type(text: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let text = std::str::from_utf8(text).ok()?.trim();
+    for (label, kind) in [("RSA", "RSA"), ("EC", "ECDSA"), ("DSA", "DSA")] {
+        if text.starts_with(&format!("-----BEGIN {label} PRIVATE KEY-----")) {
+            return Some(format!("{kind} (PEM)"));
+        }
+    }
+    let body: String = text
+        .strip_prefix("-----BEGIN OPENSSH PRIVATE KEY-----")?
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let blob = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
+    // "openssh-key-v1\0", string cipher, string kdf, string kdf options, uint32 count, string public key
+    let mut at = b"openssh-key-v1\0".len();
+    if !blob.starts_with(b"openssh-key-v1\0") {
+        return None;
+    }
+    let read_u32 = |at: usize| -> Option<usize> {
+        let bytes: [u8; 4] = blob.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_be_bytes(bytes) as usize)
+    };
+    for _ in 0..3 {
+        at = at.checked_add(4)?.checked_add(read_u32(at)?)?;
+    }
+    at = at.checked_add(4 + 4)?; // key count, public key length
+    let type_len = read_u32(at)?;
+    let kind = blob.get(at + 4..at.checked_add(4)?.checked_add(type_len)?)?;
+    let kind = String::from_utf8_lossy(kind).into_owned();
+    (kind != "ssh-ed25519").then_some(kind)
 }
 
 /// Refuses a key file that group or others may access, as ssh does.
