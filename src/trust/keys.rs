@@ -43,6 +43,9 @@ pub enum KeyProblem {
     /// The key is encrypted and there is no way to ask for its passphrase.
     #[error("the key is protected by a passphrase and there is no terminal to ask for it; set {PASSPHRASE_ENV}")]
     PassphraseNeeded,
+    /// The passphrase variable is set but is not UTF-8 text.
+    #[error("{PASSPHRASE_ENV} is set but is not valid UTF-8 text")]
+    PassphraseNotText,
     /// The passphrase does not open the key.
     #[error("the passphrase is wrong (check {PASSPHRASE_ENV}, or what you typed)")]
     WrongPassphrase,
@@ -213,7 +216,7 @@ fn check_permissions(path: &Path) -> Result<(), KeyProblem> {
 /// the variable.
 pub fn passphrase_from_env_or_terminal(path: &Path) -> Result<String, KeyProblem> {
     if let Some(pass) = std::env::var_os(PASSPHRASE_ENV) {
-        return pass.into_string().map_err(|_| KeyProblem::Malformed(format!("{PASSPHRASE_ENV} is not valid UTF-8")));
+        return pass.into_string().map_err(|_| KeyProblem::PassphraseNotText);
     }
     rpassword::prompt_password(format!("Passphrase for {}: ", path.display())).map_err(|_| KeyProblem::PassphraseNeeded)
 }
