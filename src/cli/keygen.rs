@@ -1,13 +1,117 @@
-//! `writeback keygen`.
+//! `writeback keygen`: make an Ed25519 signing key pair and print the allowed_signers line for it.
+
+use std::path::{Path, PathBuf};
 
 use crate::cli::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::trust::allowed_signers::{check_principal, line_for};
+use crate::trust::{SigningKey, ALL_NAMESPACES, PASSPHRASE_ENV};
 
 /// Arguments of `writeback keygen`.
 #[derive(Debug, clap::Args)]
-pub struct KeygenArgs {}
+pub struct KeygenArgs {
+    /// Where to write the private key (mode 0600); the public key goes to PATH.pub.
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+
+    /// Who the key belongs to, as it will appear in allowed_signers and in plans' `signer` (default:
+    /// $USER@hostname). Also the key's comment.
+    #[arg(long, value_name = "NAME")]
+    pub principal: Option<String>,
+
+    /// Replace PATH and PATH.pub if they exist.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Ask for a passphrase on the terminal (twice) and encrypt the key with it. Without this flag the key is
+    /// encrypted with WRITEBACK_KEY_PASSPHRASE when that is set, and left unencrypted otherwise.
+    #[arg(long)]
+    pub passphrase_prompt: bool,
+}
 
 /// Runs `writeback keygen`.
-pub fn run(_args: KeygenArgs, _ctx: &Context) -> Result<()> {
-    Err(crate::cli::not_built("keygen"))
+pub fn run(args: KeygenArgs, _ctx: &Context) -> Result<()> {
+    let principal = match args.principal {
+        Some(p) => p,
+        None => default_principal(),
+    };
+    check_principal(&principal).map_err(|m| Error::Usage(format!("{m} (give --principal)")))?;
+    let pub_path = public_key_path(&args.out);
+    if !args.force {
+        for path in [&args.out, &pub_path] {
+            if path.exists() {
+                return Err(Error::Usage(format!(
+                    "{} exists already; give --force to replace it (the old key stops working for new signatures)",
+                    path.display()
+                )));
+            }
+        }
+    }
+    let passphrase =
+        if args.passphrase_prompt { Some(prompt_new_passphrase()?) } else { std::env::var(PASSPHRASE_ENV).ok() };
+    let passphrase = passphrase.filter(|p| !p.is_empty());
+
+    let key = SigningKey::generate(&principal).map_err(|e| Error::Internal(e.to_string()))?;
+    let private = key.to_openssh_bytes(passphrase.as_deref()).map_err(|e| Error::Internal(e.to_string()))?;
+    let public = format!("{}\n", key.public_key_openssh());
+    // The temporary files atomic_write stages are created with mode 0600, so the private key is never
+    // readable by others, not even for a moment.
+    crate::atomic_write::write_together(&[(&args.out, &private), (&pub_path, public.as_bytes())])?;
+    set_mode(&args.out, 0o600)?;
+    set_mode(&pub_path, 0o644)?;
+
+    eprintln!(
+        "Wrote the private key to {} ({}) and the public key to {}.",
+        args.out.display(),
+        if passphrase.is_some() { "encrypted with the passphrase" } else { "not encrypted" },
+        pub_path.display()
+    );
+    eprintln!("Key fingerprint: {}", key.fingerprint());
+    eprintln!("Add this line to the allowed_signers file that verifiers use:");
+    println!("{}", line_for(&principal, key.public_key(), &ALL_NAMESPACES));
+    Ok(())
+}
+
+/// `PATH.pub`.
+fn public_key_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+fn prompt_new_passphrase() -> Result<String> {
+    let no_tty = |_| Error::Usage(format!("there is no terminal to ask for a passphrase on; set {PASSPHRASE_ENV}"));
+    let first = rpassword::prompt_password("Passphrase for the new key (empty for none): ").map_err(no_tty)?;
+    let second = rpassword::prompt_password("The same passphrase again: ").map_err(no_tty)?;
+    if first != second {
+        return Err(Error::Usage("the two passphrases differ; nothing was written".into()));
+    }
+    Ok(first)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::write(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// `$USER@hostname`, with fallbacks.
+fn default_principal() -> String {
+    let user = ["USER", "USERNAME", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "writeback".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| ["HOSTNAME", "COMPUTERNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty())))
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
 }

@@ -1,13 +1,125 @@
-//! `writeback verify`.
+//! `writeback verify`: check a plan's signature, signer, format version and expiry, and say who signed what
+//! and when.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
 
 use crate::cli::Context;
 use crate::error::Result;
+use crate::plan::timestamp;
+use crate::trust::{self, VerifiedPlan};
 
 /// Arguments of `writeback verify`.
 #[derive(Debug, clap::Args)]
-pub struct VerifyArgs {}
+pub struct VerifyArgs {
+    /// The plan file (JSON or CSV).
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
 
-/// Runs `writeback verify`.
-pub fn run(_args: VerifyArgs, _ctx: &Context) -> Result<()> {
-    Err(crate::cli::not_built("verify"))
+    /// The allowed_signers file listing who may sign plans.
+    #[arg(long, value_name = "FILE", env = "WRITEBACK_ALLOWED_SIGNERS")]
+    pub allowed_signers: PathBuf,
+
+    /// The signature file (default: PLAN.sig).
+    #[arg(long, value_name = "SIG")]
+    pub signature: Option<PathBuf>,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `writeback verify`. Exit 0 only for a valid, unexpired plan; an expired plan is described, then
+/// exits 12.
+pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
+    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &args.allowed_signers, ctx.now)?;
+    let sig_path = args.signature.clone().unwrap_or_else(|| trust::default_signature_path(&args.plan));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&as_json(&args, &sig_path, &verified, ctx.now)).unwrap_or_default()
+        );
+    } else {
+        print_text(&args, &sig_path, &verified, ctx.now);
+    }
+    verified.ensure_unexpired(&args.plan, ctx.now)
+}
+
+fn as_json(args: &VerifyArgs, sig_path: &std::path::Path, v: &VerifiedPlan, now: DateTime<Utc>) -> serde_json::Value {
+    let (adds, removes) = v.plan.totals();
+    json!({
+        "valid": !v.expired,
+        "signature_valid": true,
+        "expired": v.expired,
+        "plan_file": args.plan.display().to_string(),
+        "signature_file": sig_path.display().to_string(),
+        "allowed_signers": args.allowed_signers.display().to_string(),
+        "principal": v.principal,
+        "fingerprint": v.fingerprint,
+        "plan_id": v.plan.plan_id,
+        "sha256": v.sha256,
+        "format_version": v.plan.format_version,
+        "tool_version": v.plan.tool_version,
+        "tenant_id": v.plan.tenant_id,
+        "created_at": timestamp::format(&v.plan.created_at),
+        "expires_at": timestamp::format(&v.plan.expires_at),
+        "checked_at": timestamp::format(&now),
+        "adds": adds,
+        "removes": removes,
+        "groups": v.plan.groups.iter().map(|g| json!({
+            "group_id": g.group_id,
+            "display_name": g.display_name,
+            "adds": g.counts.add,
+            "removes": g.counts.remove,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_text(args: &VerifyArgs, sig_path: &std::path::Path, v: &VerifiedPlan, now: DateTime<Utc>) {
+    let (adds, removes) = v.plan.totals();
+    println!("Plan:        {}", args.plan.display());
+    println!("Signature:   good ({}, namespace {})", sig_path.display(), trust::PLAN_NAMESPACE);
+    println!("Signed by:   {} (key {})", v.principal, v.fingerprint);
+    println!("Trusted by:  {}", args.allowed_signers.display());
+    println!("Plan id:     {}", v.plan.plan_id);
+    println!("SHA-256:     {}", v.sha256);
+    println!("Format:      {} ({})", v.plan.format_version, v.plan.tool_version);
+    if let Some(tenant) = &v.plan.tenant_id {
+        println!("Tenant:      {tenant}");
+    }
+    println!("Created:     {}", timestamp::format(&v.plan.created_at));
+    let status = if v.expired {
+        format!("EXPIRED {} ago", human(now - v.plan.expires_at))
+    } else {
+        format!("valid for {} more", human(v.plan.expires_at - now))
+    };
+    println!("Expires:     {} ({status})", timestamp::format(&v.plan.expires_at));
+    println!("Groups:      {}", v.plan.groups.len());
+    for g in &v.plan.groups {
+        println!("  {}: {} to add, {} to remove", g.label(), g.counts.add, g.counts.remove);
+    }
+    println!("Changes:     {adds} to add, {removes} to remove");
+    if v.expired {
+        println!("Result:      the signature is good but the plan has EXPIRED; it cannot be applied");
+    } else {
+        println!("Result:      OK, the plan is signed by a trusted signer and has not expired");
+    }
+}
+
+/// A duration in the largest sensible unit, e.g. `3 days 4 hours`, `25 minutes`.
+fn human(d: chrono::Duration) -> String {
+    let secs = d.num_seconds().max(0);
+    let (days, hours, minutes) = (secs / 86_400, (secs % 86_400) / 3_600, (secs % 3_600) / 60);
+    let unit = |n: i64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    if days > 0 {
+        format!("{} {}", unit(days, "day"), unit(hours, "hour"))
+    } else if hours > 0 {
+        format!("{} {}", unit(hours, "hour"), unit(minutes, "minute"))
+    } else if minutes > 0 {
+        unit(minutes, "minute")
+    } else {
+        unit(secs, "second")
+    }
 }

@@ -75,7 +75,7 @@ pub enum TrustError {
         source_name: String,
     },
     /// The key is listed, but its `namespaces=` does not include this one.
-    #[error("the key {fingerprint} ({principal}) is not allowed to sign '{namespace}' files (line {line} of {source_name} allows namespaces=\"{allowed}\")")]
+    #[error("the key {fingerprint} ({principal}) is not allowed to sign '{namespace}' files ({location} allows namespaces=\"{allowed}\")")]
     NamespaceNotAllowed {
         /// The namespace asked for.
         namespace: String,
@@ -85,42 +85,36 @@ pub enum TrustError {
         principal: String,
         /// The namespaces the line allows.
         allowed: String,
-        /// The allowed_signers file.
-        source_name: String,
-        /// The line.
-        line: u64,
+        /// The line: `file:line`.
+        location: String,
     },
     /// The signing time is before the key's `valid-after`.
-    #[error("the key {fingerprint} ({principal}) is valid only from {valid_after} (valid-after on line {line} of {source_name}), but the signing time is {at}")]
+    #[error("the key {fingerprint} ({principal}) is valid only from {} (valid-after at {location}), but the signing time is {}", timestamp::format(valid_after), timestamp::format(at))]
     NotYetValid {
         /// The bound.
-        valid_after: String,
+        valid_after: DateTime<Utc>,
         /// The signing time.
-        at: String,
+        at: DateTime<Utc>,
         /// The key's fingerprint.
         fingerprint: String,
         /// The principal of the line.
         principal: String,
-        /// The allowed_signers file.
-        source_name: String,
-        /// The line.
-        line: u64,
+        /// The line: `file:line`.
+        location: String,
     },
     /// The signing time is after the key's `valid-before`.
-    #[error("the key {fingerprint} ({principal}) was valid only until {valid_before} (valid-before on line {line} of {source_name}), but the signing time is {at}")]
+    #[error("the key {fingerprint} ({principal}) was valid only until {} (valid-before at {location}), but the signing time is {}", timestamp::format(valid_before), timestamp::format(at))]
     NoLongerValid {
         /// The bound.
-        valid_before: String,
+        valid_before: DateTime<Utc>,
         /// The signing time.
-        at: String,
+        at: DateTime<Utc>,
         /// The key's fingerprint.
         fingerprint: String,
         /// The principal of the line.
         principal: String,
-        /// The allowed_signers file.
-        source_name: String,
-        /// The line.
-        line: u64,
+        /// The line: `file:line`.
+        location: String,
     },
 }
 
@@ -264,8 +258,7 @@ impl AllowedSigners {
                             fingerprint: fingerprint.clone(),
                             principal: principal.clone(),
                             allowed: namespaces.join(","),
-                            source_name: self.source_name.clone(),
-                            line: entry.line,
+                            location: format!("{}:{}", self.source_name, entry.line),
                         },
                     );
                     continue;
@@ -276,12 +269,11 @@ impl AllowedSigners {
                     keep(
                         3,
                         TrustError::NotYetValid {
-                            valid_after: timestamp::format(&after),
-                            at: timestamp::format(&at),
+                            valid_after: after,
+                            at,
                             fingerprint: fingerprint.clone(),
                             principal,
-                            source_name: self.source_name.clone(),
-                            line: entry.line,
+                            location: format!("{}:{}", self.source_name, entry.line),
                         },
                     );
                     continue;
@@ -290,12 +282,11 @@ impl AllowedSigners {
                     keep(
                         3,
                         TrustError::NoLongerValid {
-                            valid_before: timestamp::format(&before),
-                            at: timestamp::format(&at),
+                            valid_before: before,
+                            at,
                             fingerprint: fingerprint.clone(),
                             principal,
-                            source_name: self.source_name.clone(),
-                            line: entry.line,
+                            location: format!("{}:{}", self.source_name, entry.line),
                         },
                     );
                     continue;
@@ -317,6 +308,27 @@ impl AllowedSigners {
             .flat_map(|e| e.principals.iter().cloned())
             .collect()
     }
+}
+
+/// The allowed_signers line that lets `key` sign as `principal` for `namespaces`, e.g.
+/// `alice@contoso.com namespaces="writeback-plan" ssh-ed25519 AAAA…`.
+pub fn line_for(principal: &str, key: &PublicKey, namespaces: &[&str]) -> String {
+    let bare = PublicKey::new(key.key_data().clone(), "");
+    format!("{principal} namespaces=\"{}\" {}", namespaces.join(","), bare.to_openssh().unwrap_or_default())
+}
+
+/// Checks that a principal can stand alone on an allowed_signers line: not empty, and free of whitespace,
+/// quotes, commas and pattern characters.
+pub fn check_principal(principal: &str) -> Result<(), String> {
+    if principal.is_empty() {
+        return Err("the principal is empty".into());
+    }
+    if let Some(c) = principal.chars().find(|c| c.is_whitespace() || c.is_control() || "\",*?!#".contains(*c)) {
+        return Err(format!(
+            "the principal '{principal}' contains {c:?}; use a plain name such as alice@contoso.com (no spaces, quotes, commas, *, ?, ! or #)"
+        ));
+    }
+    Ok(())
 }
 
 /// Splits off the next whitespace-delimited field; a field starting with `"` runs to the closing quote, and

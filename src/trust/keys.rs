@@ -43,6 +43,9 @@ pub enum KeyProblem {
     /// The key is encrypted and there is no way to ask for its passphrase.
     #[error("the key is protected by a passphrase and there is no terminal to ask for it; set {PASSPHRASE_ENV}")]
     PassphraseNeeded,
+    /// The passphrase variable is set but is not UTF-8 text.
+    #[error("{PASSPHRASE_ENV} is set but is not valid UTF-8 text")]
+    PassphraseNotText,
     /// The passphrase does not open the key.
     #[error("the passphrase is wrong (check {PASSPHRASE_ENV}, or what you typed)")]
     WrongPassphrase,
@@ -85,7 +88,10 @@ impl SigningKey {
         let fail = |problem| KeyError { path: path.to_path_buf(), problem };
         check_permissions(path).map_err(fail)?;
         let text = std::fs::read(path).map_err(|e| fail(KeyProblem::Read(e)))?;
-        let key = PrivateKey::from_openssh(&text).map_err(|e| fail(KeyProblem::Malformed(e.to_string())))?;
+        let key = PrivateKey::from_openssh(&text).map_err(|e| match other_key_type(&text) {
+            Some(kind) => fail(KeyProblem::NotEd25519(kind)),
+            None => fail(KeyProblem::Malformed(e.to_string())),
+        })?;
         if key.algorithm() != Algorithm::Ed25519 {
             return Err(fail(KeyProblem::NotEd25519(key.algorithm().to_string())));
         }
@@ -154,6 +160,42 @@ impl SigningKey {
     }
 }
 
+/// The key type of a private key that `ssh-key` (built for Ed25519 only) cannot decode: read from the
+/// public-key part of an OpenSSH key, or from the label of an old PEM key.
+fn other_key_type(text: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let text = std::str::from_utf8(text).ok()?.trim();
+    for (label, kind) in [("RSA", "RSA"), ("EC", "ECDSA"), ("DSA", "DSA")] {
+        if text.starts_with(&format!("-----BEGIN {label} PRIVATE KEY-----")) {
+            return Some(format!("{kind} (PEM)"));
+        }
+    }
+    let body: String = text
+        .strip_prefix("-----BEGIN OPENSSH PRIVATE KEY-----")?
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let blob = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
+    // "openssh-key-v1\0", string cipher, string kdf, string kdf options, uint32 count, string public key
+    let mut at = b"openssh-key-v1\0".len();
+    if !blob.starts_with(b"openssh-key-v1\0") {
+        return None;
+    }
+    let read_u32 = |at: usize| -> Option<usize> {
+        let bytes: [u8; 4] = blob.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_be_bytes(bytes) as usize)
+    };
+    for _ in 0..3 {
+        at = at.checked_add(4)?.checked_add(read_u32(at)?)?;
+    }
+    at = at.checked_add(4 + 4)?; // key count, public key length
+    let type_len = read_u32(at)?;
+    let kind = blob.get(at + 4..at.checked_add(4)?.checked_add(type_len)?)?;
+    let kind = String::from_utf8_lossy(kind).into_owned();
+    (kind != "ssh-ed25519").then_some(kind)
+}
+
 /// Refuses a key file that group or others may access, as ssh does.
 fn check_permissions(path: &Path) -> Result<(), KeyProblem> {
     #[cfg(unix)]
@@ -174,7 +216,7 @@ fn check_permissions(path: &Path) -> Result<(), KeyProblem> {
 /// the variable.
 pub fn passphrase_from_env_or_terminal(path: &Path) -> Result<String, KeyProblem> {
     if let Some(pass) = std::env::var_os(PASSPHRASE_ENV) {
-        return pass.into_string().map_err(|_| KeyProblem::Malformed(format!("{PASSPHRASE_ENV} is not valid UTF-8")));
+        return pass.into_string().map_err(|_| KeyProblem::PassphraseNotText);
     }
     rpassword::prompt_password(format!("Passphrase for {}: ", path.display())).map_err(|_| KeyProblem::PassphraseNeeded)
 }
