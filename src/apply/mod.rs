@@ -1,1 +1,141 @@
 //! `apply`: gates, the batching executor, the journal and the receipt.
+//!
+//! The flow of one `writeback apply`:
+//!
+//! ```text
+//! verified plan ─► gates (tenant, groups, replay, drift, thresholds) ─► work list
+//!   ─► executor ($batch of PATCH/DELETE $ref, retries) ─► journal (one fsynced line per outcome) ─► receipt
+//! ```
+//!
+//! The pure parts ([`journal`] chain, [`gates`] drift and thresholds, [`receipt`], the batching arithmetic in
+//! [`executor`]) do no I/O. The executor talks to Graph through the small [`executor::Transport`] trait and reads
+//! through [`gates::DirectoryReads`], so both can be replaced by in-memory fakes in tests.
+
+pub mod executor;
+pub mod gates;
+pub mod journal;
+pub mod receipt;
+pub mod session;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::ObjectId;
+use crate::plan::Action;
+
+/// What became of one planned change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Graph accepted the write.
+    Applied,
+    /// The user was already a member, so nothing needed to be added.
+    AlreadyMember,
+    /// The user was already not a member, so nothing needed to be removed.
+    AlreadyAbsent,
+    /// The change could not be made; the record carries Graph's reason.
+    Failed,
+}
+
+impl Outcome {
+    /// The name used in the journal, the receipt and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::AlreadyMember => "already-member",
+            Outcome::AlreadyAbsent => "already-absent",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// True for every outcome except [`Outcome::Failed`]: the group is as the plan wants for this user.
+    pub fn is_success(self) -> bool {
+        self != Outcome::Failed
+    }
+}
+
+/// An error Graph returned for one request, as recorded in the journal and the receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphFailure {
+    /// The HTTP status of the item (0 when no answer came back).
+    pub status: u16,
+    /// Graph's `error.code`, e.g. `Request_ResourceNotFound`.
+    pub code: Option<String>,
+    /// Graph's `error.message`.
+    pub message: Option<String>,
+    /// Graph's `innerError.request-id`, to quote to Microsoft support.
+    pub request_id: Option<String>,
+}
+
+impl std::fmt::Display for GraphFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if let Some(message) = &self.message {
+            write!(f, ": {message}")?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " (request-id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The final result for one change of the plan: which change, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeResult {
+    /// The group.
+    pub group_id: ObjectId,
+    /// The user.
+    pub user_id: ObjectId,
+    /// Add or remove.
+    pub action: Action,
+    /// What happened.
+    pub outcome: Outcome,
+    /// A short explanation for people, e.g. "already a member when apply began".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Graph's error, for failures (and for the answer that showed a change was not needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<GraphFailure>,
+}
+
+/// How many changes ended in each outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCounts {
+    /// [`Outcome::Applied`].
+    pub applied: u64,
+    /// [`Outcome::AlreadyMember`].
+    pub already_member: u64,
+    /// [`Outcome::AlreadyAbsent`].
+    pub already_absent: u64,
+    /// [`Outcome::Failed`].
+    pub failed: u64,
+}
+
+impl OutcomeCounts {
+    /// Counts one more outcome.
+    pub fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::AlreadyMember => self.already_member += 1,
+            Outcome::AlreadyAbsent => self.already_absent += 1,
+            Outcome::Failed => self.failed += 1,
+        }
+    }
+
+    /// Counts a list of outcomes.
+    pub fn tally<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> OutcomeCounts {
+        let mut counts = OutcomeCounts::default();
+        for outcome in outcomes {
+            counts.add(*outcome);
+        }
+        counts
+    }
+
+    /// All outcomes together.
+    pub fn total(&self) -> u64 {
+        self.applied + self.already_member + self.already_absent + self.failed
+    }
+}

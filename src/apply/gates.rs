@@ -1,0 +1,489 @@
+//! The gates `apply` passes before it sends any write, and the work list they leave.
+//!
+//! Gates run in this order; each refusal has its own exit code ([`crate::error::exit`]):
+//!
+//! | # | gate | exit |
+//! |---|------|------|
+//! | 1 | signature valid, signer allowed for `writeback-plan` | 10, 11 |
+//! | 2 | format version known (and the file is a well-formed plan) | 14, 13 |
+//! | 3 | not expired | 12 |
+//! | 4 | tenant matches the token's tenant | 20 |
+//! | 5 | each group exists and is manageable | 21 |
+//! | – | approvals (a later version: `--require-approvals`) | 15 |
+//! | 6 | the plan id has not finished in the journal (replay) | 22 |
+//! | 7 | drift since planning, only with `--strict` | 23 |
+//! | 8 | removal thresholds | 24 |
+//!
+//! Gates 1–3 are the trust module's verification; this module holds 4–8, as pure functions over values the
+//! caller read, plus [`DirectoryReads`], the reads they need.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use serde::Serialize;
+
+use super::journal::PlanProgress;
+use super::{ChangeResult, Outcome};
+use crate::error::{exit, Error, Result};
+use crate::identity::ObjectId;
+use crate::plan::{Action, GroupPlan, Plan};
+
+/// The directory reads the gates need. Implemented for the Graph client, and by fakes in tests.
+pub trait DirectoryReads: Send + Sync {
+    /// The tenant id of the token writeback holds.
+    fn tenant_id(&self) -> impl Future<Output = Result<String>> + Send;
+    /// A group's state, or `None` when it does not exist.
+    fn group(&self, id: &ObjectId) -> impl Future<Output = Result<Option<GroupState>>> + Send;
+    /// The ids of the group's direct user members (other kinds left out).
+    fn user_members(&self, id: &ObjectId) -> impl Future<Output = Result<Vec<ObjectId>>> + Send;
+}
+
+/// What the gates need to know about a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    /// displayName.
+    pub display_name: Option<String>,
+    /// Why Graph cannot change its membership (dynamic, mail-enabled, synced from on-premises…), if so.
+    pub not_manageable: Option<String>,
+}
+
+/// A gate's refusal: its exit code and the message for the admin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// The exit code ([`crate::error::exit`]).
+    pub code: i32,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Error {
+        Error::Gate { code: r.code, message: r.message }
+    }
+}
+
+/// Gate 4: the plan's tenant is the token's tenant. A plan made from exports names no tenant; then the group
+/// ids (which are unique across tenants) are what ties it to the tenant, and gate 5 checks them.
+pub fn check_tenant(plan: &Plan, token_tenant: &str) -> Result<(), Refusal> {
+    match &plan.tenant_id {
+        Some(planned) if !planned.trim().eq_ignore_ascii_case(token_tenant.trim()) => Err(Refusal {
+            code: exit::TENANT_MISMATCH,
+            message: format!(
+                "the plan was made for tenant {planned}, but the credentials sign in to tenant {token_tenant}; \
+                 use the credentials of the plan's tenant, or ask for a plan made against this one"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Gate 5: the group exists and Graph can change its membership.
+pub fn check_group(group: &GroupPlan, state: Option<&GroupState>) -> Result<(), Refusal> {
+    match state {
+        None => Err(Refusal {
+            code: exit::GROUP_NOT_MANAGEABLE,
+            message: format!("group {} no longer exists (or the credentials cannot see it)", group.label()),
+        }),
+        Some(GroupState { not_manageable: Some(reason), .. }) => Err(Refusal {
+            code: exit::GROUP_NOT_MANAGEABLE,
+            message: format!("group {} cannot be changed through Microsoft Graph: {reason}", group.label()),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Gate 6: a plan that finished is never applied again; a plan whose id was started with other file contents
+/// is refused too. An interrupted plan passes (it resumes). `receipt_exists` covers a journal that was moved.
+pub fn check_replay(
+    plan: &Plan,
+    plan_sha256: &str,
+    progress: &PlanProgress,
+    receipt_exists: bool,
+) -> Result<(), Refusal> {
+    if let Some((at, status)) = &progress.finished {
+        return Err(Refusal {
+            code: exit::REPLAY,
+            message: format!(
+                "plan {} was already applied (finished {} at {}); a plan is applied once. To make more changes, \
+                 make a new plan",
+                plan.plan_id,
+                status.as_str(),
+                crate::plan::timestamp::format(at)
+            ),
+        });
+    }
+    if let Some(recorded) = &progress.plan_sha256 {
+        if recorded != plan_sha256 {
+            return Err(Refusal {
+                code: exit::REPLAY,
+                message: format!(
+                    "plan id {} was started from a file with other contents (sha256 {recorded}); refusing a second \
+                     document under the same id",
+                    plan.plan_id
+                ),
+            });
+        }
+    }
+    if receipt_exists && progress.runs == 0 {
+        return Err(Refusal {
+            code: exit::REPLAY,
+            message: format!(
+                "plan {} has a receipt already, so it was applied; the journal given does not show it. Use the \
+                 journal that belongs to the receipt, or make a new plan",
+                plan.plan_id
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Who joined and who left a group since planning (user members only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// Members now that were not members at planning time.
+    pub joined: Vec<ObjectId>,
+    /// Members at planning time that are not members now.
+    pub left: Vec<ObjectId>,
+}
+
+impl Drift {
+    /// Compares the planning-time membership with the current one.
+    pub fn between(planned: &[ObjectId], current: &BTreeSet<ObjectId>) -> Drift {
+        let planned: BTreeSet<&ObjectId> = planned.iter().collect();
+        Drift {
+            joined: current.iter().filter(|id| !planned.contains(id)).cloned().collect(),
+            left: planned.iter().filter(|id| !current.contains(**id)).map(|id| (*id).clone()).collect(),
+        }
+    }
+
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.left.is_empty()
+    }
+}
+
+/// One group's share of the work, after the gates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupWork {
+    /// The group.
+    pub group_id: ObjectId,
+    /// The label people know it by.
+    pub label: String,
+    /// What changed since planning.
+    pub drift: Drift,
+    /// The part of the drift that `--strict` refuses (see [`plan_group`]).
+    pub strict_drift: Drift,
+    /// How many user members the group has now.
+    pub member_count: u64,
+    /// Adds still to send.
+    pub adds: Vec<ObjectId>,
+    /// Removes still to send.
+    pub removes: Vec<ObjectId>,
+    /// Changes that are no longer needed (the group already is as planned for the user); recorded without a write.
+    pub settled: Vec<ChangeResult>,
+    /// Changes that already have an outcome in the journal (an interrupted run).
+    pub recorded: u64,
+}
+
+impl GroupWork {
+    /// The number of changes this run still has to give an outcome to.
+    pub fn pending(&self) -> u64 {
+        (self.adds.len() + self.removes.len() + self.settled.len()) as u64
+    }
+}
+
+/// Gate 7's arithmetic for one group: drift, and which changes still need a write.
+///
+/// A change that already has an outcome in the journal is left alone. Of the others, an add whose user is
+/// already a member and a remove whose user is already gone are settled without a write. On a resumed run, the
+/// changes of this plan are expected to differ from the precondition (the interrupted run may have made them),
+/// so `strict_drift` leaves those users out; on a first run it is the whole drift.
+pub fn plan_group(group: &GroupPlan, current: &BTreeSet<ObjectId>, progress: &PlanProgress) -> GroupWork {
+    let drift = Drift::between(&group.precondition.member_ids, current);
+    let resuming = progress.runs > 0;
+    let strict_drift = if resuming {
+        let planned: BTreeSet<&ObjectId> = group.changes.iter().map(|c| &c.user_id).collect();
+        Drift {
+            joined: drift.joined.iter().filter(|u| !planned.contains(u)).cloned().collect(),
+            left: drift.left.iter().filter(|u| !planned.contains(u)).cloned().collect(),
+        }
+    } else {
+        drift.clone()
+    };
+    let mut work = GroupWork {
+        group_id: group.group_id.clone(),
+        label: group.label(),
+        drift,
+        strict_drift,
+        member_count: current.len() as u64,
+        adds: Vec::new(),
+        removes: Vec::new(),
+        settled: Vec::new(),
+        recorded: 0,
+    };
+    for change in &group.changes {
+        if progress.outcomes.contains_key(&(group.group_id.clone(), change.user_id.clone())) {
+            work.recorded += 1;
+            continue;
+        }
+        let is_member = current.contains(&change.user_id);
+        let settled = |outcome: Outcome, detail: &str| ChangeResult {
+            group_id: group.group_id.clone(),
+            user_id: change.user_id.clone(),
+            action: change.action,
+            outcome,
+            detail: Some(detail.to_string()),
+            error: None,
+        };
+        match (change.action, is_member) {
+            (Action::Add, true) => {
+                work.settled.push(settled(Outcome::AlreadyMember, "already a member when apply began; no write sent"))
+            }
+            (Action::Remove, false) => work
+                .settled
+                .push(settled(Outcome::AlreadyAbsent, "already not a member when apply began; no write sent")),
+            (Action::Add, false) => work.adds.push(change.user_id.clone()),
+            (Action::Remove, true) => work.removes.push(change.user_id.clone()),
+        }
+    }
+    work
+}
+
+/// Gate 7 under `--strict`: any drift refuses.
+pub fn check_strict_drift(works: &[GroupWork]) -> Result<(), Refusal> {
+    let drifted: Vec<String> = works
+        .iter()
+        .filter(|w| !w.strict_drift.is_empty())
+        .map(|w| format!("{} ({} joined, {} left)", w.label, w.strict_drift.joined.len(), w.strict_drift.left.len()))
+        .collect();
+    if drifted.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal {
+        code: exit::DRIFT,
+        message: format!(
+            "membership changed since the plan was made: {}; --strict refuses a stale plan. Make a new plan, or run \
+             without --strict to apply only the changes still needed",
+            drifted.join("; ")
+        ),
+    })
+}
+
+/// The removal limits (gate 8).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// The most removals in one apply, over all groups.
+    pub max_removals: u64,
+    /// The most removals from one group, as a percentage of its current user members.
+    pub max_removal_percent: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Thresholds {
+        Thresholds { max_removals: 500, max_removal_percent: 20.0 }
+    }
+}
+
+/// Gate 8: the removals still to send stay within both limits.
+pub fn check_thresholds(works: &[GroupWork], limits: Thresholds) -> Result<(), Refusal> {
+    let total: u64 = works.iter().map(|w| w.removes.len() as u64).sum();
+    if total > limits.max_removals {
+        return Err(Refusal {
+            code: exit::THRESHOLD,
+            message: format!(
+                "the plan removes {total} members, over the limit of {} (--max-removals). Check the plan; if the \
+                 removals are intended, run again with --max-removals {total}",
+                limits.max_removals
+            ),
+        });
+    }
+    for work in works {
+        let removes = work.removes.len() as u64;
+        if removes == 0 {
+            continue;
+        }
+        let percent = removes as f64 * 100.0 / (work.member_count.max(1) as f64);
+        if percent > limits.max_removal_percent {
+            return Err(Refusal {
+                code: exit::THRESHOLD,
+                message: format!(
+                    "group {}: the plan removes {removes} of its {} members ({percent:.1}%), over the limit of {}% \
+                     (--max-removal-percent). Check the plan; if the removals are intended, run again with \
+                     --max-removal-percent {}",
+                    work.label,
+                    work.member_count,
+                    limits.max_removal_percent,
+                    percent.ceil()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::journal::FinishStatus;
+    use crate::plan::{Change, Counts, Precondition};
+    use chrono::DateTime;
+
+    fn id(n: u8) -> ObjectId {
+        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
+    }
+
+    fn change(action: Action, n: u8) -> Change {
+        Change {
+            action,
+            user_id: id(n),
+            upn: format!("u{n}@contoso.com"),
+            mail: None,
+            display_name: None,
+            source_line: None,
+            reason: "test".into(),
+            flags: vec![],
+        }
+    }
+
+    fn group(members: &[u8], changes: Vec<Change>) -> GroupPlan {
+        let ids: Vec<ObjectId> = members.iter().map(|n| id(*n)).collect();
+        GroupPlan {
+            group_id: id(200),
+            display_name: Some("Staff".into()),
+            options: Default::default(),
+            inputs: vec![],
+            precondition: Precondition::from_members(&ids),
+            counts: Counts::tally(&changes, &[]),
+            changes,
+            not_acted_on: vec![],
+        }
+    }
+
+    fn set(ns: &[u8]) -> BTreeSet<ObjectId> {
+        ns.iter().map(|n| id(*n)).collect()
+    }
+
+    #[test]
+    fn no_drift_means_every_change_is_needed() {
+        let g = group(&[1, 2, 3], vec![change(Action::Add, 4), change(Action::Remove, 1)]);
+        let w = plan_group(&g, &set(&[1, 2, 3]), &PlanProgress::default());
+        assert!(w.drift.is_empty());
+        assert_eq!(w.adds, vec![id(4)]);
+        assert_eq!(w.removes, vec![id(1)]);
+        assert!(w.settled.is_empty());
+        assert_eq!(w.pending(), 2);
+        assert!(check_strict_drift(&[w]).is_ok());
+    }
+
+    #[test]
+    fn drift_settles_changes_no_longer_needed_and_strict_refuses() {
+        let g = group(&[1, 2, 3], vec![change(Action::Add, 4), change(Action::Remove, 1), change(Action::Add, 5)]);
+        // Since planning: 4 joined (the planned add), 1 left (the planned remove), 9 joined (unrelated).
+        let w = plan_group(&g, &set(&[2, 3, 4, 9]), &PlanProgress::default());
+        assert_eq!(w.drift.joined, vec![id(4), id(9)]);
+        assert_eq!(w.drift.left, vec![id(1)]);
+        assert_eq!(w.adds, vec![id(5)]);
+        assert!(w.removes.is_empty());
+        let outcomes: Vec<Outcome> = w.settled.iter().map(|s| s.outcome).collect();
+        assert_eq!(outcomes, vec![Outcome::AlreadyMember, Outcome::AlreadyAbsent]);
+        let err = check_strict_drift(&[w]).unwrap_err();
+        assert_eq!(err.code, exit::DRIFT);
+        assert!(err.message.contains("2 joined, 1 left"), "{}", err.message);
+    }
+
+    #[test]
+    fn resume_skips_recorded_changes_and_strict_ignores_this_plans_users() {
+        let g = group(&[1, 2, 3], vec![change(Action::Add, 4), change(Action::Remove, 1), change(Action::Add, 5)]);
+        let mut progress = PlanProgress { runs: 1, ..Default::default() };
+        progress.outcomes.insert(
+            (id(200), id(4)),
+            ChangeResult {
+                group_id: id(200),
+                user_id: id(4),
+                action: Action::Add,
+                outcome: Outcome::Applied,
+                detail: None,
+                error: None,
+            },
+        );
+        // The interrupted run added 4 (recorded) and removed 1 (not recorded before the crash).
+        let w = plan_group(&g, &set(&[2, 3, 4]), &progress);
+        assert_eq!(w.recorded, 1);
+        assert_eq!(w.adds, vec![id(5)]);
+        assert_eq!(w.settled.len(), 1);
+        assert!(w.strict_drift.is_empty());
+        assert!(check_strict_drift(&[w]).is_ok());
+        // Someone else's change still counts as drift on a resume.
+        let w = plan_group(&g, &set(&[2, 3, 4, 8]), &progress);
+        assert_eq!(w.strict_drift.joined, vec![id(8)]);
+    }
+
+    #[test]
+    fn thresholds_count_and_percent() {
+        let members: Vec<u8> = (1..=10).collect();
+        let g = group(&members, vec![change(Action::Remove, 1), change(Action::Remove, 2), change(Action::Remove, 3)]);
+        let w = plan_group(&g, &set(&members), &PlanProgress::default());
+        let limits = Thresholds::default();
+        let err = check_thresholds(std::slice::from_ref(&w), limits).unwrap_err();
+        assert_eq!(err.code, exit::THRESHOLD);
+        assert!(err.message.contains("30.0%"), "{}", err.message);
+        assert!(check_thresholds(std::slice::from_ref(&w), Thresholds { max_removal_percent: 30.0, ..limits }).is_ok());
+        let err = check_thresholds(&[w], Thresholds { max_removals: 2, max_removal_percent: 100.0 }).unwrap_err();
+        assert!(err.message.contains("--max-removals 3"), "{}", err.message);
+    }
+
+    #[test]
+    fn tenant_gate() {
+        let mut plan = Plan {
+            format: crate::plan::FORMAT_NAME.into(),
+            format_version: "1.0".into(),
+            plan_id: uuid::Uuid::nil(),
+            created_at: DateTime::from_timestamp(0, 0).unwrap(),
+            expires_at: DateTime::from_timestamp(10, 0).unwrap(),
+            signer: "a".into(),
+            tool_version: "t".into(),
+            tenant_id: Some("AAAA".into()),
+            groups: vec![],
+        };
+        assert!(check_tenant(&plan, "aaaa").is_ok());
+        assert_eq!(check_tenant(&plan, "bbbb").unwrap_err().code, exit::TENANT_MISMATCH);
+        plan.tenant_id = None;
+        assert!(check_tenant(&plan, "bbbb").is_ok());
+    }
+
+    #[test]
+    fn replay_gate() {
+        let plan = Plan {
+            format: crate::plan::FORMAT_NAME.into(),
+            format_version: "1.0".into(),
+            plan_id: uuid::Uuid::nil(),
+            created_at: DateTime::from_timestamp(0, 0).unwrap(),
+            expires_at: DateTime::from_timestamp(10, 0).unwrap(),
+            signer: "a".into(),
+            tool_version: "t".into(),
+            tenant_id: None,
+            groups: vec![],
+        };
+        let fresh = PlanProgress::default();
+        assert!(check_replay(&plan, "aa", &fresh, false).is_ok());
+        assert_eq!(check_replay(&plan, "aa", &fresh, true).unwrap_err().code, exit::REPLAY);
+        let interrupted = PlanProgress { runs: 1, plan_sha256: Some("aa".into()), ..Default::default() };
+        assert!(check_replay(&plan, "aa", &interrupted, false).is_ok());
+        assert_eq!(check_replay(&plan, "bb", &interrupted, false).unwrap_err().code, exit::REPLAY);
+        let finished = PlanProgress {
+            finished: Some((DateTime::from_timestamp(5, 0).unwrap(), FinishStatus::Partial)),
+            ..interrupted
+        };
+        assert_eq!(check_replay(&plan, "aa", &finished, false).unwrap_err().code, exit::REPLAY);
+    }
+
+    #[test]
+    fn group_gate() {
+        let g = group(&[], vec![]);
+        assert_eq!(check_group(&g, None).unwrap_err().code, exit::GROUP_NOT_MANAGEABLE);
+        let dynamic = GroupState { display_name: None, not_manageable: Some("dynamic membership".into()) };
+        assert!(check_group(&g, Some(&dynamic)).unwrap_err().message.contains("dynamic"));
+        assert!(check_group(&g, Some(&GroupState { display_name: None, not_manageable: None })).is_ok());
+    }
+}

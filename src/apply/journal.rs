@@ -1,0 +1,662 @@
+//! The apply journal: an append-only, hash-chained JSONL file.
+//!
+//! Line 1 is a header (`{"format":"writeback-journal",…}`). Every later line is one event and carries `seq`
+//! (1, 2, 3, …) and `prev`, which is `sha256:` followed by the SHA-256 (lowercase hex) of the previous line's
+//! exact bytes, without its line feed. Editing, inserting or deleting a line breaks the chain at the next line.
+//! The receipt records the head hash and `seq`, which anchors the tail as well.
+//!
+//! Events: `apply-started` (each run, first or resumed), `change-outcome` (one per change, written and fsynced
+//! as results arrive), `apply-finished` (once per plan). A journal may hold several plans; events carry the plan
+//! id.
+//!
+//! A crash can leave a last line without its line feed. [`verify_chain`] reports it as a torn tail (it is not
+//! part of the chain), and [`Journal::open`] cuts it off before appending, saying so.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::receipt::Applier;
+use super::{ChangeResult, OutcomeCounts};
+use crate::error::{Error, Result};
+use crate::identity::ObjectId;
+use crate::plan::precondition::sha256_hex;
+use crate::plan::timestamp;
+
+/// The `format` marker of the header line.
+pub const JOURNAL_FORMAT: &str = "writeback-journal";
+/// The journal format version this build writes and reads.
+pub const JOURNAL_VERSION: &str = "1.0";
+
+/// The first line of a journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Always [`JOURNAL_FORMAT`].
+    pub format: String,
+    /// Always [`JOURNAL_VERSION`].
+    pub format_version: String,
+    /// When the journal was created.
+    #[serde(with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    /// The writeback that created it.
+    pub tool_version: String,
+}
+
+/// How a plan's apply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinishStatus {
+    /// Every change is applied, or was not needed.
+    Complete,
+    /// Some changes failed; the receipt lists them.
+    Partial,
+}
+
+impl FinishStatus {
+    /// `complete` or `partial`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishStatus::Complete => "complete",
+            FinishStatus::Partial => "partial",
+        }
+    }
+}
+
+/// One journal event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    /// A run began (the first one for the plan, or a resume).
+    ApplyStarted {
+        /// The plan.
+        plan_id: Uuid,
+        /// SHA-256 (hex) of the plan file's bytes.
+        plan_sha256: String,
+        /// The tenant the token belongs to.
+        tenant_id: Option<String>,
+        /// Who ran apply.
+        applier: Applier,
+        /// True when earlier runs of this plan were interrupted and this one finishes them.
+        resume: bool,
+        /// How many changes still had no outcome when this run began.
+        pending: u64,
+    },
+    /// The final result of one change.
+    ChangeOutcome {
+        /// The plan.
+        plan_id: Uuid,
+        /// The change and its result.
+        #[serde(flatten)]
+        result: ChangeResult,
+    },
+    /// Every change of the plan has an outcome.
+    ApplyFinished {
+        /// The plan.
+        plan_id: Uuid,
+        /// Complete or partial.
+        status: FinishStatus,
+        /// The outcomes of all the plan's changes.
+        counts: OutcomeCounts,
+    },
+}
+
+impl Event {
+    /// The plan the event belongs to.
+    pub fn plan_id(&self) -> Uuid {
+        match self {
+            Event::ApplyStarted { plan_id, .. }
+            | Event::ChangeOutcome { plan_id, .. }
+            | Event::ApplyFinished { plan_id, .. } => *plan_id,
+        }
+    }
+}
+
+/// An event line as written: position, time and chain link, then the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// 1 for the first event after the header, then +1 per line.
+    pub seq: u64,
+    /// When the line was written.
+    #[serde(with = "timestamp_millis")]
+    pub ts: DateTime<Utc>,
+    /// `sha256:<hex>` of the previous line's bytes.
+    pub prev: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A chain link value for a line: `sha256:<hex of its bytes>`.
+pub fn link(line: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(line))
+}
+
+/// Serializes the header line (without the line feed).
+pub fn header_line(header: &Header) -> Vec<u8> {
+    serde_json::to_vec(header).unwrap_or_default()
+}
+
+/// Serializes an event line (without the line feed).
+pub fn entry_line(entry: &Entry) -> Vec<u8> {
+    serde_json::to_vec(entry).unwrap_or_default()
+}
+
+/// Where a journal's chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ChainError {
+    /// The first bad line (1-based; the header is line 1).
+    pub line: u64,
+    /// What is wrong there.
+    pub message: String,
+}
+
+/// An incomplete last line (no line feed), left by a crash during a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The byte offset where the incomplete line starts (the file's length once it is cut off).
+    pub offset: u64,
+    /// How many bytes it has.
+    pub len: u64,
+    /// The line number it would have had.
+    pub line: u64,
+}
+
+/// A journal whose chain verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The header.
+    pub header: Header,
+    /// Every event line, in order.
+    pub entries: Vec<Entry>,
+    /// The link to the last complete line (the `prev` the next line will carry).
+    pub head: String,
+    /// The `seq` of the last event (0 when there is none).
+    pub seq: u64,
+    /// The link of each event line, in the order of `entries` (the head after that line).
+    pub links: Vec<String>,
+    /// An incomplete last line, if there was one. It is not part of the chain.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// Recomputes the chain of a journal's bytes. Returns the first broken line, if any.
+pub fn verify_chain(bytes: &[u8]) -> Result<Chain, ChainError> {
+    let (complete, torn) = match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(last) => (&bytes[..=last], &bytes[last + 1..]),
+        None => (&bytes[..0], bytes),
+    };
+    let body = complete.strip_suffix(b"\n").unwrap_or(complete);
+    let mut lines = body.split(|b| *b == b'\n');
+    let header_bytes = match lines.next() {
+        Some(line) if !line.is_empty() => line,
+        _ => return Err(ChainError { line: 1, message: "the journal has no header line".into() }),
+    };
+    let header: Header = serde_json::from_slice(header_bytes)
+        .map_err(|e| ChainError { line: 1, message: format!("the header is not valid: {e}") })?;
+    if header.format != JOURNAL_FORMAT {
+        return Err(ChainError { line: 1, message: format!("not a writeback journal (format '{}')", header.format) });
+    }
+    if header.format_version.split('.').next() != JOURNAL_VERSION.split('.').next() {
+        return Err(ChainError {
+            line: 1,
+            message: format!("journal format version {} is not supported; upgrade writeback", header.format_version),
+        });
+    }
+    let mut head = link(header_bytes);
+    let mut seq = 0u64;
+    let mut entries = Vec::new();
+    let mut links = Vec::new();
+    let mut line_no = 1u64;
+    for line in lines {
+        line_no += 1;
+        if line.is_empty() {
+            return Err(ChainError { line: line_no, message: "blank line".into() });
+        }
+        let entry: Entry = serde_json::from_slice(line)
+            .map_err(|e| ChainError { line: line_no, message: format!("not a journal entry: {e}") })?;
+        if entry.prev != head {
+            return Err(ChainError {
+                line: line_no,
+                message: format!(
+                    "the chain is broken: prev is {} but the line before hashes to {head} (an earlier line was \
+                     changed, inserted or deleted)",
+                    entry.prev
+                ),
+            });
+        }
+        if entry.seq != seq + 1 {
+            return Err(ChainError {
+                line: line_no,
+                message: format!("seq is {} but {} was expected", entry.seq, seq + 1),
+            });
+        }
+        seq = entry.seq;
+        head = link(line);
+        links.push(head.clone());
+        entries.push(entry);
+    }
+    let torn_tail = (!torn.is_empty()).then(|| TornTail {
+        offset: complete.len() as u64,
+        len: torn.len() as u64,
+        line: line_no + 1,
+    });
+    Ok(Chain { header, entries, head, seq, links, torn_tail })
+}
+
+/// What one journal says about one plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanProgress {
+    /// The plan file's SHA-256 recorded by the first run, if any run started.
+    pub plan_sha256: Option<String>,
+    /// How many runs started.
+    pub runs: u64,
+    /// When the first run started.
+    pub first_started: Option<DateTime<Utc>>,
+    /// The finish event, if the plan finished.
+    pub finished: Option<(DateTime<Utc>, FinishStatus)>,
+    /// The outcome recorded for each change, by (group, user).
+    pub outcomes: BTreeMap<(ObjectId, ObjectId), ChangeResult>,
+}
+
+impl PlanProgress {
+    /// Reads the events of `plan_id` from a verified chain. A change with two outcomes is an error.
+    pub fn of(chain: &Chain, plan_id: Uuid) -> Result<PlanProgress, ChainError> {
+        let mut progress = PlanProgress::default();
+        for (index, entry) in chain.entries.iter().enumerate() {
+            if entry.event.plan_id() != plan_id {
+                continue;
+            }
+            let line = index as u64 + 2;
+            if progress.finished.is_some() {
+                return Err(ChainError { line, message: format!("plan {plan_id} has an event after apply-finished") });
+            }
+            match &entry.event {
+                Event::ApplyStarted { plan_sha256, .. } => {
+                    if let Some(first) = &progress.plan_sha256 {
+                        if first != plan_sha256 {
+                            return Err(ChainError {
+                                line,
+                                message: format!("plan {plan_id} was started with different file contents before"),
+                            });
+                        }
+                    }
+                    progress.plan_sha256 = Some(plan_sha256.clone());
+                    progress.runs += 1;
+                    progress.first_started.get_or_insert(entry.ts);
+                }
+                Event::ChangeOutcome { result, .. } => {
+                    if progress.runs == 0 {
+                        return Err(ChainError { line, message: "a change outcome before apply-started".into() });
+                    }
+                    let key = (result.group_id.clone(), result.user_id.clone());
+                    if progress.outcomes.insert(key, result.clone()).is_some() {
+                        return Err(ChainError {
+                            line,
+                            message: format!(
+                                "user {} in group {} has a second outcome",
+                                result.user_id, result.group_id
+                            ),
+                        });
+                    }
+                }
+                Event::ApplyFinished { status, .. } => {
+                    if progress.runs == 0 {
+                        return Err(ChainError { line, message: "apply-finished before apply-started".into() });
+                    }
+                    progress.finished = Some((entry.ts, *status));
+                }
+            }
+        }
+        Ok(progress)
+    }
+}
+
+/// A journal file opened for appending.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    head: String,
+    seq: u64,
+}
+
+/// What [`Journal::open`] found.
+#[derive(Debug)]
+pub struct Opened {
+    /// The journal, ready to append.
+    pub journal: Journal,
+    /// The verified chain as it was on disk.
+    pub chain: Chain,
+    /// True when the file did not exist (or was empty) and was created.
+    pub created: bool,
+}
+
+/// Reads and verifies a journal file. A missing file is `Ok(None)`. The torn tail is reported, not removed.
+pub fn read(path: &Path) -> Result<Option<Chain>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::read(path, e)),
+    };
+    if bytes.is_empty() || !bytes.contains(&b'\n') {
+        // Empty, or a header torn before its line feed: nothing was ever recorded.
+        return Ok(None);
+    }
+    verify_chain(&bytes).map(Some).map_err(|e| chain_error(path, e))
+}
+
+/// The user-facing error for a broken journal.
+pub fn chain_error(path: &Path, e: ChainError) -> Error {
+    Error::input_at(
+        path,
+        e.line,
+        format!("{}; the journal does not verify, so writeback will not append to it. Keep it for the audit and ask for a new plan, or point --journal at the right file", e.message),
+    )
+}
+
+impl Journal {
+    /// Opens (or creates, with a header) a journal for appending. A torn last line is cut off first; the
+    /// returned chain's `torn_tail` says whether that happened, so the caller can tell the admin.
+    pub fn open(path: &Path, now: DateTime<Utc>) -> Result<Opened> {
+        let existing = match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::read(path, e)),
+        };
+        let usable = existing.as_ref().filter(|b| b.contains(&b'\n'));
+        match usable {
+            Some(bytes) => {
+                let chain = verify_chain(bytes).map_err(|e| chain_error(path, e))?;
+                let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::write(path, e))?;
+                if let Some(torn) = &chain.torn_tail {
+                    file.set_len(torn.offset).map_err(|e| Error::write(path, e))?;
+                    file.sync_all().map_err(|e| Error::write(path, e))?;
+                }
+                drop(file);
+                let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::write(path, e))?;
+                let journal = Journal { path: path.to_path_buf(), file, head: chain.head.clone(), seq: chain.seq };
+                Ok(Opened { journal, chain, created: false })
+            }
+            None => {
+                let header = Header {
+                    format: JOURNAL_FORMAT.into(),
+                    format_version: JOURNAL_VERSION.into(),
+                    created_at: now,
+                    tool_version: crate::tool_version(),
+                };
+                let mut line = header_line(&header);
+                let head = link(&line);
+                line.push(b'\n');
+                // An empty file or a torn header holds nothing; start it afresh.
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(path)
+                    .map_err(|e| Error::write(path, e))?;
+                file.write_all(&line).map_err(|e| Error::write(path, e))?;
+                file.sync_all().map_err(|e| Error::write(path, e))?;
+                sync_parent(path);
+                drop(file);
+                let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::write(path, e))?;
+                let chain = Chain {
+                    header,
+                    entries: Vec::new(),
+                    head: head.clone(),
+                    seq: 0,
+                    links: Vec::new(),
+                    torn_tail: None,
+                };
+                Ok(Opened { journal: Journal { path: path.to_path_buf(), file, head, seq: 0 }, chain, created: true })
+            }
+        }
+    }
+
+    /// Appends one event as one `write` of the line and its line feed. Call [`Journal::sync`] to make it
+    /// durable.
+    pub fn append(&mut self, ts: DateTime<Utc>, event: Event) -> Result<()> {
+        let entry = Entry { seq: self.seq + 1, ts, prev: self.head.clone(), event };
+        let mut line = entry_line(&entry);
+        let next_head = link(&line);
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(|e| Error::write(&self.path, e))?;
+        self.head = next_head;
+        self.seq = entry.seq;
+        Ok(())
+    }
+
+    /// Flushes everything appended so far to disk (fsync).
+    pub fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::write(&self.path, e))
+    }
+
+    /// The link to the last line written.
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// The `seq` of the last line written.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn sync_parent(path: &Path) {
+    #[cfg(unix)]
+    if let Some(parent) = path.parent() {
+        let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        if let Ok(handle) = File::open(dir) {
+            let _ = handle.sync_all();
+        }
+    }
+}
+
+/// RFC 3339 timestamps with milliseconds, for journal lines.
+mod timestamp_millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        crate::plan::timestamp::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::Outcome;
+    use crate::plan::Action;
+
+    fn id(n: u8) -> ObjectId {
+        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
+    }
+
+    fn t(s: u32) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + i64::from(s), 0).unwrap()
+    }
+
+    fn plan() -> Uuid {
+        Uuid::from_u128(7)
+    }
+
+    fn outcome(user: u8, outcome: Outcome) -> Event {
+        Event::ChangeOutcome {
+            plan_id: plan(),
+            result: ChangeResult {
+                group_id: id(100),
+                user_id: id(user),
+                action: Action::Add,
+                outcome,
+                detail: None,
+                error: None,
+            },
+        }
+    }
+
+    fn started() -> Event {
+        Event::ApplyStarted {
+            plan_id: plan(),
+            plan_sha256: "ab".repeat(32),
+            tenant_id: Some("t".into()),
+            applier: Applier {
+                os_user: Some("admin".into()),
+                key_principal: None,
+                key_fingerprint: None,
+                tool_version: "t".into(),
+            },
+            resume: false,
+            pending: 2,
+        }
+    }
+
+    fn write_sample(path: &Path) {
+        let mut j = Journal::open(path, t(0)).unwrap().journal;
+        j.append(t(1), started()).unwrap();
+        j.append(t(2), outcome(1, Outcome::Applied)).unwrap();
+        j.append(t(3), outcome(2, Outcome::AlreadyMember)).unwrap();
+        j.sync().unwrap();
+    }
+
+    #[test]
+    fn chain_round_trips_and_links_each_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        write_sample(&path);
+        let bytes = std::fs::read(&path).unwrap();
+        let chain = verify_chain(&bytes).unwrap();
+        assert_eq!(chain.seq, 3);
+        assert_eq!(chain.entries.len(), 3);
+        let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        assert_eq!(chain.entries[0].prev, link(lines[0]));
+        assert_eq!(chain.entries[2].prev, link(lines[2]));
+        assert_eq!(chain.head, link(lines[3]));
+        assert!(chain.torn_tail.is_none());
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.lines().nth(1).unwrap().starts_with(r#"{"seq":1,"ts":"#), "{text}");
+        assert!(text.contains(r#""kind":"change-outcome""#));
+        assert!(text.contains(r#""outcome":"already-member""#));
+    }
+
+    #[test]
+    fn an_edited_line_breaks_the_chain_at_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        write_sample(&path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replacen(r#""outcome":"applied""#, r#""outcome":"failed""#, 1);
+        assert_ne!(text, edited);
+        let err = verify_chain(edited.as_bytes()).unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.message.contains("chain is broken"));
+    }
+
+    #[test]
+    fn a_deleted_line_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        write_sample(&path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| l).collect();
+        let err = verify_chain(format!("{}\n", kept.join("\n")).as_bytes()).unwrap_err();
+        assert_eq!(err.line, 3);
+    }
+
+    #[test]
+    fn a_blank_line_in_the_middle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        write_sample(&path);
+        let text = std::fs::read_to_string(&path).unwrap().replacen('\n', "\n\n", 1);
+        assert_eq!(verify_chain(text.as_bytes()).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn torn_tail_is_reported_then_cut_off_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        write_sample(&path);
+        let good_len = std::fs::metadata(&path).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"seq":4,"ts":"2023-"#).unwrap();
+        drop(f);
+        let chain = verify_chain(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(chain.torn_tail, Some(TornTail { offset: good_len, len: 20, line: 5 }));
+        let opened = Journal::open(&path, t(9)).unwrap();
+        assert!(opened.chain.torn_tail.is_some());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
+        let mut j = opened.journal;
+        j.append(t(10), outcome(3, Outcome::Applied)).unwrap();
+        let chain = verify_chain(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(chain.seq, 4);
+        assert!(chain.torn_tail.is_none());
+    }
+
+    #[test]
+    fn a_torn_header_starts_a_fresh_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        std::fs::write(&path, br#"{"format":"writeback-jou"#).unwrap();
+        assert!(read(&path).unwrap().is_none());
+        let opened = Journal::open(&path, t(0)).unwrap();
+        assert!(opened.created);
+        assert_eq!(verify_chain(&std::fs::read(&path).unwrap()).unwrap().seq, 0);
+    }
+
+    #[test]
+    fn progress_collects_outcomes_and_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        write_sample(&path);
+        let mut j = Journal::open(&path, t(5)).unwrap().journal;
+        j.append(
+            t(6),
+            Event::ApplyFinished {
+                plan_id: plan(),
+                status: FinishStatus::Complete,
+                counts: OutcomeCounts { applied: 1, already_member: 1, ..Default::default() },
+            },
+        )
+        .unwrap();
+        let chain = read(&path).unwrap().unwrap();
+        let progress = PlanProgress::of(&chain, plan()).unwrap();
+        assert_eq!(progress.runs, 1);
+        assert_eq!(progress.outcomes.len(), 2);
+        assert_eq!(progress.finished, Some((t(6), FinishStatus::Complete)));
+        assert_eq!(progress.first_started, Some(t(1)));
+        let other = PlanProgress::of(&chain, Uuid::from_u128(8)).unwrap();
+        assert_eq!(other, PlanProgress::default());
+    }
+
+    #[test]
+    fn a_second_outcome_for_a_change_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        write_sample(&path);
+        let mut j = Journal::open(&path, t(5)).unwrap().journal;
+        j.append(t(6), outcome(1, Outcome::Failed)).unwrap();
+        let chain = read(&path).unwrap().unwrap();
+        let err = PlanProgress::of(&chain, plan()).unwrap_err();
+        assert_eq!(err.line, 5);
+    }
+
+    #[test]
+    fn not_a_journal() {
+        assert_eq!(verify_chain(b"{\"format\":\"other\",\"format_version\":\"1.0\",\"created_at\":\"2024-01-01T00:00:00Z\",\"tool_version\":\"x\"}\n").unwrap_err().line, 1);
+        assert_eq!(verify_chain(b"hello\n").unwrap_err().line, 1);
+    }
+}

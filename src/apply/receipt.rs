@@ -1,0 +1,372 @@
+//! The apply receipt: `<plan>.receipt.json`, what became of every change of a plan.
+//!
+//! It names the plan (id and SHA-256 of its file), the applier, when the apply started and ended, each change's
+//! outcome (with Graph's code, message and request-id for failures), the counts, and the journal's head hash and
+//! `seq` after the `apply-finished` line, which anchors the journal's tail. With `--key` it is signed (SSHSIG,
+//! namespace `writeback-receipt`) into `<plan>.receipt.json.sig`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::journal::FinishStatus;
+use super::{ChangeResult, GraphFailure, Outcome, OutcomeCounts};
+use crate::identity::ObjectId;
+use crate::plan::{timestamp, Action, Plan};
+
+/// The `format` marker of a receipt.
+pub const RECEIPT_FORMAT: &str = "writeback-receipt";
+/// The receipt format version this build writes.
+pub const RECEIPT_VERSION: &str = "1.0";
+/// The SSHSIG namespace of receipt signatures.
+pub const RECEIPT_NAMESPACE: &str = "writeback-receipt";
+
+/// A receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Always [`RECEIPT_FORMAT`].
+    pub format: String,
+    /// `MAJOR.MINOR`.
+    pub format_version: String,
+    /// The plan's id.
+    pub plan_id: Uuid,
+    /// SHA-256 (hex) of the plan file's exact bytes.
+    pub plan_sha256: String,
+    /// The plan file's name, as given.
+    pub plan_file: String,
+    /// The tenant the changes were made in.
+    pub tenant_id: Option<String>,
+    /// Who applied the plan.
+    pub applier: Applier,
+    /// When the first run of this plan started.
+    #[serde(with = "timestamp")]
+    pub started_at: DateTime<Utc>,
+    /// When the last change got its outcome.
+    #[serde(with = "timestamp")]
+    pub finished_at: DateTime<Utc>,
+    /// How many runs it took (more than 1 after an interruption).
+    pub runs: u64,
+    /// Complete, or partial when some changes failed.
+    pub status: FinishStatus,
+    /// The outcomes, all groups together.
+    pub counts: OutcomeCounts,
+    /// Per group: every change and its outcome, in the plan's order.
+    pub groups: Vec<GroupReceipt>,
+    /// The journal's head after `apply-finished`.
+    pub journal: JournalAnchor,
+}
+
+/// Who ran the apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applier {
+    /// The operating-system account that ran writeback.
+    pub os_user: Option<String>,
+    /// The principal of the `--key` that signs the receipt, when given.
+    pub key_principal: Option<String>,
+    /// The SHA256 fingerprint of that key.
+    pub key_fingerprint: Option<String>,
+    /// The writeback that applied the plan.
+    pub tool_version: String,
+}
+
+impl Applier {
+    /// One line for the journal: `os_user` and, when known, the key.
+    pub fn label(&self) -> String {
+        let user = self.os_user.clone().unwrap_or_else(|| "unknown user".into());
+        match (&self.key_principal, &self.key_fingerprint) {
+            (Some(p), Some(f)) => format!("{user} (key {p} {f})"),
+            (None, Some(f)) => format!("{user} (key {f})"),
+            _ => user,
+        }
+    }
+}
+
+/// The journal position a receipt anchors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalAnchor {
+    /// The journal file, as given.
+    pub path: String,
+    /// `sha256:<hex>` of the journal's last line (its `apply-finished`).
+    pub head: String,
+    /// That line's `seq`.
+    pub seq: u64,
+}
+
+/// One group's part of a receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupReceipt {
+    /// The group.
+    pub group_id: ObjectId,
+    /// Its display name, as the plan had it.
+    pub display_name: Option<String>,
+    /// This group's outcomes.
+    pub counts: OutcomeCounts,
+    /// Every change.
+    pub changes: Vec<ChangeReceipt>,
+}
+
+/// One change and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeReceipt {
+    /// Add or remove.
+    pub action: Action,
+    /// The user.
+    pub user_id: ObjectId,
+    /// The user's UPN, as the plan had it.
+    pub upn: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// A short explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Graph's error (code, message, request-id) for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<GraphFailure>,
+}
+
+/// What a receipt is made from.
+#[derive(Debug, Clone)]
+pub struct ReceiptInput<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// SHA-256 of its file.
+    pub plan_sha256: &'a str,
+    /// Its file name.
+    pub plan_file: String,
+    /// The tenant.
+    pub tenant_id: Option<String>,
+    /// The applier.
+    pub applier: Applier,
+    /// When the first run started.
+    pub started_at: DateTime<Utc>,
+    /// When the last outcome was recorded.
+    pub finished_at: DateTime<Utc>,
+    /// How many runs.
+    pub runs: u64,
+    /// The outcome of each change, by (group, user).
+    pub outcomes: &'a BTreeMap<(ObjectId, ObjectId), ChangeResult>,
+    /// The journal anchor.
+    pub journal: JournalAnchor,
+}
+
+/// A plan change with no outcome, or an outcome for no plan change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the journal does not account for every change of the plan exactly once: {0}")]
+pub struct Unaccounted(pub String);
+
+/// The counts and status for a set of outcomes.
+pub fn status_of(counts: &OutcomeCounts) -> FinishStatus {
+    if counts.failed > 0 {
+        FinishStatus::Partial
+    } else {
+        FinishStatus::Complete
+    }
+}
+
+impl Receipt {
+    /// Builds the receipt. Every change of the plan must have exactly one outcome, and every outcome must belong
+    /// to a change of the plan, with the same action.
+    pub fn build(input: ReceiptInput<'_>) -> Result<Receipt, Unaccounted> {
+        let mut used = 0usize;
+        let mut total = OutcomeCounts::default();
+        let mut groups = Vec::with_capacity(input.plan.groups.len());
+        for group in &input.plan.groups {
+            let mut counts = OutcomeCounts::default();
+            let mut changes = Vec::with_capacity(group.changes.len());
+            for change in &group.changes {
+                let key = (group.group_id.clone(), change.user_id.clone());
+                let Some(result) = input.outcomes.get(&key) else {
+                    return Err(Unaccounted(format!(
+                        "no outcome for the {} of user {} in group {}",
+                        change.action.as_str(),
+                        change.user_id,
+                        group.group_id
+                    )));
+                };
+                if result.action != change.action {
+                    return Err(Unaccounted(format!(
+                        "user {} in group {}: the plan says {} but the journal says {}",
+                        change.user_id,
+                        group.group_id,
+                        change.action.as_str(),
+                        result.action.as_str()
+                    )));
+                }
+                used += 1;
+                counts.add(result.outcome);
+                total.add(result.outcome);
+                changes.push(ChangeReceipt {
+                    action: change.action,
+                    user_id: change.user_id.clone(),
+                    upn: change.upn.clone(),
+                    outcome: result.outcome,
+                    detail: result.detail.clone(),
+                    error: result.error.clone(),
+                });
+            }
+            groups.push(GroupReceipt {
+                group_id: group.group_id.clone(),
+                display_name: group.display_name.clone(),
+                counts,
+                changes,
+            });
+        }
+        if used != input.outcomes.len() {
+            return Err(Unaccounted(format!(
+                "the journal holds {} outcomes for this plan, but the plan has {used} changes",
+                input.outcomes.len()
+            )));
+        }
+        Ok(Receipt {
+            format: RECEIPT_FORMAT.into(),
+            format_version: RECEIPT_VERSION.into(),
+            plan_id: input.plan.plan_id,
+            plan_sha256: input.plan_sha256.to_string(),
+            plan_file: input.plan_file,
+            tenant_id: input.tenant_id,
+            applier: input.applier,
+            started_at: input.started_at,
+            finished_at: input.finished_at,
+            runs: input.runs,
+            status: status_of(&total),
+            counts: total,
+            groups,
+            journal: input.journal,
+        })
+    }
+
+    /// The failed changes, with their group.
+    pub fn failures(&self) -> impl Iterator<Item = (&GroupReceipt, &ChangeReceipt)> {
+        self.groups.iter().flat_map(|g| g.changes.iter().filter(|c| c.outcome == Outcome::Failed).map(move |c| (g, c)))
+    }
+
+    /// The receipt as pretty JSON with a final line feed: the bytes written and signed.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Reads a receipt.
+    pub fn decode(bytes: &[u8]) -> Result<Receipt, String> {
+        let receipt: Receipt =
+            serde_json::from_slice(bytes).map_err(|e| format!("line {}, column {}: {e}", e.line(), e.column()))?;
+        if receipt.format != RECEIPT_FORMAT {
+            return Err(format!("not a writeback receipt (format '{}')", receipt.format));
+        }
+        Ok(receipt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Change, Counts, GroupPlan, Precondition};
+
+    fn id(n: u8) -> ObjectId {
+        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
+    }
+
+    fn plan() -> Plan {
+        let changes: Vec<Change> = [(Action::Add, 1), (Action::Remove, 2)]
+            .into_iter()
+            .map(|(action, n)| Change {
+                action,
+                user_id: id(n),
+                upn: format!("u{n}@contoso.com"),
+                mail: None,
+                display_name: None,
+                source_line: None,
+                reason: "r".into(),
+                flags: vec![],
+            })
+            .collect();
+        Plan {
+            format: crate::plan::FORMAT_NAME.into(),
+            format_version: "1.0".into(),
+            plan_id: Uuid::from_u128(1),
+            created_at: DateTime::from_timestamp(0, 0).unwrap(),
+            expires_at: DateTime::from_timestamp(100, 0).unwrap(),
+            signer: "s".into(),
+            tool_version: "t".into(),
+            tenant_id: Some("tenant".into()),
+            groups: vec![GroupPlan {
+                group_id: id(100),
+                display_name: Some("Staff".into()),
+                options: Default::default(),
+                inputs: vec![],
+                precondition: Precondition::from_members(&[id(2)]),
+                counts: Counts::tally(&changes, &[]),
+                changes,
+                not_acted_on: vec![],
+            }],
+        }
+    }
+
+    fn outcome(n: u8, action: Action, outcome: Outcome) -> ((ObjectId, ObjectId), ChangeResult) {
+        (
+            (id(100), id(n)),
+            ChangeResult { group_id: id(100), user_id: id(n), action, outcome, detail: None, error: None },
+        )
+    }
+
+    fn input<'a>(plan: &'a Plan, outcomes: &'a BTreeMap<(ObjectId, ObjectId), ChangeResult>) -> ReceiptInput<'a> {
+        ReceiptInput {
+            plan,
+            plan_sha256: "ab",
+            plan_file: "plan.json".into(),
+            tenant_id: Some("tenant".into()),
+            applier: Applier {
+                os_user: Some("admin".into()),
+                key_principal: None,
+                key_fingerprint: None,
+                tool_version: "t".into(),
+            },
+            started_at: DateTime::from_timestamp(10, 0).unwrap(),
+            finished_at: DateTime::from_timestamp(20, 0).unwrap(),
+            runs: 1,
+            outcomes,
+            journal: JournalAnchor { path: "j".into(), head: "sha256:00".into(), seq: 4 },
+        }
+    }
+
+    #[test]
+    fn receipt_accounts_for_every_change() {
+        let plan = plan();
+        let outcomes: BTreeMap<_, _> =
+            [outcome(1, Action::Add, Outcome::Applied), outcome(2, Action::Remove, Outcome::Failed)]
+                .into_iter()
+                .collect();
+        let r = Receipt::build(input(&plan, &outcomes)).unwrap();
+        assert_eq!(r.status, FinishStatus::Partial);
+        assert_eq!(r.counts.applied, 1);
+        assert_eq!(r.counts.failed, 1);
+        assert_eq!(r.failures().count(), 1);
+        let bytes = r.encode();
+        assert_eq!(Receipt::decode(&bytes).unwrap(), r);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("\"outcome\": \"failed\""), "{text}");
+    }
+
+    #[test]
+    fn a_missing_or_extra_outcome_is_refused() {
+        let plan = plan();
+        let outcomes: BTreeMap<_, _> = [outcome(1, Action::Add, Outcome::Applied)].into_iter().collect();
+        assert!(Receipt::build(input(&plan, &outcomes)).is_err());
+        let outcomes: BTreeMap<_, _> = [
+            outcome(1, Action::Add, Outcome::Applied),
+            outcome(2, Action::Remove, Outcome::AlreadyAbsent),
+            outcome(3, Action::Add, Outcome::Applied),
+        ]
+        .into_iter()
+        .collect();
+        assert!(Receipt::build(input(&plan, &outcomes)).is_err());
+        let outcomes: BTreeMap<_, _> =
+            [outcome(1, Action::Add, Outcome::Applied), outcome(2, Action::Add, Outcome::Applied)]
+                .into_iter()
+                .collect();
+        assert!(Receipt::build(input(&plan, &outcomes)).is_err());
+    }
+}

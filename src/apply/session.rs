@@ -1,0 +1,252 @@
+//! One apply, start to end: the directory gates ([`prepare`]), then the writes, journal and receipt
+//! ([`execute`]). The command line sits between the two to show the review and ask for consent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::executor::{self, Config, ExecError, Sink, Stats, Transport};
+use super::gates::{self, DirectoryReads, GroupWork, Thresholds};
+use super::journal::{self, Chain, Event, Journal, PlanProgress};
+use super::receipt::{self, Applier, JournalAnchor, Receipt, ReceiptInput};
+use super::{ChangeResult, OutcomeCounts};
+use crate::error::{exit, Error, Result};
+use crate::identity::ObjectId;
+use crate::plan::Plan;
+
+/// The time, passed in so tests control it.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The gates' options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GateOptions {
+    /// Refuse on any drift since planning.
+    pub strict: bool,
+    /// The removal limits.
+    pub thresholds: Thresholds,
+}
+
+/// The result of the gates: the work a run will do.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The token's tenant.
+    pub tenant_id: String,
+    /// One entry per group of the plan, in the plan's order.
+    pub works: Vec<GroupWork>,
+    /// What the journal already holds for this plan.
+    pub progress: PlanProgress,
+    /// The journal as read by the gates (`None` when there is none yet).
+    pub journal: Option<Chain>,
+}
+
+impl Prepared {
+    /// True when earlier runs of this plan were interrupted and this run finishes them.
+    pub fn resuming(&self) -> bool {
+        self.progress.runs > 0
+    }
+
+    /// Changes without an outcome yet.
+    pub fn pending(&self) -> u64 {
+        self.works.iter().map(GroupWork::pending).sum()
+    }
+}
+
+/// Gates 4 to 8, in order (1 to 3 are the signature verification, done before). Reads the tenant, each
+/// group, the journal and each group's members; sends nothing.
+pub async fn prepare<R: DirectoryReads>(
+    reads: &R,
+    plan: &Plan,
+    plan_sha256: &str,
+    journal_path: &Path,
+    receipt_path: &Path,
+    options: GateOptions,
+) -> Result<Prepared> {
+    // 4. Tenant.
+    let tenant_id = reads.tenant_id().await?;
+    gates::check_tenant(plan, &tenant_id)?;
+    // 5. Groups exist and are manageable.
+    for group in &plan.groups {
+        let state = reads.group(&group.group_id).await?;
+        gates::check_group(group, state.as_ref())?;
+    }
+    // (Approvals, `--require-approvals`, will be checked here: after the directory, before the journal.)
+    // 6. Replay.
+    let chain = journal::read(journal_path)?;
+    let progress = match &chain {
+        Some(chain) => PlanProgress::of(chain, plan.plan_id).map_err(|e| journal::chain_error(journal_path, e))?,
+        None => PlanProgress::default(),
+    };
+    gates::check_replay(plan, plan_sha256, &progress, receipt_path.exists())?;
+    // 7. Drift.
+    let mut works = Vec::with_capacity(plan.groups.len());
+    for group in &plan.groups {
+        let current: BTreeSet<ObjectId> = reads.user_members(&group.group_id).await?.into_iter().collect();
+        works.push(gates::plan_group(group, &current, &progress));
+    }
+    if options.strict {
+        gates::check_strict_drift(&works)?;
+    }
+    // 8. Thresholds.
+    gates::check_thresholds(&works, options.thresholds)?;
+    Ok(Prepared { tenant_id, works, progress, journal: chain })
+}
+
+/// How an apply ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// The receipt (not yet written).
+    pub receipt: Receipt,
+    /// What this run sent.
+    pub stats: Stats,
+    /// Changes settled in this run without a write (drift).
+    pub settled: u64,
+    /// True when this run finished an interrupted one.
+    pub resumed: bool,
+}
+
+struct JournalSink<'a> {
+    journal: &'a mut Journal,
+    clock: &'a dyn Clock,
+    plan_id: uuid::Uuid,
+    outcomes: &'a mut BTreeMap<(ObjectId, ObjectId), ChangeResult>,
+    progress: &'a mut dyn FnMut(&[ChangeResult]),
+}
+
+impl Sink for JournalSink<'_> {
+    fn record(&mut self, results: &[ChangeResult]) -> Result<()> {
+        let now = self.clock.now();
+        for result in results {
+            let key = (result.group_id.clone(), result.user_id.clone());
+            if self.outcomes.contains_key(&key) {
+                // Never two outcomes for one change: keep the first.
+                continue;
+            }
+            self.journal.append(now, Event::ChangeOutcome { plan_id: self.plan_id, result: result.clone() })?;
+            self.outcomes.insert(key, result.clone());
+        }
+        self.journal.sync()?;
+        (self.progress)(results);
+        Ok(())
+    }
+}
+
+/// What [`execute`] needs besides the plan and the gates' result.
+pub struct RunInputs<'a> {
+    /// The journal file.
+    pub journal_path: &'a Path,
+    /// The plan file (for the receipt).
+    pub plan_path: &'a Path,
+    /// SHA-256 of the plan file.
+    pub plan_sha256: &'a str,
+    /// Who applies.
+    pub applier: Applier,
+    /// The clock.
+    pub clock: &'a dyn Clock,
+    /// The executor's tunables.
+    pub config: Config,
+    /// Set to true to stop sending (Ctrl-C); the run then ends with the journal up to date.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Sends the writes, journals every outcome and builds the receipt.
+pub async fn execute<T: Transport>(
+    transport: Arc<T>,
+    plan: &Plan,
+    prepared: &Prepared,
+    run: RunInputs<'_>,
+    progress: &mut dyn FnMut(&[ChangeResult]),
+) -> Result<Finished> {
+    let opened = Journal::open(run.journal_path, run.clock.now())?;
+    let seen_seq = prepared.journal.as_ref().map_or(0, |c| c.seq);
+    if opened.chain.seq != seen_seq {
+        return Err(Error::Gate {
+            code: exit::REPLAY,
+            message: format!(
+                "{}: the journal changed while apply was waiting (another apply running?); nothing was sent. Run \
+                 the command again",
+                run.journal_path.display()
+            ),
+        });
+    }
+    if let Some(torn) = &opened.chain.torn_tail {
+        tracing::warn!(
+            "{}: removed an incomplete last line ({} bytes at line {}), left by an interrupted run; it held no \
+             complete record",
+            run.journal_path.display(),
+            torn.len,
+            torn.line
+        );
+    }
+    let mut journal = opened.journal;
+    let resumed = prepared.resuming();
+    journal.append(
+        run.clock.now(),
+        Event::ApplyStarted {
+            plan_id: plan.plan_id,
+            plan_sha256: run.plan_sha256.to_string(),
+            tenant_id: Some(prepared.tenant_id.clone()),
+            applier: run.applier.clone(),
+            resume: resumed,
+            pending: prepared.pending(),
+        },
+    )?;
+    journal.sync()?;
+    let started_at = prepared.progress.first_started.unwrap_or_else(|| run.clock.now());
+    let mut outcomes = prepared.progress.outcomes.clone();
+    let settled: Vec<ChangeResult> = prepared.works.iter().flat_map(|w| w.settled.iter().cloned()).collect();
+    let stats = {
+        let mut sink = JournalSink {
+            journal: &mut journal,
+            clock: run.clock,
+            plan_id: plan.plan_id,
+            outcomes: &mut outcomes,
+            progress,
+        };
+        if !settled.is_empty() {
+            sink.record(&settled)?;
+        }
+        executor::execute(transport, &prepared.works, &run.config, &mut sink, run.stop).await.map_err(|e| match e {
+            ExecError::Sink(e) => e,
+            ExecError::Unreachable(message) => Error::Service(format!(
+                "Microsoft Graph did not answer usefully ({message}); every outcome so far is in {}. Run the same \
+                 command again to finish the remaining changes",
+                run.journal_path.display()
+            )),
+            ExecError::Interrupted => Error::Outcome {
+                code: exit::FAILURE,
+                message: format!(
+                    "interrupted; every outcome so far is in {}. Run the same command again to finish the remaining \
+                     changes",
+                    run.journal_path.display()
+                ),
+            },
+        })?
+    };
+    let counts = OutcomeCounts::tally(outcomes.values().map(|r| &r.outcome));
+    let status = receipt::status_of(&counts);
+    let finished_at = run.clock.now();
+    // Check the accounting before the finish line is written, so a gap never gets sealed.
+    let mut receipt = Receipt::build(ReceiptInput {
+        plan,
+        plan_sha256: run.plan_sha256,
+        plan_file: run.plan_path.display().to_string(),
+        tenant_id: Some(prepared.tenant_id.clone()),
+        applier: run.applier.clone(),
+        started_at,
+        finished_at,
+        runs: prepared.progress.runs + 1,
+        outcomes: &outcomes,
+        journal: JournalAnchor { path: run.journal_path.display().to_string(), head: String::new(), seq: 0 },
+    })
+    .map_err(|e| Error::Internal(format!("{}: {e}", run.journal_path.display())))?;
+    journal.append(finished_at, Event::ApplyFinished { plan_id: plan.plan_id, status, counts })?;
+    journal.sync()?;
+    receipt.journal.head = journal.head().to_string();
+    receipt.journal.seq = journal.seq();
+    Ok(Finished { receipt, stats, settled: settled.len() as u64, resumed })
+}
