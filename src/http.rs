@@ -190,7 +190,8 @@ pub struct ErrorBody {
 pub fn parse_error_body(body: &[u8]) -> ErrorBody {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         let text = String::from_utf8_lossy(body);
-        let line: String = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").chars().take(200).collect();
+        let line: String =
+            text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").chars().take(200).collect();
         return ErrorBody { message: (!line.is_empty()).then_some(line), ..ErrorBody::default() };
     };
     parse_error_value(&value)
@@ -657,7 +658,11 @@ mod tests {
 
     #[test]
     fn backoff_stays_under_its_ceiling() {
-        let p = RetryPolicy { base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1), ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
         for retry in 0..40 {
             let ceiling = Duration::from_millis(100 * (1u64 << retry.min(20))).min(Duration::from_secs(1));
             assert!(p.backoff(retry) <= ceiling);
