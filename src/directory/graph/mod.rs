@@ -1,1 +1,492 @@
 //! Microsoft Graph: authentication, retries, paging, `$batch`, groups and users.
+//!
+//! [`GraphClient`] is the only way writeback talks to Graph. It returns the directory types of
+//! [`crate::directory`] (and [`GraphGroup`], [`BatchItemResponse`]); raw JSON never leaves this module.
+//! All calls are async; the command layer drives them with [`crate::http::runtime`].
+//!
+//! Requests go through [`crate::http::Http`] (retries, `client-request-id`) and carry a bearer token from
+//! [`auth::TokenSource`]; a 401 makes the client fetch a new token and try once more.
+
+pub mod auth;
+mod batch;
+mod groups;
+mod users;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use reqwest::{Method, Url};
+use serde_json::Value;
+
+use crate::error::exit;
+use crate::http::{base_str, same_origin, Http, HttpConfig, HttpError, Sent, ServiceError};
+
+pub use auth::{Credential, Secret, TokenSource, DEFAULT_GRAPH_URL, DEFAULT_LOGIN_URL};
+pub use batch::{BatchItem, BatchItemResponse, GraphErrorBody, MAX_BATCH_ITEMS};
+pub use groups::GraphGroup;
+pub use users::{scan_is_cheaper, USER_SELECT};
+
+/// What can go wrong talking to Graph.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// The HTTP layer failed (no answer, bad endpoint), or Graph answered with an error status.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// Graph answered with an error status.
+    #[error("{0}")]
+    Service(Box<ServiceError>),
+    /// The sign-in endpoint refused.
+    #[error("cannot sign in to Microsoft Graph: {0}")]
+    Auth(Box<ServiceError>),
+    /// Credentials or endpoints are missing or malformed.
+    #[error("{location}: {message}")]
+    Config {
+        /// The variable, flag or file.
+        location: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// Graph answered, but not as documented.
+    #[error("Microsoft Graph: unexpected answer to {what}: {reason}")]
+    Protocol {
+        /// The request.
+        what: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No group has that id or name.
+    #[error("{0}")]
+    GroupNotFound(String),
+    /// Several groups have that name.
+    #[error("{0}")]
+    AmbiguousGroup(String),
+    /// The app lacks a permission it needs.
+    #[error("{0}")]
+    MissingPermission(String),
+    /// A caller passed something the API cannot take (more than 20 batch items, duplicate ids…).
+    #[error("{0}")]
+    InvalidRequest(String),
+}
+
+impl From<GraphError> for crate::Error {
+    fn from(e: GraphError) -> Self {
+        match e {
+            GraphError::Http(h) => h.into(),
+            GraphError::Config { location, message } => crate::Error::Input { location, message },
+            GraphError::GroupNotFound(message) => crate::Error::Gate { code: exit::GROUP_NOT_MANAGEABLE, message },
+            GraphError::AmbiguousGroup(message) => crate::Error::Usage(message),
+            GraphError::InvalidRequest(message) => crate::Error::Internal(message),
+            other => crate::Error::Service(other.to_string()),
+        }
+    }
+}
+
+/// Where Graph and the sign-in endpoint are, and how to talk to them.
+#[derive(Debug, Clone)]
+pub struct GraphConfig {
+    /// Graph's base URL, e.g. `https://graph.microsoft.com/v1.0`.
+    pub graph_url: Url,
+    /// The sign-in endpoint, e.g. `https://login.microsoftonline.com`.
+    pub login_url: Url,
+    /// Timeouts and retries.
+    pub http: HttpConfig,
+}
+
+impl GraphConfig {
+    /// The flags' values (`--graph-url`, `--login-url`), else `WRITEBACK_GRAPH_URL` / `WRITEBACK_LOGIN_URL`,
+    /// else the public cloud. Retries from the environment ([`HttpConfig::from_env`]).
+    pub fn resolve(graph_url: Option<&str>, login_url: Option<&str>) -> Result<GraphConfig, GraphError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let graph = graph_url.map(str::to_string).or_else(|| env("WRITEBACK_GRAPH_URL"));
+        let login = login_url.map(str::to_string).or_else(|| env("WRITEBACK_LOGIN_URL"));
+        Ok(GraphConfig {
+            graph_url: crate::http::parse_endpoint(graph.as_deref().unwrap_or(DEFAULT_GRAPH_URL), "--graph-url")?,
+            login_url: crate::http::parse_endpoint(login.as_deref().unwrap_or(DEFAULT_LOGIN_URL), "--login-url")?,
+            http: HttpConfig::from_env()?,
+        })
+    }
+}
+
+/// How many requests a [`GraphClient`] sent, by kind. Every attempt counts (a retried request counts twice).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Every request to Graph (not counting the sign-in endpoint).
+    pub total: u64,
+    /// `POST /$batch` requests (of any purpose).
+    pub batch: u64,
+    /// Pages of `GET /groups/{id}/members`.
+    pub member_pages: u64,
+    /// Requests made to resolve addresses to users: lookup batches, `/users` pages and `/users/$count`.
+    pub lookups: u64,
+    /// Requests to the sign-in endpoint.
+    pub tokens: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    total: AtomicU64,
+    batch: AtomicU64,
+    member_pages: AtomicU64,
+    lookups: AtomicU64,
+}
+
+/// What a request is for, for [`RequestCounts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Other,
+    Batch,
+    LookupBatch,
+    MemberPage,
+    Lookup,
+}
+
+/// A Microsoft Graph client. Cheap to clone; clones share the token cache and the request counters.
+#[derive(Debug, Clone)]
+pub struct GraphClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: Http,
+    base: Url,
+    tokens: TokenSource,
+    counters: Counters,
+    tenant: tokio::sync::OnceCell<String>,
+}
+
+impl GraphClient {
+    /// A client for `config`, signing in with `credential`.
+    pub fn new(config: GraphConfig, credential: Credential) -> Result<GraphClient, GraphError> {
+        let http = Http::new("Microsoft Graph", &config.http)?;
+        let login_http = Http::new("the sign-in endpoint", &config.http)?;
+        let tokens = TokenSource::new(login_http, credential, &config.login_url, &config.graph_url)?;
+        Ok(GraphClient {
+            inner: Arc::new(Inner {
+                http,
+                base: config.graph_url,
+                tokens,
+                counters: Counters::default(),
+                tenant: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    /// A client from flags (`None` when absent) and the environment: endpoints as [`GraphConfig::resolve`],
+    /// credentials as [`Credential::from_env`].
+    pub fn from_env(graph_url: Option<&str>, login_url: Option<&str>) -> Result<GraphClient, GraphError> {
+        GraphClient::new(GraphConfig::resolve(graph_url, login_url)?, Credential::from_env()?)
+    }
+
+    /// Graph's base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
+    /// The retry policy, for callers that retry `$batch` items themselves.
+    pub fn retry_policy(&self) -> &crate::http::RetryPolicy {
+        self.inner.http.retry_policy()
+    }
+
+    /// The requests sent so far.
+    pub fn counts(&self) -> RequestCounts {
+        let c = &self.inner.counters;
+        RequestCounts {
+            total: c.total.load(Ordering::Relaxed),
+            batch: c.batch.load(Ordering::Relaxed),
+            member_pages: c.member_pages.load(Ordering::Relaxed),
+            lookups: c.lookups.load(Ordering::Relaxed),
+            tokens: self.inner.tokens.requests(),
+        }
+    }
+
+    /// The tenant id (a GUID): the access token's `tid` claim, else `AZURE_TENANT_ID` when it is a GUID, else
+    /// `GET /organization`. Asked once, then cached.
+    pub async fn tenant_id(&self) -> Result<String, GraphError> {
+        self.inner
+            .tenant
+            .get_or_try_init(|| async {
+                let token = self.inner.tokens.token().await?;
+                if let Some(tid) = auth::token_tenant_id(token.expose()) {
+                    return Ok(tid);
+                }
+                if let Some(t) = self.inner.tokens.credential().tenant() {
+                    if let Ok(id) = crate::identity::ObjectId::parse(t) {
+                        return Ok(id.to_string());
+                    }
+                }
+                let url = self.url("/organization?$select=id")?;
+                let body = self
+                    .get_json(url, Kind::Other, &[], "needs Organization.Read.All or a token with a 'tid' claim")
+                    .await?;
+                body.get("value")
+                    .and_then(Value::as_array)
+                    .and_then(|v| v.first())
+                    .and_then(|o| o.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| GraphError::Protocol {
+                        what: "GET /organization".into(),
+                        reason: "no organization id in the answer".into(),
+                    })
+            })
+            .await
+            .cloned()
+    }
+
+    /// `{base}{path_and_query}` as a URL. `path_and_query` starts with `/` and is already encoded.
+    fn url(&self, path_and_query: &str) -> Result<Url, GraphError> {
+        Url::parse(&format!("{}{path_and_query}", base_str(&self.inner.base))).map_err(|e| GraphError::Protocol {
+            what: path_and_query.to_string(),
+            reason: format!("cannot build the URL: {e}"),
+        })
+    }
+
+    /// A `@odata.nextLink`, taken whole, after checking it points at Graph (a token never goes elsewhere).
+    fn next_link(&self, page: &Value, what: &str) -> Result<Option<Url>, GraphError> {
+        let Some(link) = page.get("@odata.nextLink").and_then(Value::as_str) else { return Ok(None) };
+        let url = Url::parse(link).map_err(|e| GraphError::Protocol {
+            what: what.to_string(),
+            reason: format!("@odata.nextLink is not a URL ({e})"),
+        })?;
+        if !same_origin(&url, &self.inner.base) {
+            return Err(GraphError::Protocol {
+                what: what.to_string(),
+                reason: format!("@odata.nextLink points at another server ({})", url.origin().ascii_serialization()),
+            });
+        }
+        Ok(Some(url))
+    }
+
+    fn count(&self, kind: Kind) {
+        let c = &self.inner.counters;
+        c.total.fetch_add(1, Ordering::Relaxed);
+        match kind {
+            Kind::Batch => {
+                c.batch.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::LookupBatch => {
+                c.batch.fetch_add(1, Ordering::Relaxed);
+                c.lookups.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::MemberPage => {
+                c.member_pages.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Lookup => {
+                c.lookups.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Other => {}
+        }
+    }
+
+    /// Sends a request with a bearer token, retrying as [`Http::send`] does; after a 401 gets a new token and
+    /// tries once more. Returns the response whatever its status.
+    async fn execute(
+        &self,
+        method: Method,
+        url: &Url,
+        kind: Kind,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Sent, GraphError> {
+        let mut refreshed = false;
+        loop {
+            let token = self.inner.tokens.token().await?;
+            let sent = self
+                .inner
+                .http
+                .send(&method, url, || {
+                    self.count(kind);
+                    let mut request = self.inner.http.request(method.clone(), url.clone()).bearer_auth(token.expose());
+                    for (name, value) in headers {
+                        request = request.header(*name, *value);
+                    }
+                    if let Some(body) = body {
+                        request = request.json(body);
+                    }
+                    std::future::ready(Ok(request))
+                })
+                .await?;
+            if sent.response.status() == 401 && !refreshed && self.inner.tokens.invalidate().await {
+                refreshed = true;
+                tracing::info!("Microsoft Graph: {method} {} got 401; getting a new token", url.path());
+                continue;
+            }
+            return Ok(sent);
+        }
+    }
+
+    /// Turns an error response into a [`GraphError`], with `hint_403` for 403 and a 401 hint.
+    async fn fail(&self, method: &Method, sent: Sent, hint_403: &str) -> GraphError {
+        let err = ServiceError::from_response("Microsoft Graph", method, sent.response, &sent.client_request_id).await;
+        let err = match err.status {
+            401 if !self.inner.tokens.credential().can_refresh() => {
+                err.with_hint("WRITEBACK_ACCESS_TOKEN was refused; get a new token for Microsoft Graph")
+            }
+            401 => err.with_hint("the token was refused twice; check the app registration and the tenant"),
+            403 if !hint_403.is_empty() => {
+                let hint = format!("The app {hint_403} (see docs/permissions.md)");
+                err.with_hint(hint)
+            }
+            _ => err,
+        };
+        GraphError::Service(Box::new(err))
+    }
+
+    /// GETs `url` and parses the JSON body; error statuses become [`GraphError::Service`].
+    async fn get_json(
+        &self,
+        url: Url,
+        kind: Kind,
+        headers: &[(&str, &str)],
+        hint_403: &str,
+    ) -> Result<Value, GraphError> {
+        let sent = self.execute(Method::GET, &url, kind, headers, None).await?;
+        if !sent.response.status().is_success() {
+            return Err(self.fail(&Method::GET, sent, hint_403).await);
+        }
+        read_json(sent, &url).await
+    }
+}
+
+async fn read_json(sent: Sent, url: &Url) -> Result<Value, GraphError> {
+    let bytes = sent.response.bytes().await.map_err(|e| GraphError::Protocol {
+        what: format!("GET {}", url.path()),
+        reason: format!("reading the answer failed: {e}"),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| GraphError::Protocol {
+        what: format!("GET {}", url.path()),
+        reason: format!("the answer is not JSON ({e})"),
+    })
+}
+
+/// A string property of a Graph object, `None` when absent or null.
+fn str_field(value: &Value, name: &str) -> Option<String> {
+    value.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! A tiny in-test Graph: just enough routes, on 127.0.0.1:0, to exercise the client.
+    use super::*;
+
+    pub async fn bind() -> (tokio::net::TcpListener, Url) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, Url::parse(&format!("http://{addr}/v1.0")).unwrap())
+    }
+
+    pub fn spawn(listener: tokio::net::TcpListener, router: axum::Router) {
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    }
+
+    pub async fn serve(router: axum::Router) -> Url {
+        let (listener, base) = bind().await;
+        spawn(listener, router);
+        base
+    }
+
+    pub fn client(base: &Url) -> GraphClient {
+        let config = GraphConfig {
+            graph_url: base.clone(),
+            login_url: Url::parse(&format!("{}://{}", base.scheme(), base.host_str().unwrap())).unwrap(),
+            http: HttpConfig::for_tests(),
+        };
+        GraphClient::new(config, Credential::AccessToken(Secret::new("test-token"))).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{bind, spawn};
+    use super::*;
+    use axum::extract::Form;
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use axum::Json;
+    use base64::Engine;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    fn jwt(tid: &str, n: u32) -> String {
+        let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig{n}", b64(r#"{"alg":"RS256"}"#.into()), b64(format!(r#"{{"tid":"{tid}","n":{n}}}"#)))
+    }
+
+    #[tokio::test]
+    async fn client_secret_sign_in_refresh_after_401_and_tenant_from_token() {
+        let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let forms = Arc::new(Mutex::new(Vec::<HashMap<String, String>>::new()));
+        let f = forms.clone();
+        let (listener, base) = bind().await;
+        let router = axum::Router::new()
+            .route(
+                "/contoso.example/oauth2/v2.0/token",
+                post(move |Form(form): Form<HashMap<String, String>>| {
+                    let f = f.clone();
+                    async move {
+                        let n = {
+                            let mut f = f.lock().unwrap();
+                            f.push(form);
+                            f.len() as u32
+                        };
+                        Json(serde_json::json!({"token_type": "Bearer", "expires_in": 3599, "access_token": jwt(tid, n)}))
+                    }
+                }),
+            )
+            .route(
+                "/v1.0/users/{id}",
+                get(move |headers: axum::http::HeaderMap| async move {
+                    let auth = headers.get("authorization").unwrap().to_str().unwrap().to_string();
+                    if auth.ends_with(".sig1") {
+                        // The first token is refused, as an expired or revoked one would be.
+                        return (axum::http::StatusCode::UNAUTHORIZED, "{}").into_response();
+                    }
+                    (axum::http::StatusCode::NOT_FOUND, "{}").into_response()
+                }),
+            );
+        spawn(listener, router);
+        let login = reqwest::Url::parse(&base.origin().ascii_serialization()).unwrap();
+        let config = GraphConfig { graph_url: base.clone(), login_url: login, http: HttpConfig::for_tests() };
+        let credential = Credential::ClientSecret {
+            tenant: "contoso.example".into(),
+            client_id: "app-id".into(),
+            secret: Secret::new("very-secret"),
+        };
+        let client = GraphClient::new(config, credential).unwrap();
+        assert!(!format!("{client:?}").contains("very-secret"));
+        let id = crate::identity::ObjectId::parse("11111111-2222-3333-4444-555555555555").unwrap();
+        assert_eq!(client.get_user(&id).await.unwrap(), None);
+        assert_eq!(client.counts().tokens, 2, "one new token after the 401");
+        assert_eq!(client.counts().total, 2);
+        assert_eq!(client.tenant_id().await.unwrap(), tid);
+        let forms = forms.lock().unwrap();
+        assert_eq!(forms[0]["grant_type"], "client_credentials");
+        assert_eq!(forms[0]["client_id"], "app-id");
+        assert_eq!(forms[0]["client_secret"], "very-secret");
+        assert_eq!(forms[0]["scope"], format!("{}/.default", base.origin().ascii_serialization()));
+    }
+
+    #[tokio::test]
+    async fn sign_in_errors_name_the_variables() {
+        let (listener, base) = bind().await;
+        let router = axum::Router::new().route(
+            "/t/oauth2/v2.0/token",
+            post(|| async {
+                (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    Json(serde_json::json!({"error": "invalid_client",
+                        "error_description": "AADSTS7000215: Invalid client secret provided.", "trace_id": "tr-1"})),
+                )
+            }),
+        );
+        spawn(listener, router);
+        let login = reqwest::Url::parse(&base.origin().ascii_serialization()).unwrap();
+        let config = GraphConfig { graph_url: base.clone(), login_url: login, http: HttpConfig::for_tests() };
+        let credential =
+            Credential::ClientSecret { tenant: "t".into(), client_id: "a".into(), secret: Secret::new("wrong-secret") };
+        let err = GraphClient::new(config, credential).unwrap().tenant_id().await.unwrap_err().to_string();
+        assert!(err.contains("AADSTS7000215") && err.contains("AZURE_CLIENT_ID") && err.contains("tr-1"), "{err}");
+        assert!(!err.contains("wrong-secret"));
+    }
+}

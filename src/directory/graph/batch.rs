@@ -1,0 +1,229 @@
+//! JSON batching: up to 20 requests in one `POST /$batch`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::{GraphClient, GraphError, Kind};
+use crate::http::{parse_error_value, parse_retry_after, wall_clock};
+
+/// The most requests Graph takes in one `$batch`.
+pub const MAX_BATCH_ITEMS: usize = 20;
+
+/// One request inside a `$batch`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchItem {
+    /// Unique within the batch.
+    pub id: String,
+    /// `GET`, `POST`, `PATCH`, `DELETE`.
+    pub method: Method,
+    /// Relative to Graph's base URL, starting with `/`, already percent-encoded: e.g.
+    /// `/groups/{id}/members/{uid}/$ref`.
+    pub url: String,
+    /// A JSON body; when present the item is sent with `Content-Type: application/json`.
+    pub body: Option<Value>,
+}
+
+/// The error envelope of a failed batch item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphErrorBody {
+    /// `error.code` (may be empty).
+    pub code: String,
+    /// `error.message` (may be empty).
+    pub message: String,
+    /// Graph's `request-id`: the item's `request-id` header, else `error.innerError.request-id`.
+    pub request_id: Option<String>,
+}
+
+impl std::fmt::Display for GraphErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code.is_empty(), self.message.is_empty()) {
+            (false, false) => write!(f, "{}: {}", self.code, self.message)?,
+            (false, true) => f.write_str(&self.code)?,
+            (true, false) => f.write_str(&self.message)?,
+            (true, true) => f.write_str("no error details")?,
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " (request-id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The answer to one [`BatchItem`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItemResponse {
+    /// The item's id.
+    pub id: String,
+    /// Its HTTP status (204 for a successful `$ref` add or remove, 429 when throttled, …).
+    pub status: u16,
+    /// The item's `Retry-After`, when Graph sent one.
+    pub retry_after: Option<Duration>,
+    /// The error envelope, for statuses of 400 and above.
+    pub error: Option<GraphErrorBody>,
+}
+
+/// A batch answer with the body kept, for this module's own reads.
+#[derive(Debug, Clone)]
+pub(super) struct RawItemResponse {
+    pub response: BatchItemResponse,
+    pub body: Value,
+}
+
+impl GraphClient {
+    /// Sends up to [`MAX_BATCH_ITEMS`] requests in one `POST {graph}/$batch` and returns one answer per item,
+    /// in the order of `items`. Throttling, 5xx answers and connection failures of the POST itself are retried
+    /// here; per-item statuses (429 included) are returned to the caller, who retries those items after the
+    /// longest [`BatchItemResponse::retry_after`].
+    pub async fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<BatchItemResponse>, GraphError> {
+        Ok(self.batch_raw(&items, Kind::Batch).await?.into_iter().map(|r| r.response).collect())
+    }
+
+    pub(super) async fn batch_raw(&self, items: &[BatchItem], kind: Kind) -> Result<Vec<RawItemResponse>, GraphError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        if items.len() > MAX_BATCH_ITEMS {
+            return Err(GraphError::InvalidRequest(format!(
+                "a $batch takes at most {MAX_BATCH_ITEMS} requests, not {}",
+                items.len()
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        for item in items {
+            if !seen.insert(item.id.as_str()) {
+                return Err(GraphError::InvalidRequest(format!("$batch item id '{}' is used twice", item.id)));
+            }
+            if !item.url.starts_with('/') {
+                return Err(GraphError::InvalidRequest(format!(
+                    "$batch item '{}': the url must be relative to Graph and start with '/'",
+                    item.id
+                )));
+            }
+        }
+        let requests: Vec<Value> = items
+            .iter()
+            .map(|item| {
+                let mut request = json!({ "id": item.id, "method": item.method.as_str(), "url": item.url });
+                if let Some(body) = &item.body {
+                    request["headers"] = json!({ "Content-Type": "application/json" });
+                    request["body"] = body.clone();
+                }
+                request
+            })
+            .collect();
+        let body = json!({ "requests": requests });
+        let url = self.url("/$batch")?;
+        let sent = self.execute(Method::POST, &url, kind, &[], Some(&body)).await?;
+        if !sent.response.status().is_success() {
+            return Err(self.fail(&Method::POST, sent, "lacks a permission one of the batched requests needs").await);
+        }
+        let answer = super::read_json(sent, &url).await?;
+        let protocol = |reason: String| GraphError::Protocol { what: "POST /$batch".into(), reason };
+        let mut by_id: HashMap<String, RawItemResponse> = HashMap::new();
+        for item in answer.get("responses").and_then(Value::as_array).into_iter().flatten() {
+            let id = match item.get("id") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return Err(protocol("a response without an id".into())),
+            };
+            let status = item
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok())
+                .ok_or_else(|| protocol(format!("response '{id}' has no status")))?;
+            let headers = item.get("headers").and_then(Value::as_object);
+            let header = |name: &str| {
+                headers.and_then(|h| {
+                    h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| match v {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    })
+                })
+            };
+            let retry_after = header("Retry-After").and_then(|v| parse_retry_after(&v, wall_clock()));
+            let body = item.get("body").cloned().unwrap_or(Value::Null);
+            let error = (status >= 400).then(|| {
+                let parsed = parse_error_value(&body);
+                GraphErrorBody {
+                    code: parsed.code.unwrap_or_default(),
+                    message: parsed.message.unwrap_or_default(),
+                    request_id: header("request-id").or(parsed.request_id),
+                }
+            });
+            by_id.insert(
+                id.clone(),
+                RawItemResponse { response: BatchItemResponse { id, status, retry_after, error }, body },
+            );
+        }
+        items
+            .iter()
+            .map(|item| by_id.remove(&item.id).ok_or_else(|| protocol(format!("no response for item '{}'", item.id))))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{client, serve};
+    use super::*;
+    use axum::routing::post;
+    use axum::Json;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn batch_sends_documented_shape_and_returns_items_in_order() {
+        let seen = Arc::new(Mutex::new(Value::Null));
+        let s = seen.clone();
+        let router = axum::Router::new().route(
+            "/v1.0/$batch",
+            post(move |Json(body): Json<Value>| {
+                let s = s.clone();
+                async move {
+                    *s.lock().unwrap() = body;
+                    // Out of order, as Graph may answer.
+                    Json(json!({"responses": [
+                        {"id": "2", "status": 429, "headers": {"Retry-After": "0.05"},
+                         "body": {"error": {"code": "TooManyRequests", "message": "Please retry again later.",
+                                  "innerError": {"request-id": "rid-2"}}}},
+                        {"id": "1", "status": 204, "headers": {}, "body": null}
+                    ]}))
+                }
+            }),
+        );
+        let base = serve(router).await;
+        let client = client(&base);
+        let items = vec![
+            BatchItem {
+                id: "1".into(),
+                method: Method::POST,
+                url: "/groups/g/members/$ref".into(),
+                body: Some(json!({"@odata.id": "https://graph.microsoft.com/v1.0/directoryObjects/u"})),
+            },
+            BatchItem { id: "2".into(), method: Method::DELETE, url: "/groups/g/members/u2/$ref".into(), body: None },
+        ];
+        let out = client.batch(items).await.unwrap();
+        assert_eq!(out[0], BatchItemResponse { id: "1".into(), status: 204, retry_after: None, error: None });
+        assert_eq!(out[1].status, 429);
+        assert_eq!(out[1].retry_after, Some(Duration::from_millis(50)));
+        let err = out[1].error.as_ref().unwrap();
+        assert_eq!((err.code.as_str(), err.request_id.as_deref()), ("TooManyRequests", Some("rid-2")));
+        let sent = seen.lock().unwrap().clone();
+        assert_eq!(sent["requests"][0]["headers"]["Content-Type"], "application/json");
+        assert_eq!(sent["requests"][0]["method"], "POST");
+        assert!(sent["requests"][1].get("headers").is_none());
+        assert_eq!(client.counts().batch, 1);
+    }
+
+    #[tokio::test]
+    async fn batch_refuses_bad_input() {
+        let client = client(&reqwest::Url::parse("http://127.0.0.1:9/v1.0").unwrap());
+        let item = |id: &str| BatchItem { id: id.into(), method: Method::GET, url: "/users".into(), body: None };
+        assert!(client.batch((0..21).map(|i| item(&i.to_string())).collect()).await.is_err());
+        assert!(client.batch(vec![item("a"), item("a")]).await.is_err());
+        assert_eq!(client.counts().total, 0);
+    }
+}
