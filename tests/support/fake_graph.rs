@@ -1539,7 +1539,7 @@ fn too_many(ctx: &Ctx) -> Answer {
 fn throttle(st: &mut State, ctx: &Ctx, method: &str) -> Option<Answer> {
     st.op_counter += 1;
     if let Some(n) = st.faults.throttle_every.filter(|n| *n > 0) {
-        if st.op_counter % n == 0 {
+        if st.op_counter.is_multiple_of(n) {
             let a = too_many(ctx).header(
                 "x-ms-throttle-scope",
                 format!("Tenant_Application/ReadWrite/{}/{}", st.tenant_id, st.cfg.client_id),
@@ -1784,6 +1784,9 @@ fn entity(st: &State, ctx: &Ctx, id: &str, q: &Query, set: &str) -> Answer {
     }
 }
 
+/// Renders one collection item (or refuses the request).
+type ItemFn<'a> = dyn Fn(&State, &str) -> Result<Map<String, Value>, Answer> + 'a;
+
 /// Pages through `ids` (ordered by sequence) after the cursor in `$skiptoken`.
 #[allow(clippy::too_many_arguments)]
 fn page(
@@ -1792,7 +1795,7 @@ fn page(
     q: &Query,
     collection: &str,
     ids: Vec<(u64, String)>,
-    item: &dyn Fn(&State, &str) -> Result<Map<String, Value>, Answer>,
+    item: &ItemFn<'_>,
     context: &str,
     path: &str,
     raw_query: &str,

@@ -414,7 +414,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
     let (status, headers, body) = if !st.faults.server_errors.is_empty() {
         let s = st.faults.server_errors.remove(0);
         odata_error(s, "The service is temporarily unavailable.")
-    } else if st.faults.throttle_every.is_some_and(|n| n > 0 && st.counter % n == 0) {
+    } else if st.faults.throttle_every.is_some_and(|n| n > 0 && st.counter.is_multiple_of(n)) {
         let (s, mut h, b) = odata_error(429, "Too many requests.");
         if let Some(r) = st.faults.retry_after {
             h.push(("Retry-After".into(), fmt_secs(r)));
