@@ -7,11 +7,13 @@ use clap::Args;
 
 use crate::cli::Context;
 use crate::config::{parse_duration, Config, SyncMapping};
+use crate::directory::graph::{GraphClient, GraphError};
 use crate::directory::{entra_csv, DirectoryUser, GroupMember};
-use crate::error::{Error, Result};
-use crate::identity::ObjectId;
+use crate::error::{exit, Error, Result};
+use crate::identity::{Email, ObjectId};
 use crate::plan::{self, Counts, GroupPlan, InputRecord, InputRole, Plan, PlanFormat, PlanOptions};
 use crate::reconcile::{reconcile, KeepList, ReconcileOptions};
+use crate::source::politemail_api::{PoliteMailClient, PoliteMailConfig};
 use crate::source::{politemail_csv, ContactList};
 use crate::trust::keys::SigningKey;
 
@@ -89,6 +91,14 @@ pub struct PlanArgs {
     /// Print the plan summary as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+
+    /// Microsoft Graph's base URL, for national clouds or a test server [default: https://graph.microsoft.com/v1.0].
+    #[arg(long, env = "WRITEBACK_GRAPH_URL", value_name = "URL")]
+    pub graph_url: Option<String>,
+
+    /// The Entra sign-in endpoint [default: https://login.microsoftonline.com].
+    #[arg(long, env = "WRITEBACK_LOGIN_URL", value_name = "URL")]
+    pub login_url: Option<String>,
 }
 
 /// Where a mapping's contacts come from.
@@ -150,6 +160,53 @@ pub struct GroupInputs {
     pub inputs: Vec<InputRecord>,
     /// The tenant, when read from Graph.
     pub tenant_id: Option<String>,
+    /// Things the planner should know (e.g. a role-assignable group).
+    pub warnings: Vec<String>,
+}
+
+/// The live services a plan may read, set up on first use.
+struct Services {
+    graph_url: Option<String>,
+    login_url: Option<String>,
+    politemail_url: Option<String>,
+    runtime: Option<tokio::runtime::Runtime>,
+    graph: Option<GraphClient>,
+    politemail: Option<std::sync::Arc<PoliteMailClient>>,
+}
+
+impl Services {
+    fn block_on<F: std::future::Future>(&mut self, future: F) -> Result<F::Output> {
+        if self.runtime.is_none() {
+            self.runtime = Some(crate::http::runtime()?);
+        }
+        match &self.runtime {
+            Some(rt) => Ok(rt.block_on(future)),
+            None => Err(Error::Internal("no async runtime".into())),
+        }
+    }
+
+    fn graph(&mut self) -> Result<GraphClient> {
+        if let Some(graph) = &self.graph {
+            return Ok(graph.clone());
+        }
+        let graph = GraphClient::from_env(self.graph_url.as_deref(), self.login_url.as_deref())?;
+        self.graph = Some(graph.clone());
+        Ok(graph)
+    }
+
+    fn politemail(&mut self) -> Result<std::sync::Arc<PoliteMailClient>> {
+        if let Some(pm) = &self.politemail {
+            return Ok(pm.clone());
+        }
+        let fallback = self.politemail_url.clone();
+        let config = PoliteMailConfig::from_lookup(
+            |name| std::env::var(name).ok().or_else(|| (name == "POLITEMAIL_URL").then(|| fallback.clone()).flatten()),
+            crate::http::HttpConfig::from_env()?,
+        )?;
+        let pm = std::sync::Arc::new(PoliteMailClient::new(config)?);
+        self.politemail = Some(pm.clone());
+        Ok(pm)
+    }
 }
 
 /// Runs `writeback plan`.
@@ -183,11 +240,20 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
     }
 
     let mut user_cache: HashMap<PathBuf, (std::sync::Arc<Vec<DirectoryUser>>, InputRecord)> = HashMap::new();
+    let mut services = Services {
+        graph_url: args.graph_url.clone().or(defaults.graph_url.clone()),
+        login_url: args.login_url.clone().or(defaults.login_url.clone()),
+        politemail_url: defaults.politemail_url.clone(),
+        runtime: None,
+        graph: None,
+        politemail: None,
+    };
     let mut groups = Vec::new();
     let mut tenant_id = None;
     let mut warnings = Vec::new();
     for mapping in &mappings {
-        let inputs = gather(mapping, &mut user_cache)?;
+        let inputs = gather(mapping, &mut user_cache, &mut services)?;
+        warnings.extend(inputs.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
         let keep = match &mapping.keep {
             Some(path) => read_keep(path)?,
             None => (KeepList::default(), None),
@@ -372,33 +438,66 @@ fn mappings(args: &PlanArgs, config: Option<&Config>) -> Result<Vec<Mapping>> {
     Ok(out)
 }
 
-/// Reads one mapping's inputs from files (and, where a mapping asks for it, from the services).
+/// Reads one mapping's inputs from files, Microsoft Graph and the PoliteMail API, as the mapping says.
 fn gather(
     mapping: &Mapping,
     user_cache: &mut HashMap<PathBuf, (std::sync::Arc<Vec<DirectoryUser>>, InputRecord)>,
+    services: &mut Services,
 ) -> Result<GroupInputs> {
-    let offline_only = |what: &str| {
-        Error::Usage(format!(
-            "{}: reading {what} from Graph or PoliteMail is not available in this build; pass the export files",
-            mapping.name
-        ))
-    };
     let contacts = match &mapping.contacts {
         ContactsSource::Csv(path) => politemail_csv::read(path, mapping.email_column.as_deref())?,
-        ContactsSource::Api(_) => return Err(offline_only("the list")),
+        ContactsSource::Api(list) => {
+            let pm = services.politemail()?;
+            services.block_on(async {
+                let list = pm.find_list(list).await?;
+                pm.contacts(&list).await
+            })??
+        }
     };
-    let group_id = ObjectId::parse(&mapping.group).map_err(|_| {
-        Error::Usage(format!(
-            "{}: --group '{}' is not an object id; offline, the group is named by its object id (names need Graph)",
-            mapping.name, mapping.group
-        ))
-    })?;
-    let (members, members_input) = match &mapping.members {
-        DirectorySource::Csv(path) => entra_csv::read_members(path)?,
-        DirectorySource::Graph => return Err(offline_only("the members")),
+    let uses_graph = mapping.members == DirectorySource::Graph || mapping.users == DirectorySource::Graph;
+    let mut warnings = Vec::new();
+    let mut tenant_id = None;
+    let mut live_group = None;
+    let (group_id, display_name) = if uses_graph {
+        let graph = services.graph()?;
+        let (group, tenant) = services.block_on(async {
+            Ok::<_, GraphError>((graph.find_group(&mapping.group).await?, graph.tenant_id().await?))
+        })??;
+        match group.manageability() {
+            Ok(w) => warnings.extend(w),
+            Err(reason) => {
+                return Err(Error::Gate {
+                    code: exit::GROUP_NOT_MANAGEABLE,
+                    message: format!("{}: {reason}; writeback will not plan changes to it", mapping.name),
+                })
+            }
+        }
+        tenant_id = Some(tenant);
+        let name = Some(group.display_name.clone()).filter(|n| !n.is_empty()).or(mapping.group_name.clone());
+        let id = group.id.clone();
+        live_group = Some((graph, group));
+        (id, name)
+    } else {
+        let id = ObjectId::parse(&mapping.group).map_err(|_| {
+            Error::Usage(format!(
+                "{}: --group '{}' is not an object id; with both export files the group is named by its object id \
+                 (names need Graph)",
+                mapping.name, mapping.group
+            ))
+        })?;
+        (id, mapping.group_name.clone())
     };
-    let (users, users_input) = match &mapping.users {
-        DirectorySource::Csv(path) => match user_cache.get(path) {
+    let (members, members_input) = match (&mapping.members, &live_group) {
+        (DirectorySource::Csv(path), _) => entra_csv::read_members(path)?,
+        (DirectorySource::Graph, Some((graph, group))) => {
+            let members = services.block_on(graph.list_members(&group.id))??;
+            let input = graph.members_input(group, &members);
+            (members, input)
+        }
+        (DirectorySource::Graph, None) => return Err(Error::Internal("Graph members without a Graph group".into())),
+    };
+    let (users, users_input) = match (&mapping.users, &live_group) {
+        (DirectorySource::Csv(path), _) => match user_cache.get(path) {
             Some(cached) => cached.clone(),
             None => {
                 let (users, input) = entra_csv::read_users(path)?;
@@ -407,18 +506,18 @@ fn gather(
                 entry
             }
         },
-        DirectorySource::Graph => return Err(offline_only("the users")),
+        (DirectorySource::Graph, Some((graph, _))) => {
+            let mut emails: Vec<Email> = contacts.contacts.iter().filter_map(|c| Email::parse(&c.email).ok()).collect();
+            emails.sort();
+            emails.dedup();
+            let users = services.block_on(graph.resolve_users(&emails))??;
+            let input = graph.users_input(emails.len(), &users);
+            (std::sync::Arc::new(users), input)
+        }
+        (DirectorySource::Graph, None) => return Err(Error::Internal("Graph users without a Graph client".into())),
     };
     let inputs = vec![contacts.input.clone(), members_input, users_input];
-    Ok(GroupInputs {
-        group_id,
-        display_name: mapping.group_name.clone(),
-        contacts,
-        members,
-        users,
-        inputs,
-        tenant_id: None,
-    })
+    Ok(GroupInputs { group_id, display_name, contacts, members, users, inputs, tenant_id, warnings })
 }
 
 fn read_keep(path: &Path) -> Result<(KeepList, Option<InputRecord>)> {

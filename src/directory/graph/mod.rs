@@ -20,6 +20,8 @@ use serde_json::Value;
 
 use crate::error::exit;
 use crate::http::{base_str, same_origin, Http, HttpConfig, HttpError, Sent, ServiceError};
+use crate::plan::precondition::sha256_hex;
+use crate::plan::{InputRecord, InputRole};
 
 pub use auth::{Credential, Secret, TokenSource, DEFAULT_GRAPH_URL, DEFAULT_LOGIN_URL};
 pub use batch::{BatchItem, BatchItemResponse, GraphErrorBody, MAX_BATCH_ITEMS};
@@ -347,6 +349,67 @@ impl GraphClient {
         }
         read_json(sent, &url).await
     }
+}
+
+impl GraphClient {
+    /// The plan's record of a member list read from Graph: `Microsoft Graph <url> group '<name>' (<id>)`, and
+    /// the SHA-256 of [`canonical_members`].
+    pub fn members_input(&self, group: &GraphGroup, members: &[crate::directory::GroupMember]) -> InputRecord {
+        InputRecord {
+            role: InputRole::Members,
+            description: format!(
+                "Microsoft Graph {} group '{}' ({}): {} direct members",
+                base_str(&self.inner.base),
+                group.display_name,
+                group.id,
+                members.len()
+            ),
+            sha256: sha256_hex(&canonical_members(members)),
+        }
+    }
+
+    /// The plan's record of the users resolved from Graph for `addresses` addresses, and the SHA-256 of
+    /// [`canonical_users`].
+    pub fn users_input(&self, addresses: usize, users: &[crate::directory::DirectoryUser]) -> InputRecord {
+        InputRecord {
+            role: InputRole::Users,
+            description: format!(
+                "Microsoft Graph {}: {} users matching {addresses} list addresses",
+                base_str(&self.inner.base),
+                users.len()
+            ),
+            sha256: sha256_hex(&canonical_users(users)),
+        }
+    }
+}
+
+/// The bytes a Graph member list's SHA-256 is taken over: per member, sorted by object id, the JSON array
+/// `[id, kind, userPrincipalName, displayName, mail]` and `\n`.
+pub fn canonical_members(members: &[crate::directory::GroupMember]) -> Vec<u8> {
+    let mut sorted: Vec<&crate::directory::GroupMember> = members.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = Vec::new();
+    for m in sorted {
+        let row = serde_json::json!([m.id, m.kind.label(), m.upn, m.display_name, m.mail]);
+        out.extend_from_slice(row.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The bytes a resolved user set's SHA-256 is taken over: per user, sorted by object id, the JSON array
+/// `[id, userPrincipalName, displayName, mail, userType, accountEnabled, proxyAddresses]` and `\n`.
+pub fn canonical_users(users: &[crate::directory::DirectoryUser]) -> Vec<u8> {
+    let mut sorted: Vec<&crate::directory::DirectoryUser> = users.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = Vec::new();
+    for u in sorted {
+        let row =
+            serde_json::json!([u.id, u.upn, u.display_name, u.mail, u.user_type, u.account_enabled, u.proxy_addresses]);
+        out.extend_from_slice(row.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
 }
 
 async fn read_json(sent: Sent, url: &Url) -> Result<Value, GraphError> {
