@@ -487,10 +487,14 @@ fn gather(
         })?;
         (id, mapping.group_name.clone())
     };
+    // Member users as Graph describes them: with users from Graph, they let removals carry the same flags
+    // (disabled, guest) as they would with the users export, which lists every user.
+    let mut member_users = Vec::new();
     let (members, members_input) = match (&mapping.members, &live_group) {
         (DirectorySource::Csv(path), _) => entra_csv::read_members(path)?,
         (DirectorySource::Graph, Some((graph, group))) => {
-            let members = services.block_on(graph.list_members(&group.id))??;
+            let (members, users) = services.block_on(graph.list_members_detailed(&group.id))??;
+            member_users = users;
             let input = graph.members_input(group, &members);
             (members, input)
         }
@@ -510,8 +514,10 @@ fn gather(
             let mut emails: Vec<Email> = contacts.contacts.iter().filter_map(|c| Email::parse(&c.email).ok()).collect();
             emails.sort();
             emails.dedup();
-            let users = services.block_on(graph.resolve_users(&emails))??;
+            let mut users = services.block_on(graph.resolve_users(&emails))??;
             let input = graph.users_input(emails.len(), &users);
+            let known: std::collections::HashSet<ObjectId> = users.iter().map(|u| u.id.clone()).collect();
+            users.extend(member_users.into_iter().filter(|u| !known.contains(&u.id)));
             (std::sync::Arc::new(users), input)
         }
         (DirectorySource::Graph, None) => return Err(Error::Internal("Graph users without a Graph client".into())),

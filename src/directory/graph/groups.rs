@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::{str_field, GraphClient, GraphError, Kind};
-use crate::directory::{GroupInfo, GroupMember, MemberKind};
+use crate::directory::{DirectoryUser, GroupInfo, GroupMember, MemberKind};
 use crate::http::{encode_query_value, odata_string};
 use crate::identity::ObjectId;
 
@@ -159,9 +159,28 @@ impl GraphClient {
     /// ceil(N/999) requests, and at least one). Stops with [`GraphError::MissingPermission`] when users come
     /// back without a userPrincipalName (the app lacks User.Read.All).
     pub async fn list_members(&self, group_id: &ObjectId) -> Result<Vec<GroupMember>, GraphError> {
+        Ok(self.members_with_select(group_id, MEMBER_SELECT).await?.0)
+    }
+
+    /// As [`GraphClient::list_members`] (same requests), selecting the user properties too, so that the member
+    /// users also come back as [`DirectoryUser`]s (account state, user type, proxy addresses). A plan needs
+    /// these to flag removals of disabled or guest accounts, as it would from the users export.
+    pub async fn list_members_detailed(
+        &self,
+        group_id: &ObjectId,
+    ) -> Result<(Vec<GroupMember>, Vec<DirectoryUser>), GraphError> {
+        self.members_with_select(group_id, super::users::USER_SELECT).await
+    }
+
+    async fn members_with_select(
+        &self,
+        group_id: &ObjectId,
+        select: &str,
+    ) -> Result<(Vec<GroupMember>, Vec<DirectoryUser>), GraphError> {
         let what = format!("GET /groups/{group_id}/members");
-        let mut next = Some(self.url(&format!("/groups/{group_id}/members?$select={MEMBER_SELECT}&$top=999"))?);
+        let mut next = Some(self.url(&format!("/groups/{group_id}/members?$select={select}&$top=999"))?);
         let mut members = Vec::new();
+        let mut users = Vec::new();
         while let Some(url) = next {
             let sent = self.execute(Method::GET, &url, Kind::MemberPage, &[], None).await?;
             if sent.response.status() == 404 {
@@ -172,14 +191,21 @@ impl GraphClient {
             }
             let page = super::read_json(sent, &url).await?;
             for item in page.get("value").and_then(Value::as_array).into_iter().flatten() {
-                members.push(member_from_json(item, group_id).map_err(|e| match e {
+                let member = member_from_json(item, group_id).map_err(|e| match e {
                     MemberError::Protocol(reason) => GraphError::Protocol { what: what.clone(), reason },
                     MemberError::Permission(m) => GraphError::MissingPermission(m),
-                })?);
+                })?;
+                if member.kind == MemberKind::User && select != MEMBER_SELECT {
+                    users.push(
+                        super::users::user_from_json(item)
+                            .map_err(|reason| GraphError::Protocol { what: what.clone(), reason })?,
+                    );
+                }
+                members.push(member);
             }
             next = self.next_link(&page, &what)?;
         }
-        Ok(members)
+        Ok((members, users))
     }
 }
 
@@ -299,6 +325,28 @@ mod tests {
         assert_eq!(members.iter().filter(|m| m.kind == MemberKind::Group).count(), 5);
         assert_eq!(client.counts().member_pages, N.div_ceil(999) as u64);
         assert_eq!(client.counts().total, 3);
+    }
+
+    #[tokio::test]
+    async fn detailed_members_carry_user_state() {
+        let router = axum::Router::new().route(
+            "/v1.0/groups/{id}/members",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                assert_eq!(q.get("$select").map(String::as_str), Some(super::super::USER_SELECT));
+                Json(serde_json::json!({"value": [
+                    {"@odata.type": "#microsoft.graph.user", "id": uid(1), "userPrincipalName": "a@x.com",
+                     "accountEnabled": false, "userType": "Guest", "proxyAddresses": ["SMTP:a@x.com"]},
+                    {"@odata.type": "#microsoft.graph.device", "id": uid(2), "displayName": "KIOSK"}
+                ]}))
+            }),
+        );
+        let base = serve(router).await;
+        let c = client(&base);
+        let (members, users) = c.list_members_detailed(&ObjectId::parse(&uid(9)).unwrap()).await.unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(users.len(), 1);
+        assert!(users[0].is_disabled() && users[0].is_guest());
+        assert_eq!(c.counts().member_pages, 1);
     }
 
     #[tokio::test]

@@ -212,7 +212,7 @@ fn collect_matches(
     Ok(())
 }
 
-fn user_from_json(value: &Value) -> Result<DirectoryUser, String> {
+pub(super) fn user_from_json(value: &Value) -> Result<DirectoryUser, String> {
     let raw_id = str_field(value, "id").ok_or("a user without an id")?;
     let id = ObjectId::parse(&raw_id).map_err(|e| e.to_string())?;
     let upn = str_field(value, "userPrincipalName").ok_or_else(|| {
