@@ -123,7 +123,9 @@ fn contacts_error(bytes: &[u8]) -> String {
 fn bad_contact_files_name_file_and_line() {
     assert!(contacts_error(b"").starts_with("list.csv: the file is empty"));
     assert!(contacts_error(b"Name,Company\nA,B\n").starts_with("list.csv:1: no e-mail column"));
-    assert!(contacts_error(b"Email,Name\na@x.example,Ren\xe9\n").starts_with("list.csv:2: not UTF-8 text"));
+    assert!(
+        contacts_error(b"Email,Name\na@x.example,Ren\xe9\n").starts_with("list.csv:2: column 'Name': not UTF-8 text")
+    );
     assert!(contacts_error(b"Email,Name\na@x.example,A\nb@x.example,B,C\n").starts_with("list.csv:3: this row has 3"));
     assert!(contacts_error(b"Email,Name\na@x.example,\"A\nb@x.example,B\n")
         .starts_with("list.csv:2: a quote (\") opens a cell on this line and is never closed"));
@@ -183,7 +185,7 @@ fn plan_refuses_bad_contact_files() {
         (b"", "contacts.csv: the file is empty"),
         (b"\xef\xbb\xbf", "contacts.csv: the file is empty"),
         (b"Name,Company\nA,B\n", "contacts.csv:1: no e-mail column"),
-        (b"Email,Name\na@contoso.example,Ren\xe9\n", "contacts.csv:2: not UTF-8 text"),
+        (b"Email,Name\na@contoso.example,Ren\xe9\n", "contacts.csv:2: column 'Name': not UTF-8 text"),
         (b"\xff\xfeE\x00", "UTF-16"),
         (b"Email,Name\na@contoso.example,A\nb@contoso.example,B,C\n", "contacts.csv:3: this row has 3 cells"),
         (b"Email,Name\na@contoso.example,\"A\nb@contoso.example,B\n", "contacts.csv:2: a quote"),
