@@ -5,7 +5,7 @@
 //!
 //! - The file is streamed, not loaded: memory stays flat however large the export, and its SHA-256 (which the
 //!   plan records) is computed on the way through.
-//! - It must be UTF-8, with or without a BOM. Absurd input is refused early with a clear message: an empty file,
+//! - It must be UTF-8, with or without a BOM (checked for the header and every cell a reader uses). Absurd input is refused early with a clear message: an empty file,
 //!   UTF-16, a line longer than [`MAX_LINE_BYTES`], a file larger than [`MAX_FILE_BYTES`].
 //! - The delimiter (`,`, `;` or tab) is sniffed from the header line, outside quotes. An Excel `sep=;` first line
 //!   is honoured.
@@ -173,6 +173,9 @@ impl Table {
         if !table.read_record()? {
             return Err(table.error_at(table.last_line, "the file has no header line"));
         }
+        if std::str::from_utf8(table.record.as_slice()).is_err() {
+            return Err(table.utf8_error());
+        }
         table.header_line = table.last_line;
         if table.record.len() > MAX_COLUMNS {
             return Err(table.error_at(
@@ -182,7 +185,7 @@ impl Table {
         }
         let (mut headers, mut keys) = (Vec::new(), Vec::new());
         for cell in table.record.iter() {
-            // UTF-8 was checked by read_record, so this cannot fail; the fallback keeps it panic-free.
+            // UTF-8 was checked just above, so this cannot fail; the fallback keeps it panic-free.
             let text = std::str::from_utf8(cell).unwrap_or_default().trim().trim_start_matches('\u{feff}');
             headers.push(text.to_string());
             keys.push(header_key(text));
@@ -379,9 +382,6 @@ impl Table {
                     ),
                 ));
             }
-            if std::str::from_utf8(self.record.as_slice()).is_err() {
-                return Err(self.utf8_error());
-            }
             return Ok(true);
         }
     }
@@ -389,15 +389,10 @@ impl Table {
     fn utf8_error(&self) -> Error {
         for (index, cell) in self.record.iter().enumerate() {
             if let Err(e) = std::str::from_utf8(cell) {
-                return self.cell_error(
-                    self.last_line,
-                    index,
-                    format!(
-                        "not UTF-8 text (byte {} of the cell). Save the file as \"CSV UTF-8 (Comma delimited)\" in \
-                         Excel, or convert it (iconv -f WINDOWS-1252 -t UTF-8), and try again",
-                        e.valid_up_to() + 1
-                    ),
-                );
+                if self.headers.is_empty() {
+                    return self.error_at(self.last_line, format!("header cell {}: {}", index + 1, not_utf8(&e)));
+                }
+                return self.cell_error(self.last_line, index, not_utf8(&e));
             }
         }
         self.error_at(self.last_line, "not UTF-8 text; save the file as \"CSV UTF-8 (Comma delimited)\"")
@@ -419,6 +414,14 @@ impl Table {
     }
 }
 
+fn not_utf8(e: &std::str::Utf8Error) -> String {
+    format!(
+        "not UTF-8 text (byte {} of the cell). Save the file as \"CSV UTF-8 (Comma delimited)\" in Excel, or convert \
+         it (iconv -f WINDOWS-1252 -t UTF-8), and try again",
+        e.valid_up_to() + 1
+    )
+}
+
 fn cell_error(path: &Path, header: &str, line: u64, message: impl Into<String>) -> Error {
     Error::Input { location: format!("{}:{line}: column '{header}'", path.display()), message: message.into() }
 }
@@ -437,11 +440,12 @@ impl<'r> Row<'r> {
         self.line
     }
 
-    /// The cell in column `index`, exactly as written (quotes removed). Empty when the column does not exist.
+    /// The cell in column `index`, exactly as written (quotes removed). Empty when the column does not exist; an
+    /// error naming line, column and byte when it is not UTF-8.
     pub fn raw(&self, index: usize) -> Result<&'r str> {
         match self.record.get(index) {
             None => Ok(""),
-            Some(cell) => std::str::from_utf8(cell).map_err(|e| self.error(index, format!("not valid UTF-8: {e}"))),
+            Some(cell) => std::str::from_utf8(cell).map_err(|e| self.error(index, not_utf8(&e))),
         }
     }
 
@@ -550,8 +554,8 @@ struct Tracker {
     quotes_before: u64,
     newlines_total: u64,
     quotes_total: u64,
-    /// Bytes since the last newline.
-    line_len: u64,
+    /// Offset just after the last newline.
+    line_start: u64,
     line_too_long: bool,
     too_many_marks: bool,
 }
@@ -566,7 +570,7 @@ impl Tracker {
             quotes_before: 0,
             newlines_total: 0,
             quotes_total: 0,
-            line_len: 0,
+            line_start: 0,
             line_too_long: false,
             too_many_marks: false,
         }
@@ -603,27 +607,19 @@ impl Read for Tracker {
         }
         let n = self.source.read(buf)?;
         let chunk = buf.get(..n).unwrap_or_default();
-        let mut line_len = self.line_len;
-        for (i, &b) in chunk.iter().enumerate() {
-            match b {
-                b'\n' => {
-                    self.marks.push_back((self.offset + i as u64, b));
-                    self.newlines_total += 1;
-                    line_len = 0;
-                    continue;
-                }
-                b'"' => {
-                    self.marks.push_back((self.offset + i as u64, b));
-                    self.quotes_total += 1;
-                }
-                b'\r' => self.marks.push_back((self.offset + i as u64, b)),
-                _ => {}
+        // Most bytes are none of the three marks: test eight at a time and look closer only when one is there.
+        let mut words = chunk.chunks_exact(8);
+        let mut base = 0;
+        for word in words.by_ref() {
+            let value = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            if has_byte(value, b'\n') | has_byte(value, b'\r') | has_byte(value, b'"') != 0 {
+                self.mark_bytes(word, base);
             }
-            line_len += 1;
+            base += 8;
         }
-        self.line_len = line_len;
+        self.mark_bytes(words.remainder(), base);
         self.offset += n as u64;
-        if self.line_len > MAX_LINE_BYTES {
+        if self.offset - self.line_start > MAX_LINE_BYTES {
             self.line_too_long = true;
             return Err(std::io::Error::other("line too long"));
         }
@@ -632,6 +628,33 @@ impl Read for Tracker {
         }
         Ok(n)
     }
+}
+
+impl Tracker {
+    /// Records the marks in `bytes`, which start `base` bytes into the chunk being read.
+    fn mark_bytes(&mut self, bytes: &[u8], base: usize) {
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = self.offset + (base + i) as u64;
+            match b {
+                b'\n' => {
+                    self.newlines_total += 1;
+                    self.line_start = at + 1;
+                }
+                b'"' => self.quotes_total += 1,
+                b'\r' => {}
+                _ => continue,
+            }
+            self.marks.push_back((at, b));
+        }
+    }
+}
+
+/// Non-zero when one of the eight bytes of `word` is `byte` (the classic "has zero byte" test on `word ^ byte`).
+fn has_byte(word: u64, byte: u8) -> u64 {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let x = word ^ (LOW * u64::from(byte));
+    x.wrapping_sub(LOW) & !x & HIGH
 }
 
 fn first_line(bytes: &[u8]) -> &[u8] {
@@ -772,10 +795,13 @@ mod tests {
     #[test]
     fn bad_utf8_names_line_and_byte() {
         let mut t = Table::from_bytes(b"Email,Name\na@x.com,Ren\xe9\n".to_vec(), Path::new("t.csv")).unwrap();
-        let err = all_rows(&mut t, 0).unwrap_err();
+        let err = all_rows(&mut t, 1).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("t.csv:2: column 'Name': not UTF-8 text (byte 4 of the cell)"), "{msg}");
         assert_eq!(err.exit_code(), crate::error::exit::INPUT);
+        // A header that is not UTF-8 stops the read at once.
+        let err = Table::from_bytes(b"Email,Pr\xe9nom\n".to_vec(), Path::new("t.csv")).unwrap_err().to_string();
+        assert!(err.starts_with("t.csv:1: header cell 2: not UTF-8 text (byte 3 of the cell)"), "{err}");
     }
 
     #[test]
