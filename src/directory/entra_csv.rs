@@ -34,25 +34,25 @@ pub const PROXY_ADDRESSES_COLUMNS: &[&str] = &["proxyAddresses", "Proxy addresse
 /// A row is a user when its member type says so; without a member-type column (or with an empty cell), a row is a
 /// user exactly when its user principal name is not empty.
 pub fn read_members(path: &Path) -> Result<(Vec<GroupMember>, InputRecord)> {
-    members(&Table::open(path)?)
+    members(Table::open(path)?)
 }
 
 /// Like [`read_members`], for bytes already in memory; `name` stands for the file in messages and in the plan.
 pub fn parse_members(bytes: &[u8], name: &Path) -> Result<(Vec<GroupMember>, InputRecord)> {
-    members(&Table::from_bytes(bytes, name)?)
+    members(Table::from_bytes(bytes, name)?)
 }
 
 /// Reads a "Download users" export (or a PowerShell/Graph export with the same attribute names).
 pub fn read_users(path: &Path) -> Result<(Vec<DirectoryUser>, InputRecord)> {
-    users(&Table::open(path)?)
+    users(Table::open(path)?)
 }
 
 /// Like [`read_users`], for bytes already in memory; `name` stands for the file in messages and in the plan.
 pub fn parse_users(bytes: &[u8], name: &Path) -> Result<(Vec<DirectoryUser>, InputRecord)> {
-    users(&Table::from_bytes(bytes, name)?)
+    users(Table::from_bytes(bytes, name)?)
 }
 
-fn members(table: &Table) -> Result<(Vec<GroupMember>, InputRecord)> {
+fn members(mut table: Table) -> Result<(Vec<GroupMember>, InputRecord)> {
     let id = table.require_column(ID_COLUMNS, "object id")?;
     let upn = table.optional_column(UPN_COLUMNS, "user principal name")?;
     let kind = table.optional_column(MEMBER_TYPE_COLUMNS, "member type")?;
@@ -70,11 +70,19 @@ fn members(table: &Table) -> Result<(Vec<GroupMember>, InputRecord)> {
     }
 
     let mut out = Vec::new();
-    let mut rows = table.rows();
-    while let Some(row) = rows.next_row()? {
+    // The type column repeats a handful of values; parse each distinct spelling once.
+    let mut last_type: Option<(String, MemberKind)> = None;
+    while let Some(row) = table.next_row()? {
         let member_upn = row.text_opt(upn)?;
         let member_kind = match row.text_opt(kind)? {
-            Some(name) => MemberKind::from_type_name(name),
+            Some(name) => match &last_type {
+                Some((seen, parsed)) if seen == name => parsed.clone(),
+                _ => {
+                    let parsed = MemberKind::from_type_name(name);
+                    last_type = Some((name.to_string(), parsed.clone()));
+                    parsed
+                }
+            },
             None if member_upn.is_some() => MemberKind::User,
             None => MemberKind::Other("unknown".to_string()),
         };
@@ -87,10 +95,10 @@ fn members(table: &Table) -> Result<(Vec<GroupMember>, InputRecord)> {
             source_line: Some(row.line()),
         });
     }
-    Ok((out, record(table, InputRole::Members, "Entra members export")))
+    Ok((out, record(table, InputRole::Members, "Entra members export")?))
 }
 
-fn users(table: &Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
+fn users(mut table: Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
     let id = table.require_column(ID_COLUMNS, "object id")?;
     let upn = table.require_column(UPN_COLUMNS, "user principal name")?;
     let display = table.column(DISPLAY_NAME_COLUMNS);
@@ -100,8 +108,7 @@ fn users(table: &Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
     let proxies = table.optional_column(PROXY_ADDRESSES_COLUMNS, "proxy addresses")?;
 
     let mut out = Vec::new();
-    let mut rows = table.rows();
-    while let Some(row) = rows.next_row()? {
+    while let Some(row) = table.next_row()? {
         let user_upn = row.text(upn)?.ok_or_else(|| {
             row.error(upn, "the user principal name is empty; every user has one. Download the users again")
         })?;
@@ -130,7 +137,7 @@ fn users(table: &Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
             proxy_addresses,
         });
     }
-    Ok((out, record(table, InputRole::Users, "Entra users export")))
+    Ok((out, record(table, InputRole::Users, "Entra users export")?))
 }
 
 fn object_id(row: &Row<'_>, column: usize) -> Result<ObjectId> {
@@ -140,8 +147,9 @@ fn object_id(row: &Row<'_>, column: usize) -> Result<ObjectId> {
     }
 }
 
-fn record(table: &Table, role: InputRole, what: &str) -> InputRecord {
-    InputRecord { role, description: format!("{what} {}", table.path().display()), sha256: table.sha256().to_string() }
+fn record(table: Table, role: InputRole, what: &str) -> Result<InputRecord> {
+    let description = format!("{what} {}", table.path().display());
+    Ok(InputRecord { role, description, sha256: table.finish()? })
 }
 
 /// `true`/`false`, `yes`/`no`, `1`/`0`, in any case.

@@ -23,15 +23,15 @@ pub const DISPLAY_NAME_COLUMNS: &[&str] = &["Display Name", "DisplayName", "Full
 /// Reads a PoliteMail list export. `email_column` names the e-mail column exactly (ignoring case) when the
 /// export's header is not one of [`EMAIL_COLUMNS`].
 pub fn read(path: &Path, email_column: Option<&str>) -> Result<ContactList> {
-    contacts(&Table::open(path)?, email_column)
+    contacts(Table::open(path)?, email_column)
 }
 
 /// Like [`read`], for bytes already in memory; `name` stands for the file in messages and in the plan.
 pub fn parse(bytes: &[u8], name: &Path, email_column: Option<&str>) -> Result<ContactList> {
-    contacts(&Table::from_bytes(bytes, name)?, email_column)
+    contacts(Table::from_bytes(bytes, name)?, email_column)
 }
 
-fn contacts(table: &Table, email_column: Option<&str>) -> Result<ContactList> {
+fn contacts(mut table: Table, email_column: Option<&str>) -> Result<ContactList> {
     let email = match email_column {
         Some(name) => table.exact_column(name).ok_or_else(|| {
             table.error_at(
@@ -50,8 +50,7 @@ fn contacts(table: &Table, email_column: Option<&str>) -> Result<ContactList> {
     let display = table.column(DISPLAY_NAME_COLUMNS);
 
     let mut contacts = Vec::new();
-    let mut rows = table.rows();
-    while let Some(row) = rows.next_row()? {
+    while let Some(row) = table.next_row()? {
         contacts.push(Contact {
             email: row.raw(email)?.to_string(),
             first_name: row.text_opt(first)?.map(str::to_string),
@@ -60,14 +59,9 @@ fn contacts(table: &Table, email_column: Option<&str>) -> Result<ContactList> {
             line: row.line(),
         });
     }
-    Ok(ContactList {
-        contacts,
-        input: InputRecord {
-            role: InputRole::Contacts,
-            description: format!("PoliteMail CSV export {}", table.path().display()),
-            sha256: table.sha256().to_string(),
-        },
-    })
+    let description = format!("PoliteMail CSV export {}", table.path().display());
+    let sha256 = table.finish()?;
+    Ok(ContactList { contacts, input: InputRecord { role: InputRole::Contacts, description, sha256 } })
 }
 
 fn with_override_hint(err: Error) -> Error {
