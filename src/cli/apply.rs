@@ -83,6 +83,10 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=32))]
     pub concurrency: usize,
 
+    /// Abandon a $batch request that has no answer after this many seconds, and send its items again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    pub request_timeout: f64,
+
     /// The config file, for defaults (allowed_signers, thresholds, endpoints).
     #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -92,6 +96,11 @@ pub struct ApplyArgs {
 pub trait Backend: DirectoryReads + Transport {
     /// The Graph base URL that `members@odata.bind` references point at.
     fn bind_base(&self) -> String;
+
+    /// The first and the longest back-off for items Graph asks to send again without saying when.
+    fn backoff(&self) -> (std::time::Duration, std::time::Duration) {
+        (std::time::Duration::from_secs(1), std::time::Duration::from_secs(60))
+    }
 }
 
 /// The system clock (the one place `apply` reads it).
@@ -126,8 +135,9 @@ pub fn run(args: ApplyArgs, ctx: &Context) -> Result<()> {
     let graph_url = args.graph_url.clone().or_else(|| config.as_ref().and_then(|c| c.defaults.graph_url.clone()));
     let login_url = args.login_url.clone().or_else(|| config.as_ref().and_then(|c| c.defaults.login_url.clone()));
     let checked = check(&args, config.as_ref(), ctx)?;
-    let _ = (graph_url, login_url, checked);
-    Err(crate::cli::not_built("apply (the Graph client is not in this build yet)"))
+    let runtime = crate::http::runtime()?;
+    let backend = crate::apply::graph::GraphBackend::connect(graph_url.as_deref(), login_url.as_deref())?;
+    runtime.block_on(run_with(args, checked, ctx, Arc::new(backend)))
 }
 
 /// What the offline checks (gates 1–3 and the arguments) produced.
@@ -155,6 +165,9 @@ pub fn check(args: &ApplyArgs, config: Option<&Config>, ctx: &Context) -> Result
         .max_removal_percent
         .or_else(|| config.and_then(|c| c.defaults.max_removal_percent))
         .unwrap_or(Thresholds::default().max_removal_percent);
+    if !(args.request_timeout.is_finite() && args.request_timeout > 0.0 && args.request_timeout < 86_400.0) {
+        return Err(Error::Usage(format!("--request-timeout {} is not a number of seconds", args.request_timeout)));
+    }
     if !(0.0..=100.0).contains(&max_removal_percent) {
         return Err(Error::Usage(format!("--max-removal-percent {max_removal_percent} is not between 0 and 100")));
     }
@@ -243,6 +256,7 @@ pub async fn run_with<B: Backend>(args: ApplyArgs, checked: Checked, ctx: &Conte
         }
     });
 
+    let backoff = backend.backoff();
     let bar = progress_bar(prepared.pending());
     let mut on_results = |results: &[ChangeResult]| bar.inc(results.len() as u64);
     let run = RunInputs {
@@ -252,9 +266,12 @@ pub async fn run_with<B: Backend>(args: ApplyArgs, checked: Checked, ctx: &Conte
         applier: applier(checked.key.as_ref()),
         clock: &SystemClock,
         config: executor::Config {
+            backoff: backoff.0,
+            max_backoff: backoff.1,
             patches_per_batch: args.patches_per_batch,
             max_concurrency: args.concurrency,
             bind_base: backend.bind_base(),
+            request_timeout: Some(std::time::Duration::from_secs_f64(args.request_timeout)),
             ..executor::Config::default()
         },
         stop: Some(stop_rx),
