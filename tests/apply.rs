@@ -219,6 +219,17 @@ fn happy_path_at_the_floor_then_replay_is_refused_with_zero_writes() {
     assert_eq!(code(&again), 22, "{}", text(&again.stderr));
     assert!(text(&again.stderr).contains("already applied"));
     assert_eq!(e.writes(), before);
+
+    // Killed after the journal was sealed but before the receipt landed: the rerun writes the receipt from the
+    // journal and sends nothing.
+    let receipt_path = e.path("plan.json.receipt.json");
+    let original = std::fs::read(&receipt_path).unwrap();
+    std::fs::remove_file(&receipt_path).unwrap();
+    let rebuilt = e.apply(&path, &["--yes"]);
+    ok(&rebuilt);
+    assert!(text(&rebuilt.stderr).contains("receipt was missing"), "{}", text(&rebuilt.stderr));
+    assert_eq!(std::fs::read(&receipt_path).unwrap(), original);
+    assert_eq!(e.writes(), before);
 }
 
 #[test]

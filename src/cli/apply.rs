@@ -209,6 +209,22 @@ fn applier(key: Option<&SigningKey>) -> Applier {
 pub async fn run_with<B: Backend>(args: ApplyArgs, checked: Checked, ctx: &Context, backend: Arc<B>) -> Result<()> {
     let plan = &checked.verified.plan;
     let sha256 = checked.verified.sha256.clone();
+    // A run killed after it sealed the journal but before the receipt was written: write the receipt now,
+    // from the journal, and send nothing.
+    if !checked.receipt.exists() {
+        if let Some(chain) = crate::apply::journal::read(&checked.journal)? {
+            if let Some(receipt) = session::rebuild_receipt(plan, &sha256, &args.plan, &checked.journal, &chain)? {
+                eprintln!(
+                    "plan {} had already finished (journal {}), but its receipt was missing; it was written from the \
+                     journal. Nothing was sent",
+                    plan.plan_id,
+                    checked.journal.display()
+                );
+                let finished = Finished { receipt, stats: Default::default(), settled: 0, resumed: false };
+                return finish(&args, &checked, &finished);
+            }
+        }
+    }
     // Gates 4–8.
     let prepared =
         session::prepare(backend.as_ref(), plan, &sha256, &checked.journal, &checked.receipt, checked.options).await?;
@@ -279,12 +295,17 @@ pub async fn run_with<B: Backend>(args: ApplyArgs, checked: Checked, ctx: &Conte
     let finished = session::execute(Arc::clone(&backend), plan, &prepared, run, &mut on_results).await;
     bar.finish_and_clear();
     let finished = finished?;
+    finish(&args, &checked, &finished)
+}
 
+/// Writes the receipt (and its signature), prints the summary or the JSON, and maps a partial apply to exit 25.
+fn finish(args: &ApplyArgs, checked: &Checked, finished: &Finished) -> Result<()> {
+    let width = crate::cli::show::terminal_width();
     write_receipt(&checked.receipt, &finished.receipt, checked.key.as_ref())?;
     if args.json {
         print!("{}", String::from_utf8_lossy(&finished.receipt.encode()));
     } else {
-        print!("{}", summary(&finished, &checked.receipt, checked.key.is_some(), width));
+        print!("{}", summary(finished, &checked.receipt, checked.key.is_some(), width));
     }
     let counts = finished.receipt.counts;
     if counts.failed > 0 {
