@@ -206,6 +206,8 @@ pub struct Config {
     pub backoff: Duration,
     /// The longest back-off.
     pub max_backoff: Duration,
+    /// How long one `$batch` may take before it is abandoned and its items are sent again.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -214,10 +216,11 @@ impl Default for Config {
             patches_per_batch: MAX_BATCH_ITEMS,
             max_concurrency: 4,
             max_attempts: 8,
-            max_throttles: 40,
+            max_throttles: 500,
             bind_base: "https://graph.microsoft.com/v1.0".into(),
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            request_timeout: None,
         }
     }
 }
@@ -518,8 +521,17 @@ pub async fn execute<T: Transport>(
                 }
             }
             let transport = Arc::clone(&transport);
+            let timeout = cfg.request_timeout;
             in_flight.spawn(async move {
-                let answer = transport.send(requests).await;
+                let answer = match timeout {
+                    Some(limit) => tokio::time::timeout(limit, transport.send(requests)).await.unwrap_or_else(|_| {
+                        Err(TransportError {
+                            message: format!("no answer to a $batch within {:.1} s", limit.as_secs_f64()),
+                            retryable: true,
+                        })
+                    }),
+                    None => transport.send(requests).await,
+                };
                 (tasks, answer)
             });
         }

@@ -13,6 +13,7 @@
 
 pub mod executor;
 pub mod gates;
+pub mod graph;
 pub mod journal;
 pub mod receipt;
 pub mod session;

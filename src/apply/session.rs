@@ -184,8 +184,9 @@ pub async fn execute<T: Transport>(
     }
     let mut journal = opened.journal;
     let resumed = prepared.resuming();
+    let this_start = run.clock.now();
     journal.append(
-        run.clock.now(),
+        this_start,
         Event::ApplyStarted {
             plan_id: plan.plan_id,
             plan_sha256: run.plan_sha256.to_string(),
@@ -196,7 +197,7 @@ pub async fn execute<T: Transport>(
         },
     )?;
     journal.sync()?;
-    let started_at = prepared.progress.first_started.unwrap_or_else(|| run.clock.now());
+    let started_at = prepared.progress.first_started.unwrap_or(this_start);
     let mut outcomes = prepared.progress.outcomes.clone();
     let settled: Vec<ChangeResult> = prepared.works.iter().flat_map(|w| w.settled.iter().cloned()).collect();
     let stats = {
@@ -249,4 +250,47 @@ pub async fn execute<T: Transport>(
     receipt.journal.head = journal.head().to_string();
     receipt.journal.seq = journal.seq();
     Ok(Finished { receipt, stats, settled: settled.len() as u64, resumed })
+}
+
+/// The receipt of a plan that finished in `chain` (its `apply-finished` line is there), rebuilt from the journal
+/// alone. Used when a run was killed after it sealed the journal but before the receipt reached the disk.
+/// `None` when the plan has not finished in this journal.
+pub fn rebuild_receipt(
+    plan: &Plan,
+    plan_sha256: &str,
+    plan_path: &Path,
+    journal_path: &Path,
+    chain: &Chain,
+) -> Result<Option<Receipt>> {
+    let progress = PlanProgress::of(chain, plan.plan_id).map_err(|e| journal::chain_error(journal_path, e))?;
+    let Some((finished_at, _)) = progress.finished else { return Ok(None) };
+    let mut anchor = None;
+    let mut started = None;
+    for (index, entry) in chain.entries.iter().enumerate() {
+        match &entry.event {
+            Event::ApplyStarted { plan_id, applier, tenant_id, .. } if *plan_id == plan.plan_id => {
+                started = Some((applier.clone(), tenant_id.clone()));
+            }
+            Event::ApplyFinished { plan_id, .. } if *plan_id == plan.plan_id => {
+                let head = chain.links.get(index).cloned().unwrap_or_default();
+                anchor = Some(JournalAnchor { path: journal_path.display().to_string(), head, seq: entry.seq });
+            }
+            _ => {}
+        }
+    }
+    let (Some(journal), Some((applier, tenant_id))) = (anchor, started) else { return Ok(None) };
+    let receipt = Receipt::build(ReceiptInput {
+        plan,
+        plan_sha256,
+        plan_file: plan_path.display().to_string(),
+        tenant_id,
+        applier,
+        started_at: progress.first_started.unwrap_or(finished_at),
+        finished_at,
+        runs: progress.runs,
+        outcomes: &progress.outcomes,
+        journal,
+    })
+    .map_err(|e| Error::Internal(format!("{}: {e}", journal_path.display())))?;
+    Ok(Some(receipt))
 }

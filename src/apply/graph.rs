@@ -1,0 +1,117 @@
+//! The Graph client as `apply`'s backend: the gates' reads ([`DirectoryReads`]) and the `$batch` transport
+//! ([`Transport`]). This is the only file of `apply` that knows the client's types.
+
+use reqwest::Method as HttpMethod;
+
+use super::executor::{ItemResponse, Method, Request, Transport, TransportError};
+use super::gates::{DirectoryReads, GroupState};
+use super::GraphFailure;
+use crate::directory::graph::{BatchItem, GraphClient, GraphError};
+use crate::directory::MemberKind;
+use crate::error::Result;
+use crate::http::HttpError;
+use crate::identity::ObjectId;
+
+/// A Graph client used by `apply`.
+#[derive(Debug, Clone)]
+pub struct GraphBackend {
+    client: GraphClient,
+}
+
+impl GraphBackend {
+    /// Wraps a client.
+    pub fn new(client: GraphClient) -> GraphBackend {
+        GraphBackend { client }
+    }
+
+    /// A client from the flags (`None` when absent) and the environment (credentials, retries).
+    pub fn connect(graph_url: Option<&str>, login_url: Option<&str>) -> Result<GraphBackend> {
+        Ok(GraphBackend::new(GraphClient::from_env(graph_url, login_url)?))
+    }
+
+    /// The client.
+    pub fn client(&self) -> &GraphClient {
+        &self.client
+    }
+
+    /// The Graph base URL without a trailing `/`, for `members@odata.bind` references.
+    pub fn bind_base(&self) -> String {
+        self.client.base_url().as_str().trim_end_matches('/').to_string()
+    }
+}
+
+impl DirectoryReads for GraphBackend {
+    async fn tenant_id(&self) -> Result<String> {
+        Ok(self.client.tenant_id().await?)
+    }
+
+    async fn group(&self, id: &ObjectId) -> Result<Option<GroupState>> {
+        match self.client.find_group(id.as_str()).await {
+            Ok(group) => Ok(Some(GroupState {
+                display_name: (!group.display_name.is_empty()).then(|| group.display_name.clone()),
+                not_manageable: group.manageability().err(),
+            })),
+            Err(GraphError::GroupNotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user_members(&self, id: &ObjectId) -> Result<Vec<ObjectId>> {
+        let members = self.client.list_members(id).await?;
+        Ok(members.into_iter().filter(|m| m.kind == MemberKind::User).map(|m| m.id).collect())
+    }
+}
+
+impl Transport for GraphBackend {
+    async fn send(&self, items: Vec<Request>) -> Result<Vec<ItemResponse>, TransportError> {
+        let batch: Vec<BatchItem> = items
+            .iter()
+            .map(|r| BatchItem {
+                id: r.id().to_string(),
+                method: match r.method() {
+                    Method::Patch => HttpMethod::PATCH,
+                    Method::Delete => HttpMethod::DELETE,
+                },
+                url: r.url().to_string(),
+                body: r.body().cloned(),
+            })
+            .collect();
+        let answers = self.client.batch(batch).await.map_err(transport_error)?;
+        Ok(answers
+            .into_iter()
+            .map(|a| ItemResponse {
+                error: a.error.map(|e| GraphFailure {
+                    status: a.status,
+                    code: Some(e.code).filter(|c| !c.is_empty()),
+                    message: Some(e.message).filter(|m| !m.is_empty()),
+                    request_id: e.request_id,
+                }),
+                id: a.id,
+                status: a.status,
+                retry_after: a.retry_after,
+            })
+            .collect())
+    }
+}
+
+/// Whether sending the same `$batch` again can help.
+fn transport_error(e: GraphError) -> TransportError {
+    let retryable = match &e {
+        GraphError::Http(HttpError::Transport { .. }) | GraphError::Protocol { .. } => true,
+        GraphError::Http(h) => h.status().is_none_or(|s| s == 429 || s >= 500),
+        GraphError::Service(s) => s.status == 429 || s.status >= 500,
+        _ => false,
+    };
+    TransportError { message: e.to_string(), retryable }
+}
+
+impl crate::cli::apply::Backend for GraphBackend {
+    fn bind_base(&self) -> String {
+        GraphBackend::bind_base(self)
+    }
+
+    fn backoff(&self) -> (std::time::Duration, std::time::Duration) {
+        let policy = self.client.retry_policy();
+        (policy.base_delay.max(std::time::Duration::from_millis(1)), policy.max_delay)
+    }
+}

@@ -1,0 +1,641 @@
+//! End-to-end tests of `writeback apply`: the real binary against the stateful fake Graph.
+//!
+//! Every successful run ends with the fake's membership equal to the plan's target, and with the receipt and
+//! the journal accounting for every change exactly once. Every refusal leaves the fake without a single write.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use support::fake_graph::{Config as FakeConfig, FakeGraph, Faults, RetryAfter, Seed};
+use writeback::apply::journal::{self, PlanProgress};
+use writeback::apply::receipt::Receipt;
+use writeback::apply::Outcome;
+use writeback::identity::ObjectId;
+use writeback::plan::{Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
+use writeback::trust::SigningKey;
+
+const SIGNER: &str = "planner@contoso.example";
+
+struct Env {
+    dir: tempfile::TempDir,
+    fake: FakeGraph,
+    tenant: String,
+    group: String,
+    users: Vec<String>,
+    key: SigningKey,
+}
+
+/// `n` users; the group holds the first `members` of them.
+fn env(n: u64, members: usize, cfg: FakeConfig) -> Env {
+    let mut seed = Seed::new();
+    let users = seed.add_users(n);
+    let group = seed.add_group("Staff", &users[..members]);
+    let tenant = seed.tenant_id.clone();
+    let fake = FakeGraph::start_with(seed, cfg);
+    let key = SigningKey::generate(SIGNER).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = format!("{SIGNER} namespaces=\"writeback-plan\" {}\n", key.public_key_openssh());
+    std::fs::write(dir.path().join("allowed_signers"), allowed).unwrap();
+    Env { dir, fake, tenant, group, users, key }
+}
+
+fn oid(s: &str) -> ObjectId {
+    ObjectId::parse(s).unwrap()
+}
+
+fn change(action: Action, id: &str) -> Change {
+    Change {
+        action,
+        user_id: oid(id),
+        upn: format!("{id}@contoso.example"),
+        mail: None,
+        display_name: None,
+        source_line: None,
+        reason: "test".into(),
+        flags: vec![],
+    }
+}
+
+impl Env {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A plan against the fake's current membership of the group.
+    fn plan(&self, adds: &[String], removes: &[String]) -> Plan {
+        let members: Vec<ObjectId> = self.fake.members(&self.group).iter().map(|m| oid(m)).collect();
+        let mut changes: Vec<Change> = adds.iter().map(|u| change(Action::Add, u)).collect();
+        changes.extend(removes.iter().map(|u| change(Action::Remove, u)));
+        let now = Utc::now();
+        Plan {
+            format: writeback::plan::FORMAT_NAME.into(),
+            format_version: writeback::plan::FORMAT_VERSION.into(),
+            plan_id: uuid::Uuid::new_v4(),
+            created_at: now - chrono::Duration::minutes(5),
+            expires_at: now + chrono::Duration::days(1),
+            signer: SIGNER.into(),
+            tool_version: "test".into(),
+            tenant_id: Some(self.tenant.clone()),
+            groups: vec![GroupPlan {
+                group_id: oid(&self.group),
+                display_name: Some("Staff".into()),
+                options: Default::default(),
+                inputs: vec![],
+                precondition: Precondition::from_members(&members),
+                counts: Counts::tally(&changes, &[]),
+                changes,
+                not_acted_on: vec![],
+            }],
+        }
+    }
+
+    /// Writes and signs a plan; returns its path.
+    fn write(&self, plan: &Plan, name: &str) -> PathBuf {
+        let bytes = writeback::plan::encode(plan, PlanFormat::Json);
+        let sig = self.key.sign("writeback-plan", &bytes).unwrap();
+        let path = self.path(name);
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(self.path(&format!("{name}.sig")), sig).unwrap();
+        path
+    }
+
+    fn command(&self, plan: &Path, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
+        cmd.arg("apply")
+            .arg(plan)
+            .arg("--allowed-signers")
+            .arg(self.path("allowed_signers"))
+            .args(extra)
+            .current_dir(self.dir.path())
+            .envs(self.fake.env())
+            .env("WRITEBACK_RETRY_BASE_MS", "5")
+            .env("WRITEBACK_RETRY_MAX_SECONDS", "5")
+            .env_remove("WRITEBACK_CONFIG")
+            .env_remove("WRITEBACK_ALLOWED_SIGNERS")
+            .env_remove("WRITEBACK_ACCESS_TOKEN")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn apply(&self, plan: &Path, extra: &[&str]) -> Output {
+        self.command(plan, extra).output().unwrap()
+    }
+
+    fn writes(&self) -> usize {
+        self.fake.count(|r| r.is_write())
+    }
+
+    fn members(&self) -> BTreeSet<String> {
+        self.fake.members(&self.group).into_iter().collect()
+    }
+
+    /// The plan's target membership.
+    fn target(plan: &Plan) -> BTreeSet<String> {
+        plan.groups[0].target_members().iter().map(|m| m.to_string()).collect()
+    }
+
+    /// Checks the receipt and the journal: every change exactly once, the chain intact, the receipt anchored to
+    /// the journal's head. Returns the outcomes by user.
+    fn accounted(&self, plan: &Plan, plan_path: &Path) -> BTreeMap<String, Outcome> {
+        let receipt_path = PathBuf::from(format!("{}.receipt.json", plan_path.display()));
+        let receipt = Receipt::decode(&std::fs::read(&receipt_path).unwrap()).unwrap();
+        assert_eq!(receipt.plan_id, plan.plan_id);
+        let changes = &plan.groups[0].changes;
+        assert_eq!(receipt.counts.total(), changes.len() as u64);
+        let mut by_user = BTreeMap::new();
+        for c in &receipt.groups[0].changes {
+            assert!(by_user.insert(c.user_id.to_string(), c.outcome).is_none(), "{} twice in the receipt", c.user_id);
+            if c.outcome == Outcome::Failed {
+                assert!(c.error.is_some(), "a failure carries Graph's error");
+            }
+        }
+        let journal_path = PathBuf::from(format!("{}.journal.jsonl", plan_path.display()));
+        let chain = journal::verify_chain(&std::fs::read(&journal_path).unwrap()).unwrap();
+        assert!(chain.torn_tail.is_none());
+        assert_eq!(chain.head, receipt.journal.head);
+        assert_eq!(chain.seq, receipt.journal.seq);
+        let progress = PlanProgress::of(&chain, plan.plan_id).unwrap();
+        assert!(progress.finished.is_some());
+        assert_eq!(progress.outcomes.len(), changes.len());
+        for ((_, user), result) in &progress.outcomes {
+            assert_eq!(by_user.get(&user.to_string()), Some(&result.outcome), "journal and receipt agree on {user}");
+        }
+        self.fake.assert_no_misuse();
+        by_user
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn ok(out: &Output) {
+    assert_eq!(code(out), 0, "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+}
+
+fn slice(users: &[String], range: std::ops::Range<usize>) -> Vec<String> {
+    users[range].to_vec()
+}
+
+/// Waits until the fake has answered a page of the group's members, then runs `act` (the fake's `delay` holds the
+/// writes that follow, so `act` lands between the gates' read and the first write).
+fn after_member_read(e: &Env, act: impl FnOnce(&FakeGraph)) {
+    let start = Instant::now();
+    while e.fake.count(|r| r.is_member_page(&e.group)) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "apply never read the members");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    act(&e.fake);
+}
+
+#[test]
+fn happy_path_at_the_floor_then_replay_is_refused_with_zero_writes() {
+    let e = env(120, 50, FakeConfig::default());
+    let plan = e.plan(&slice(&e.users, 50..95), &slice(&e.users, 0..10));
+    let path = e.write(&plan, "plan.json");
+    let out = e.apply(&path, &["--yes"]);
+    ok(&out);
+    assert_eq!(e.members(), Env::target(&plan));
+    let outcomes = e.accounted(&plan, &path);
+    assert!(outcomes.values().all(|o| *o == Outcome::Applied));
+    // 45 adds = 3 PATCHes, 10 removes = 10 DELETEs: 13 items, one $batch.
+    assert_eq!(e.fake.count(|r| r.is_batch()), 1);
+    assert_eq!(e.writes(), 13);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("complete"), "{stdout}");
+    assert!(stdout.contains("Receipt"), "{stdout}");
+
+    let before = e.writes();
+    let again = e.apply(&path, &["--yes"]);
+    assert_eq!(code(&again), 22, "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("already applied"));
+    assert_eq!(e.writes(), before);
+
+    // Killed after the journal was sealed but before the receipt landed: the rerun writes the receipt from the
+    // journal and sends nothing.
+    let receipt_path = e.path("plan.json.receipt.json");
+    let original = std::fs::read(&receipt_path).unwrap();
+    std::fs::remove_file(&receipt_path).unwrap();
+    let rebuilt = e.apply(&path, &["--yes"]);
+    ok(&rebuilt);
+    assert!(text(&rebuilt.stderr).contains("receipt was missing"), "{}", text(&rebuilt.stderr));
+    assert_eq!(std::fs::read(&receipt_path).unwrap(), original);
+    assert_eq!(e.writes(), before);
+}
+
+#[test]
+fn json_prints_the_receipt_and_key_signs_it() {
+    let e = env(30, 10, FakeConfig::default());
+    let plan = e.plan(&slice(&e.users, 10..15), &slice(&e.users, 0..1));
+    let path = e.write(&plan, "plan.json");
+    let admin = SigningKey::generate("admin@contoso.example").unwrap();
+    let key_path = e.path("admin-key");
+    std::fs::write(&key_path, admin.to_openssh_bytes(None).unwrap()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = e.apply(&path, &["--yes", "--json", "--key", key_path.to_str().unwrap()]);
+    ok(&out);
+    let printed = Receipt::decode(&out.stdout).unwrap();
+    let receipt_path = e.path("plan.json.receipt.json");
+    let bytes = std::fs::read(&receipt_path).unwrap();
+    assert_eq!(printed, Receipt::decode(&bytes).unwrap());
+    assert_eq!(printed.applier.key_fingerprint.as_deref(), Some(admin.fingerprint().as_str()));
+    let sig = std::fs::read(e.path("plan.json.receipt.json.sig")).unwrap();
+    let sig = writeback::trust::SshSignature::parse(&sig).unwrap();
+    sig.verify("writeback-receipt", &bytes).unwrap();
+    assert_eq!(sig.fingerprint(), admin.fingerprint());
+    e.accounted(&plan, &path);
+}
+
+fn faulty(faults: Faults) -> FakeConfig {
+    FakeConfig { faults, ..FakeConfig::default() }
+}
+
+/// A run through faults: 65 adds (4 PATCHes) and 25 removes, target reached, everything accounted.
+fn through_faults(e: &Env, extra: &[&str]) -> BTreeMap<String, Outcome> {
+    let plan = e.plan(&slice(&e.users, 40..105), &slice(&e.users, 0..25));
+    let path = e.write(&plan, "plan.json");
+    let mut args = vec!["--yes", "--max-removal-percent", "100"];
+    args.extend_from_slice(extra);
+    let out = e.apply(&path, &args);
+    ok(&out);
+    assert_eq!(e.members(), Env::target(&plan));
+    e.accounted(&plan, &path)
+}
+
+#[test]
+fn throttled_items_with_retry_after_seconds() {
+    let e = env(
+        120,
+        40,
+        faulty(Faults { throttle_every: Some(4), retry_after: RetryAfter::Seconds(0.05), ..Faults::default() }),
+    );
+    let outcomes = through_faults(&e, &[]);
+    assert!(outcomes.values().all(|o| *o == Outcome::Applied));
+    assert!(e.fake.count(|r| r.status == 429) > 0, "the fault fired");
+}
+
+#[test]
+fn throttled_items_with_retry_after_http_date() {
+    let e = env(
+        120,
+        40,
+        faulty(Faults { throttle_every: Some(13), retry_after: RetryAfter::HttpDate(1), ..Faults::default() }),
+    );
+    let started = Instant::now();
+    let outcomes = through_faults(&e, &[]);
+    assert!(outcomes.values().all(|o| *o == Outcome::Applied));
+    assert!(e.fake.count(|r| r.status == 429) > 0, "the fault fired");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn bursts_of_503() {
+    let e = env(
+        120,
+        40,
+        faulty(Faults {
+            server_errors: vec![503, 503, 503, 500, 503],
+            server_error_retry_after: true,
+            ..Faults::default()
+        }),
+    );
+    through_faults(&e, &[]);
+}
+
+#[test]
+fn dropped_connections_before_and_after_the_work() {
+    // drop_after: the fake carries out a $batch and then hangs up; the resend finds the work done.
+    let e = env(120, 40, faulty(Faults { drop_before: 1, ..Faults::default() }));
+    let plan = e.plan(&slice(&e.users, 40..105), &slice(&e.users, 0..25));
+    let path = e.write(&plan, "plan.json");
+    let child = e.command(&path, &["--yes", "--concurrency", "1", "--max-removal-percent", "100"]).spawn().unwrap();
+    after_member_read(&e, |f| f.update_faults(|x| x.drop_after = 1));
+    let out = child.wait_with_output().unwrap();
+    ok(&out);
+    assert_eq!(e.members(), Env::target(&plan));
+    let outcomes = e.accounted(&plan, &path);
+    assert!(e.fake.count(|r| r.status == 0) >= 2, "both faults fired");
+    // Whatever the lost answer carried was found done on the resend: never a failure.
+    assert!(outcomes.values().all(|o| o.is_success()));
+}
+
+#[test]
+fn a_batch_without_an_answer_in_time_is_sent_again() {
+    let e = env(80, 20, faulty(Faults { delay: Some(Duration::from_millis(600)), ..Faults::default() }));
+    let plan = e.plan(&slice(&e.users, 20..50), &slice(&e.users, 0..5));
+    let path = e.write(&plan, "plan.json");
+    let child =
+        e.command(&path, &["--yes", "--request-timeout", "0.3", "--max-removal-percent", "100"]).spawn().unwrap();
+    // Each $batch is abandoned after 0.3 s (the fake would answer after 0.6 s); then the delay goes.
+    after_member_read(&e, |_| ());
+    std::thread::sleep(Duration::from_millis(450));
+    e.fake.update_faults(|f| f.delay = None);
+    let out = child.wait_with_output().unwrap();
+    ok(&out);
+    assert_eq!(e.members(), Env::target(&plan));
+    let outcomes = e.accounted(&plan, &path);
+    assert!(outcomes.values().all(|o| o.is_success()));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains(" 0 retried"), "{stdout}");
+}
+
+#[test]
+fn mixed_statuses_in_one_batch() {
+    // One $batch holding: a PATCH of 20 with one member that joined after the gates read (400 → split), a
+    // DELETE of a user that left after the read (404), throttled items (429) and plain successes.
+    let e = env(
+        120,
+        40,
+        faulty(Faults {
+            delay: Some(Duration::from_millis(150)),
+            throttle_every: Some(9),
+            retry_after: RetryAfter::Seconds(0.02),
+            ..Faults::default()
+        }),
+    );
+    let adds = slice(&e.users, 40..80);
+    let removes = slice(&e.users, 0..10);
+    let plan = e.plan(&adds, &removes);
+    let path = e.write(&plan, "plan.json");
+    let child = e.command(&path, &["--yes", "--max-removal-percent", "100"]).spawn().unwrap();
+    let joined = adds[7].clone();
+    let left = removes[3].clone();
+    after_member_read(&e, |f| {
+        assert!(f.add_member(&e.group, &joined));
+        assert!(f.remove_member(&e.group, &left));
+    });
+    let out = child.wait_with_output().unwrap();
+    ok(&out);
+    assert_eq!(e.members(), Env::target(&plan));
+    let outcomes = e.accounted(&plan, &path);
+    assert_eq!(outcomes[&joined], Outcome::AlreadyMember);
+    assert_eq!(outcomes[&left], Outcome::AlreadyAbsent);
+    assert_eq!(outcomes.values().filter(|o| **o == Outcome::Applied).count(), 48);
+    assert!(e.fake.count(|r| r.status == 429) > 0);
+    assert!(e.fake.count(|r| r.status == 400) >= 2, "the PATCH and the single add of the member");
+    assert!(e.fake.count(|r| r.status == 404) >= 1);
+}
+
+#[test]
+fn drift_is_settled_without_writes_by_default() {
+    let e = env(60, 20, FakeConfig::default());
+    let adds = slice(&e.users, 20..30);
+    let removes = slice(&e.users, 0..4);
+    let plan = e.plan(&adds, &removes);
+    let path = e.write(&plan, "plan.json");
+    // Since planning: one planned add happened, one planned remove happened, one stranger joined.
+    e.fake.add_member(&e.group, &adds[0]);
+    e.fake.remove_member(&e.group, &removes[0]);
+    e.fake.add_member(&e.group, &e.users[59]);
+    let out = e.apply(&path, &["--yes"]);
+    ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Drift in Staff"), "{stdout}");
+    assert!(stdout.contains("2 joined and 1 left"), "{stdout}");
+    let outcomes = e.accounted(&plan, &path);
+    assert_eq!(outcomes[&adds[0]], Outcome::AlreadyMember);
+    assert_eq!(outcomes[&removes[0]], Outcome::AlreadyAbsent);
+    let mut target = Env::target(&plan);
+    target.insert(e.users[59].clone());
+    assert_eq!(e.members(), target, "the stranger stays: apply only makes the planned changes");
+    assert_eq!(e.writes(), 1 + 3, "9 adds in one PATCH, 3 DELETEs");
+}
+
+#[test]
+fn a_user_deleted_since_planning_fails_with_its_reason_and_exit_25() {
+    let e = env(80, 20, FakeConfig::default());
+    let adds = slice(&e.users, 20..45);
+    let plan = e.plan(&adds, &slice(&e.users, 0..2));
+    let path = e.write(&plan, "plan.json");
+    assert!(e.fake.delete_object(&adds[4]));
+    let out = e.apply(&path, &["--yes"]);
+    assert_eq!(code(&out), 25, "{}", text(&out.stderr));
+    let outcomes = e.accounted(&plan, &path);
+    assert_eq!(outcomes[&adds[4]], Outcome::Failed);
+    assert_eq!(outcomes.values().filter(|o| **o == Outcome::Failed).count(), 1);
+    let receipt = Receipt::decode(&std::fs::read(e.path("plan.json.receipt.json")).unwrap()).unwrap();
+    let failed = receipt.failures().next().unwrap().1;
+    assert!(failed.detail.as_deref().unwrap().contains("no longer exists"), "{failed:?}");
+    let err = failed.error.as_ref().unwrap();
+    assert!(err.code.is_some() && err.message.is_some() && err.request_id.is_some(), "{err:?}");
+    let mut target = Env::target(&plan);
+    target.remove(&adds[4]);
+    assert_eq!(e.members(), target);
+    assert!(text(&out.stdout).contains(&format!("{}@contoso.example", adds[4])));
+    // The plan is finished: a rerun is a replay.
+    assert_eq!(code(&e.apply(&path, &["--yes"])), 22);
+}
+
+#[test]
+fn a_token_that_expires_mid_apply_is_refreshed() {
+    let e = env(200, 60, FakeConfig { token_max_uses: Some(3), ..FakeConfig::default() });
+    let plan = e.plan(&slice(&e.users, 60..160), &slice(&e.users, 0..12));
+    let path = e.write(&plan, "plan.json");
+    let out = e.apply(&path, &["--yes", "--patches-per-batch", "2"]);
+    ok(&out);
+    assert!(e.fake.tokens_issued() >= 2);
+    assert_eq!(e.members(), Env::target(&plan));
+    e.accounted(&plan, &path);
+}
+
+#[test]
+fn kill_9_mid_apply_then_rerun_finishes_without_redoing_anything() {
+    let e = env(400, 150, faulty(Faults { delay: Some(Duration::from_millis(150)), ..Faults::default() }));
+    let adds = slice(&e.users, 150..350);
+    let removes = slice(&e.users, 0..25);
+    let plan = e.plan(&adds, &removes);
+    let path = e.write(&plan, "plan.json");
+    // One PATCH per $batch, one batch at a time: 10 PATCH batches, then DELETEs; kill after a few outcomes.
+    let mut child = e.command(&path, &["--yes", "--concurrency", "1", "--patches-per-batch", "1"]).spawn().unwrap();
+    let journal_path = e.path("plan.json.journal.jsonl");
+    let start = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&journal_path).unwrap_or_default();
+        if lines.matches("change-outcome").count() >= 40 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no progress: {lines}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!e.path("plan.json.receipt.json").exists());
+    let mid = journal::verify_chain(&std::fs::read(&journal_path).unwrap()).unwrap();
+    let done = PlanProgress::of(&mid, plan.plan_id).unwrap();
+    assert!(done.finished.is_none());
+    assert!(!done.outcomes.is_empty() && done.outcomes.len() < adds.len() + removes.len());
+
+    e.fake.update_faults(|f| f.delay = None);
+    let out = e.apply(&path, &["--yes"]);
+    ok(&out);
+    assert!(text(&out.stdout).contains("Resuming"), "{}", text(&out.stdout));
+    assert_eq!(e.members(), Env::target(&plan));
+    let outcomes = e.accounted(&plan, &path);
+    assert!(outcomes.values().all(|o| o.is_success()));
+    let receipt = Receipt::decode(&std::fs::read(e.path("plan.json.receipt.json")).unwrap()).unwrap();
+    assert_eq!(receipt.runs, 2);
+    // Nothing redone: every user was written successfully at most once.
+    let mut successes: BTreeMap<String, usize> = BTreeMap::new();
+    for r in e.fake.requests().iter().filter(|r| r.is_write() && (200..300).contains(&r.status)) {
+        let users: Vec<String> = match r.method.as_str() {
+            "PATCH" => r.body.as_ref().unwrap()["members@odata.bind"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_str().unwrap().rsplit('/').next().unwrap().to_string())
+                .collect(),
+            _ => vec![r.path_only().split('/').rev().nth(1).unwrap().to_string()],
+        };
+        for u in users {
+            *successes.entry(u).or_default() += 1;
+        }
+    }
+    assert!(successes.values().all(|n| *n == 1), "a change was written twice");
+    // And a third run is a replay.
+    assert_eq!(code(&e.apply(&path, &["--yes"])), 22);
+}
+
+#[test]
+fn a_torn_journal_line_is_cut_off_and_the_run_resumes() {
+    let e = env(60, 20, FakeConfig::default());
+    let plan = e.plan(&slice(&e.users, 20..30), &[]);
+    let path = e.write(&plan, "plan.json");
+    // An interrupted run: the header, apply-started, then a line cut short by a crash.
+    let journal_path = e.path("plan.json.journal.jsonl");
+    {
+        let opened = journal::Journal::open(&journal_path, Utc::now()).unwrap();
+        let mut j = opened.journal;
+        j.append(
+            Utc::now(),
+            journal::Event::ApplyStarted {
+                plan_id: plan.plan_id,
+                plan_sha256: writeback::plan::precondition::sha256_hex(&std::fs::read(&path).unwrap()),
+                tenant_id: Some(e.tenant.clone()),
+                applier: writeback::apply::receipt::Applier {
+                    os_user: None,
+                    key_principal: None,
+                    key_fingerprint: None,
+                    tool_version: "t".into(),
+                },
+                resume: false,
+                pending: 10,
+            },
+        )
+        .unwrap();
+    }
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(&journal_path).unwrap().write_all(b"{\"seq\":2,\"ts\":\"20").unwrap();
+    let out = e.apply(&path, &["--yes"]);
+    ok(&out);
+    assert!(text(&out.stderr).contains("incomplete last line"), "{}", text(&out.stderr));
+    assert_eq!(e.members(), Env::target(&plan));
+    e.accounted(&plan, &path);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Refusals: each with its exit code, and not a single write.
+// ---------------------------------------------------------------------------------------------------------
+
+fn refused(e: &Env, path: &Path, extra: &[&str], expected: i32, needle: &str) {
+    let out = e.apply(path, extra);
+    assert_eq!(code(&out), expected, "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains(needle), "expected {needle:?} in:\n{}", text(&out.stderr));
+    assert_eq!(e.writes(), 0, "a refusal sends no write");
+    assert!(!PathBuf::from(format!("{}.receipt.json", path.display())).exists());
+}
+
+#[test]
+fn tampered_untrusted_and_expired_plans_are_refused() {
+    let e = env(40, 10, FakeConfig::default());
+    let plan = e.plan(&slice(&e.users, 10..20), &[]);
+    let path = e.write(&plan, "plan.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let pos = bytes.iter().position(|b| *b == b'S').unwrap(); // the "Staff" display name
+    bytes[pos] = b's';
+    let tampered = e.path("tampered.json");
+    std::fs::write(&tampered, &bytes).unwrap();
+    std::fs::copy(e.path("plan.json.sig"), e.path("tampered.json.sig")).unwrap();
+    refused(&e, &tampered, &["--yes"], 10, "tampered.json");
+
+    let stranger = SigningKey::generate(SIGNER).unwrap();
+    let bytes = writeback::plan::encode(&plan, PlanFormat::Json);
+    std::fs::write(e.path("untrusted.json"), &bytes).unwrap();
+    std::fs::write(e.path("untrusted.json.sig"), stranger.sign("writeback-plan", &bytes).unwrap()).unwrap();
+    refused(&e, &e.path("untrusted.json"), &["--yes"], 11, "untrusted.json");
+
+    let mut old = e.plan(&slice(&e.users, 10..20), &[]);
+    old.created_at = Utc::now() - chrono::Duration::days(9);
+    old.expires_at = Utc::now() - chrono::Duration::days(2);
+    let expired = e.write(&old, "expired.json");
+    refused(&e, &expired, &["--yes"], 12, "expired");
+    assert_eq!(e.fake.count(|r| !r.is_token()), 0, "gates 1-3 run before any Graph request");
+}
+
+#[test]
+fn other_tenant_unmanageable_group_threshold_and_strict_drift_are_refused() {
+    let e = env(100, 50, FakeConfig::default());
+    let mut other = e.plan(&slice(&e.users, 50..60), &[]);
+    other.tenant_id = Some("11111111-2222-4333-8444-555555555555".into());
+    let path = e.write(&other, "other.json");
+    refused(&e, &path, &["--yes"], 20, "tenant");
+
+    let mut gone = e.plan(&slice(&e.users, 50..60), &[]);
+    gone.groups[0].group_id = oid("00000002-0000-4000-8000-0000000000ff");
+    let path = e.write(&gone, "gone.json");
+    refused(&e, &path, &["--yes"], 21, "no longer exists");
+
+    let many = e.plan(&[], &slice(&e.users, 0..11)); // 11 of 50 = 22% > 20%
+    let path = e.write(&many, "many.json");
+    refused(&e, &path, &["--yes"], 24, "--max-removal-percent");
+    refused(&e, &path, &["--yes", "--max-removal-percent", "30", "--max-removals", "10"], 24, "--max-removals 11");
+
+    let drifted = e.plan(&slice(&e.users, 50..60), &[]);
+    let path = e.write(&drifted, "drifted.json");
+    e.fake.add_member(&e.group, &e.users[99]);
+    refused(&e, &path, &["--yes", "--strict"], 23, "1 joined, 0 left");
+    e.fake.remove_member(&e.group, &e.users[99]);
+
+    // Raising the limit explicitly lets the plan through.
+    let out = e.apply(&e.path("many.json"), &["--yes", "--max-removal-percent", "25"]);
+    ok(&out);
+}
+
+#[test]
+fn no_terminal_and_no_yes_is_refused_and_dry_run_writes_nothing() {
+    let e = env(40, 10, FakeConfig::default());
+    let plan = e.plan(&slice(&e.users, 10..35), &slice(&e.users, 0..2));
+    let path = e.write(&plan, "plan.json");
+    refused(&e, &path, &[], 26, "--yes");
+    assert!(!e.path("plan.json.journal.jsonl").exists());
+
+    let out = e.apply(&path, &["--dry-run"]);
+    ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Dry run"), "{stdout}");
+    assert!(stdout.contains("PATCH"), "{stdout}");
+    assert!(stdout.contains("$ref"), "{stdout}");
+    assert!(stdout.contains("2 HTTP requests") || stdout.contains("1 HTTP requests"), "{stdout}");
+    assert_eq!(e.writes(), 0);
+    assert!(!e.path("plan.json.journal.jsonl").exists());
+    assert!(!e.path("plan.json.receipt.json").exists());
+
+    let out = e.apply(&path, &["--dry-run", "--json"]);
+    ok(&out);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["estimate"]["patches"], 2);
+    assert_eq!(doc["estimate"]["deletes"], 2);
+    assert_eq!(doc["estimate"]["writes"], 4);
+    assert_eq!(e.writes(), 0);
+}
