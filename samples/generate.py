@@ -166,6 +166,14 @@ former_managers = staff[318:321]
 managers_members = [u for u in managers[:24]] + former_managers
 rng.shuffle(managers_members)
 
+# A second B2B guest, invited to be on the list but not yet in the group: an add that `show` flags GUEST. Made
+# last, so that every earlier value (and so every line number in README.md) stays as it was.
+new_guest = user("Priya", "Nair", upn=f"priya.nair_adatum.example#EXT#@{DOMAIN}", mail="priya.nair@adatum.example",
+                 user_type="Guest", proxies=["SMTP:priya.nair@adatum.example"], dept="Communications",
+                 title="Agency Partner")
+users.append(new_guest)
+all_staff_rows.append(contact(new_guest, company="Adatum"))
+
 # --- Writing ---------------------------------------------------------------------------------------------------
 
 
