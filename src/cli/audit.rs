@@ -144,33 +144,27 @@ fn render(dir: &Path, report: &AuditReport, width: u16) -> String {
             .set_content_arrangement(ContentArrangement::Dynamic)
             .set_width(width)
             .set_header([
-                "Plan",
+                "Plan\ncreated (UTC)",
                 "Signer",
-                "Created (UTC)",
                 "Approvers",
-                "Applied by",
-                "Applied at (UTC)",
-                "Applied",
-                "Failed",
-                "Skipped",
+                "Applied by\nat (UTC)",
+                "Applied\nfailed\nskipped",
             ]);
         for row in &report.plans {
-            let approvers = if row.approvers.is_empty() { "-".to_string() } else { row.approvers.join(", ") };
+            let approvers = if row.approvers.is_empty() { "-".to_string() } else { row.approvers.join("\n") };
             let applied_by = match (&row.applied_by, row.mode.as_deref()) {
-                (Some(by), Some("manual-verified")) => format!("{by} (manual, verified)"),
+                (Some(by), Some("manual-verified")) => format!("{by}\n(manual, verified)"),
                 (Some(by), _) => by.clone(),
                 (None, _) => "not applied".into(),
             };
+            let at = row.applied_at.as_ref().map(day).unwrap_or_else(|| "-".into());
             table.add_row(vec![
-                Cell::new(&row.plan_file),
+                Cell::new(format!("{}\n{}", row.plan_file, day(&row.created_at))),
                 Cell::new(&row.signer),
-                Cell::new(day(&row.created_at)),
                 Cell::new(approvers),
-                Cell::new(applied_by),
-                Cell::new(row.applied_at.as_ref().map(day).unwrap_or_else(|| "-".into())),
-                Cell::new(count(row.applied)).set_alignment(CellAlignment::Right),
-                Cell::new(count(row.failed)).set_alignment(CellAlignment::Right),
-                Cell::new(count(row.skipped)).set_alignment(CellAlignment::Right),
+                Cell::new(format!("{applied_by}\n{at}")),
+                Cell::new(format!("{}\n{}\n{}", count(row.applied), count(row.failed), count(row.skipped)))
+                    .set_alignment(CellAlignment::Right),
             ]);
         }
         out.push_str(&table.to_string());
