@@ -464,3 +464,37 @@ fn a_second_receipt_for_the_same_plan_is_a_replay() {
     assert!(f.contains("has another receipt"), "{f}");
     assert!(f.contains("2027/plan.json.receipt.json"), "{f}");
 }
+
+#[test]
+fn an_archive_made_by_apply_adds_up_and_check_agrees() {
+    let (dir, _) = workspace();
+    let graph = fake();
+    let env = graph.env();
+    let apply = writeback(
+        dir.path(),
+        &["apply", "plan.json", "--allowed-signers", "keys/allowed_signers", "--yes", "--key", "keys/demo-admin"],
+        &env,
+    );
+    assert_eq!(apply.status.code(), Some(0), "{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert!(dir.path().join("plan.json.journal.jsonl").exists());
+
+    let run = writeback(dir.path(), &["audit", ".", "--allowed-signers", "keys/allowed_signers", "--json"], &[]);
+    assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    let v: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["plans"][0]["applied_by"], "admin@contoso.example");
+    assert_eq!(v["plans"][0]["mode"], "apply");
+    assert_eq!(v["plans"][0]["failed"], 0);
+
+    // check agrees, and leaves apply's receipt alone.
+    let receipt = std::fs::read(dir.path().join("plan.json.receipt.json")).unwrap();
+    let checked = check(dir.path(), &graph, &["--key", "keys/demo-admin"]);
+    assert_eq!(checked.status.code(), Some(0), "{}{}", text(&checked.stdout), text(&checked.stderr));
+    assert_eq!(std::fs::read(dir.path().join("plan.json.receipt.json")).unwrap(), receipt);
+
+    // A second receipt for the same plan (a check written elsewhere) is a replay finding.
+    let again = check(dir.path(), &graph, &["--key", "keys/demo-admin", "--receipt-out", "manual.receipt.json"]);
+    assert_eq!(again.status.code(), Some(0));
+    let run = writeback(dir.path(), &["audit", ".", "--allowed-signers", "keys/allowed_signers"], &[]);
+    assert_eq!(run.status.code(), Some(AUDIT_EXIT_FINDINGS), "{}", text(&run.stdout));
+    assert!(text(&run.stdout).contains("has another receipt"), "{}", text(&run.stdout));
+}
