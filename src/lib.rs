@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod atomic_write;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod directory;

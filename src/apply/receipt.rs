@@ -30,6 +30,10 @@ pub struct Receipt {
     pub format: String,
     /// `MAJOR.MINOR`.
     pub format_version: String,
+    /// How the outcomes were established: by `apply` (the default, not written), or by `check` after a manual
+    /// apply.
+    #[serde(default, skip_serializing_if = "ReceiptMode::is_apply")]
+    pub mode: ReceiptMode,
     /// The plan's id.
     pub plan_id: Uuid,
     /// SHA-256 (hex) of the plan file's exact bytes.
@@ -54,8 +58,38 @@ pub struct Receipt {
     pub counts: OutcomeCounts,
     /// Per group: every change and its outcome, in the plan's order.
     pub groups: Vec<GroupReceipt>,
-    /// The journal's head after `apply-finished`.
+    /// The journal's head after `apply-finished`. Empty (and not written) for a
+    /// [`ReceiptMode::ManualVerified`] receipt, which has no journal.
+    #[serde(default, skip_serializing_if = "JournalAnchor::is_empty")]
     pub journal: JournalAnchor,
+}
+
+/// How a receipt's outcomes were established.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiptMode {
+    /// `writeback apply` made the changes and journaled every outcome.
+    #[default]
+    Apply,
+    /// Someone applied the plan by hand (portal, PowerShell); `writeback check` then read the groups and found
+    /// every change in effect. `started_at` and `finished_at` are the time of that check, `runs` is 0, and
+    /// there is no journal.
+    ManualVerified,
+}
+
+impl ReceiptMode {
+    /// True for [`ReceiptMode::Apply`].
+    pub fn is_apply(&self) -> bool {
+        *self == ReceiptMode::Apply
+    }
+
+    /// `apply` or `manual-verified`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptMode::Apply => "apply",
+            ReceiptMode::ManualVerified => "manual-verified",
+        }
+    }
 }
 
 /// Who ran the apply.
@@ -84,7 +118,7 @@ impl Applier {
 }
 
 /// The journal position a receipt anchors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalAnchor {
     /// The journal file, as given.
     pub path: String,
@@ -92,6 +126,13 @@ pub struct JournalAnchor {
     pub head: String,
     /// That line's `seq`.
     pub seq: u64,
+}
+
+impl JournalAnchor {
+    /// True for the empty anchor of a receipt without a journal.
+    pub fn is_empty(&self) -> bool {
+        self.path.is_empty() && self.head.is_empty() && self.seq == 0
+    }
 }
 
 /// One group's part of a receipt.
@@ -222,6 +263,7 @@ impl Receipt {
         Ok(Receipt {
             format: RECEIPT_FORMAT.into(),
             format_version: RECEIPT_VERSION.into(),
+            mode: ReceiptMode::Apply,
             plan_id: input.plan.plan_id,
             plan_sha256: input.plan_sha256.to_string(),
             plan_file: input.plan_file,
@@ -348,6 +390,23 @@ mod tests {
         assert_eq!(Receipt::decode(&bytes).unwrap(), r);
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("\"outcome\": \"failed\""), "{text}");
+        assert!(!text.contains("\"mode\""), "an apply receipt does not name its mode: {text}");
+    }
+
+    #[test]
+    fn a_manual_verified_receipt_has_a_mode_and_no_journal() {
+        let plan = plan();
+        let outcomes: BTreeMap<_, _> =
+            [outcome(1, Action::Add, Outcome::Applied), outcome(2, Action::Remove, Outcome::Applied)]
+                .into_iter()
+                .collect();
+        let mut r =
+            Receipt::build(ReceiptInput { journal: JournalAnchor::default(), ..input(&plan, &outcomes) }).unwrap();
+        r.mode = ReceiptMode::ManualVerified;
+        let text = String::from_utf8(r.encode()).unwrap();
+        assert!(text.contains("\"mode\": \"manual-verified\""), "{text}");
+        assert!(!text.contains("\"journal\""), "{text}");
+        assert_eq!(Receipt::decode(text.as_bytes()).unwrap(), r);
     }
 
     #[test]
