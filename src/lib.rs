@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod approvals;
 pub mod atomic_write;
 pub mod cli;
 pub mod config;
