@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod export;
 pub mod http;
 pub mod identity;
 pub mod plan;
