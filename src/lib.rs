@@ -12,12 +12,14 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod approvals;
 pub mod atomic_write;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod export;
 pub mod http;
 pub mod identity;
 pub mod plan;

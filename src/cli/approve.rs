@@ -1,13 +1,133 @@
-//! `writeback approve`.
+//! `writeback approve`: add an approval (a detached `writeback-approval` signature over the plan's bytes) beside a
+//! plan, after checking the plan itself.
 
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::approvals::{self, PlanSigner};
 use crate::cli::Context;
-use crate::error::Result;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::trust::{self, AllowedSigners, SigningKey, APPROVAL_NAMESPACE};
 
 /// Arguments of `writeback approve`.
-#[derive(Debug, clap::Args)]
-pub struct ApproveArgs {}
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The plan file to approve.
+    pub plan: PathBuf,
+
+    /// The approver's private key (OpenSSH ed25519); an encrypted key's passphrase comes from
+    /// WRITEBACK_KEY_PASSPHRASE or the terminal.
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+
+    /// The allowed_signers file the plan and the approver are checked against.
+    #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+
+    /// The plan's signature file [default: PLAN.sig].
+    #[arg(long, value_name = "SIG")]
+    pub signature: Option<PathBuf>,
+
+    /// The config file, for its allowed_signers default.
+    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Replace an existing approval file of the same name that does not hold this key's approval of this plan.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The allowed_signers file from the flag (or its variable), else the config's default; none is a usage error.
+pub(crate) fn allowed_signers_path(flag: Option<&Path>, config: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = flag {
+        return Ok(path.to_path_buf());
+    }
+    Config::discover(config)?.and_then(|c| c.defaults.allowed_signers).ok_or_else(|| {
+        Error::Usage(
+            "no allowed_signers file: pass --allowed-signers FILE (or set WRITEBACK_ALLOWED_SIGNERS, or allowed_signers in writeback.toml)"
+                .into(),
+        )
+    })
+}
 
 /// Runs `writeback approve`.
-pub fn run(_args: ApproveArgs, _ctx: &Context) -> Result<()> {
-    Err(crate::cli::not_built("approve"))
+pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
+    let allowed_path = allowed_signers_path(args.allowed_signers.as_deref(), args.config.as_deref())?;
+    // The plan first: never approve a plan that is forged, untrusted or expired.
+    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_path, ctx.now)?;
+    verified.ensure_unexpired(&args.plan, ctx.now)?;
+    let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
+    if crate::plan::precondition::sha256_hex(&bytes) != verified.sha256 {
+        return Err(Error::input(&args.plan, "the file changed while it was being checked; run approve again"));
+    }
+    let allowed = AllowedSigners::load(&allowed_path)?;
+
+    let key = SigningKey::load(&args.key)?;
+    let fingerprint = key.fingerprint();
+    if fingerprint == verified.fingerprint {
+        return Err(Error::Approvals(format!(
+            "{}: this key ({fingerprint}) signed the plan; an approval must come from someone else",
+            args.plan.display()
+        )));
+    }
+    let principal =
+        allowed.authorize(key.public_key(), APPROVAL_NAMESPACE, None, ctx.now).map_err(|e| Error::UntrustedSigner {
+            path: args.key.clone(),
+            message: format!("{e}; ask whoever keeps {} to list it for writeback-approval", allowed_path.display()),
+        })?;
+    if principal.eq_ignore_ascii_case(&verified.principal)
+        || allowed.principals_of(key.public_key()).iter().any(|p| p.eq_ignore_ascii_case(&verified.principal))
+    {
+        return Err(Error::Approvals(format!(
+            "{}: {principal} signed the plan; an approval must come from someone else",
+            args.plan.display()
+        )));
+    }
+
+    let path = approvals::approval_path(&args.plan, &approvals::file_label(Some(&principal), &fingerprint));
+    let already = if path.exists() {
+        let existing = std::fs::read(&path).map_err(|e| Error::read(&path, e))?;
+        match trust::verify_detached(&bytes, &existing, APPROVAL_NAMESPACE, &allowed, None, ctx.now) {
+            Ok(v) if v.fingerprint == fingerprint => true,
+            _ if args.force => false,
+            Ok(v) => {
+                return Err(Error::input(
+                    &path,
+                    format!(
+                        "already holds an approval of this plan by {} with another key ({}); remove the file, or pass --force to replace it",
+                        v.principal, v.fingerprint
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(Error::input(
+                    &path,
+                    format!("already exists and is not this key's approval of this plan ({e}); remove the file, or pass --force to replace it"),
+                ))
+            }
+        }
+    } else {
+        false
+    };
+    if already {
+        println!("{} already holds your approval of this plan; nothing to do.", path.display());
+    } else {
+        let signature = key
+            .sign(APPROVAL_NAMESPACE, &bytes)
+            .map_err(|e| Error::Internal(format!("signing with {} failed: {e}", args.key.display())))?;
+        crate::atomic_write::write(&path, signature.as_bytes())?;
+        println!("Wrote {}", path.display());
+    }
+    println!(
+        "Approved plan {} (SHA-256 {}) as {principal}, key {fingerprint}.",
+        verified.plan.plan_id, verified.sha256
+    );
+
+    let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
+    let files = approvals::find(&args.plan);
+    let report = approvals::evaluate(&bytes, &signer, &files, &allowed, ctx.now);
+    print!("{}", approvals::render_section(&files, Some(&report)));
+    Ok(())
 }

@@ -1,13 +1,131 @@
-//! `writeback export`.
+//! `writeback export`: after the same signature, signer, expiry and approval checks as `apply`, write the plan as
+//! Entra admin center bulk CSVs or as a Microsoft Graph PowerShell script.
 
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::approvals::{self, PlanSigner};
 use crate::cli::Context;
-use crate::error::Result;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::export::{self, bulk, powershell, ExportFormat};
+use crate::plan::Action;
+use crate::trust::{self, AllowedSigners};
 
 /// Arguments of `writeback export`.
-#[derive(Debug, clap::Args)]
-pub struct ExportArgs {}
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The signed plan file.
+    pub plan: PathBuf,
+
+    /// What to write: the Entra bulk add or bulk remove CSV template, or a PowerShell script.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub to: ExportFormat,
+
+    /// The allowed_signers file the plan and its approvals are checked against.
+    #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+
+    /// The plan's signature file [default: PLAN.sig].
+    #[arg(long, value_name = "SIG")]
+    pub signature: Option<PathBuf>,
+
+    /// Start each CSV with the older `version:v1.0` line.
+    #[arg(long)]
+    pub version_row: bool,
+
+    /// Where to write the files [default: the plan's folder].
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+
+    /// How many approvals (from allowed signers other than the plan's signer) the plan needs [default: the
+    /// config's require_approvals, else 0].
+    #[arg(long, value_name = "N")]
+    pub require_approvals: Option<u32>,
+
+    /// The config file, for its allowed_signers and require_approvals defaults.
+    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
 
 /// Runs `writeback export`.
-pub fn run(_args: ExportArgs, _ctx: &Context) -> Result<()> {
-    Err(crate::cli::not_built("export"))
+pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
+    let config = Config::discover(args.config.as_deref())?;
+    let defaults = config.map(|c| c.defaults).unwrap_or_default();
+    let allowed_path = args.allowed_signers.clone().or(defaults.allowed_signers).ok_or_else(|| {
+        Error::Usage(
+            "no allowed_signers file: pass --allowed-signers FILE (or set WRITEBACK_ALLOWED_SIGNERS, or allowed_signers in writeback.toml)"
+                .into(),
+        )
+    })?;
+    let required = args.require_approvals.or(defaults.require_approvals).unwrap_or(0);
+
+    // The same checks as apply, in the same order: signature, signer, version, expiry, approvals.
+    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_path, ctx.now)?;
+    verified.ensure_unexpired(&args.plan, ctx.now)?;
+    let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
+    if crate::plan::precondition::sha256_hex(&bytes) != verified.sha256 {
+        return Err(Error::input(&args.plan, "the file changed while it was being checked; run export again"));
+    }
+    let allowed = AllowedSigners::load(&allowed_path)?;
+    let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
+    let report = approvals::check(&bytes, &signer, &approvals::find(&args.plan), &allowed, required, ctx.now)?;
+
+    let plan = &verified.plan;
+    let stem = export::plan_stem(&args.plan);
+    let out = match args.to {
+        ExportFormat::EntraBulkAdd => bulk::export(plan, &stem, Action::Add, args.version_row),
+        ExportFormat::EntraBulkRemove => bulk::export(plan, &stem, Action::Remove, args.version_row),
+        ExportFormat::Powershell => {
+            let header = powershell::ScriptHeader {
+                sha256: &verified.sha256,
+                signer: &verified.principal,
+                fingerprint: &verified.fingerprint,
+                approvers: report.valid.iter().map(|a| format!("{} ({})", a.principal, a.fingerprint)).collect(),
+                generated_at: ctx.now,
+            };
+            export::Export { files: vec![powershell::export(plan, &stem, &header)], notes: vec![] }
+        }
+    };
+
+    let dir = match &args.out_dir {
+        Some(dir) => dir.clone(),
+        None => args.plan.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
+    };
+    if !out.files.is_empty() {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+            path: dir.clone(),
+            action: "create the folder",
+            source: e,
+        })?;
+    }
+    let paths: Vec<PathBuf> = out.files.iter().map(|f| dir.join(&f.name)).collect();
+    let writes: Vec<(&std::path::Path, &[u8])> =
+        paths.iter().zip(&out.files).map(|(p, f)| (p.as_path(), f.bytes.as_slice())).collect();
+    crate::atomic_write::write_together(&writes)?;
+
+    println!(
+        "Plan {} (SHA-256 {}) signed by {}, valid until {}; {} valid approval{} ({} required).",
+        plan.plan_id,
+        verified.sha256,
+        verified.principal,
+        crate::plan::timestamp::format(&plan.expires_at),
+        report.valid.len(),
+        if report.valid.len() == 1 { "" } else { "s" },
+        required
+    );
+    for (path, file) in paths.iter().zip(&out.files) {
+        match &file.group {
+            Some(group) => println!("Wrote {} ({} members, {group})", path.display(), file.changes),
+            None => println!("Wrote {} ({} changes)", path.display(), file.changes),
+        }
+    }
+    for note in &out.notes {
+        println!("{note}");
+    }
+    if out.files.is_empty() {
+        println!("Nothing written: the plan has no changes of this kind.");
+    }
+    Ok(())
 }

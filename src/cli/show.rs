@@ -43,10 +43,15 @@ pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
     };
     let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
     let sha256 = plan::precondition::sha256_hex(&bytes);
+    let mut signer = None;
     let (status, failure) = match &allowed {
         Some(allowed) => {
             match crate::trust::verify_plan_files(&args.plan, args.signature.as_deref(), allowed, ctx.now) {
                 Ok(verified) => {
+                    signer = Some(crate::approvals::PlanSigner {
+                        principal: verified.principal.clone(),
+                        fingerprint: verified.fingerprint.clone(),
+                    });
                     (SignatureStatus::Valid { principal: verified.principal, fingerprint: verified.fingerprint }, None)
                 }
                 Err(e @ (Error::BadSignature { .. } | Error::UntrustedSigner { .. })) => {
@@ -58,11 +63,24 @@ pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
         None => (SignatureStatus::Unchecked, None),
     };
     let plan = plan::decode(&bytes).map_err(|e| Error::plan(&args.plan, e))?;
+    let approval_files = crate::approvals::find(&args.plan);
+    let approvals = match (&allowed, &signer) {
+        (Some(path), Some(signer)) => {
+            let allowed = crate::trust::AllowedSigners::load(path)?;
+            Some(crate::approvals::evaluate(&bytes, signer, &approval_files, &allowed, ctx.now))
+        }
+        _ => None,
+    };
     if args.json {
         let doc = ReviewJson::new(&plan, &sha256, &status, ctx.now);
-        println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| Error::Internal(e.to_string()))?);
+        let mut value = serde_json::to_value(&doc).map_err(|e| Error::Internal(e.to_string()))?;
+        if let (Some(map), Some(report)) = (value.as_object_mut(), &approvals) {
+            map.insert("approvals".into(), serde_json::to_value(report).map_err(|e| Error::Internal(e.to_string()))?);
+        }
+        println!("{}", serde_json::to_string_pretty(&value).map_err(|e| Error::Internal(e.to_string()))?);
     } else {
         print!("{}", render_review(&plan, &sha256, &status, ctx.now, terminal_width()));
+        print!("\n{}", crate::approvals::render_section(&approval_files, approvals.as_ref()));
     }
     match failure {
         Some(e) => Err(e),

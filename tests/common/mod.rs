@@ -1,0 +1,198 @@
+//! Helpers shared by the end-to-end tests of the manual path (approve, export, report, secrets).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use chrono::{DateTime, Duration, Utc};
+use writeback::identity::ObjectId;
+use writeback::plan::{self, Action, Change, Counts, GroupPlan, Plan, PlanOptions, Precondition};
+use writeback::trust::{SigningKey, PLAN_NAMESPACE};
+
+pub fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
+}
+
+/// Runs the binary in `dir` with none of writeback's variables set.
+pub fn writeback(dir: &Path, args: &[&str]) -> Output {
+    command(dir).args(args).output().expect("the binary runs")
+}
+
+pub fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
+    cmd.current_dir(dir);
+    for var in [
+        "WRITEBACK_CONFIG",
+        "WRITEBACK_KEY",
+        "WRITEBACK_SIGNER",
+        "WRITEBACK_ALLOWED_SIGNERS",
+        "WRITEBACK_KEY_PASSPHRASE",
+        "WRITEBACK_ACCESS_TOKEN",
+        "AZURE_CLIENT_SECRET",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A working folder with the samples copied in and the demo keys made private.
+pub fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&samples(), dir.path());
+    for key in ["demo-planner", "demo-approver", "demo-admin"] {
+        set_private(&dir.path().join("keys").join(key));
+    }
+    dir
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+pub fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Makes the sample plan `plan.json` (signed by the demo planner) in a workspace.
+pub fn sample_plan(dir: &Path) {
+    let run = writeback(dir, &["plan", "--config", "writeback.toml", "--out", "plan.json"]);
+    assert!(run.status.success(), "plan failed: {}", text(&run.stderr));
+}
+
+/// All files under `dir`, relative, sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                walk(base, &entry.path(), out);
+            } else {
+                out.push(entry.path().strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// A new ed25519 key made by ssh-keygen (passphrase optional), returned with its loaded form.
+pub fn ssh_keygen(dir: &Path, name: &str, comment: &str, passphrase: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-C", comment, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen is installed");
+    assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    (path, public.trim().to_string())
+}
+
+fn oid(group: u32, n: u64) -> ObjectId {
+    ObjectId::parse(&format!("{group:08x}-0000-4000-8000-{n:012x}")).unwrap()
+}
+
+/// A plan with one group, `adds` adds and `removes` removes, made at `created_at`, signed as `signer` with the
+/// (unencrypted) key at `key`. Writes `name` and `name.sig` in `dir`.
+pub fn signed_plan(
+    dir: &Path,
+    name: &str,
+    key: &Path,
+    signer: &str,
+    adds: u64,
+    removes: u64,
+    created_at: DateTime<Utc>,
+) -> PathBuf {
+    let mut changes = Vec::new();
+    let members: Vec<ObjectId> = (0..removes).map(|n| oid(2, n)).collect();
+    for n in 0..adds {
+        changes.push(Change {
+            action: Action::Add,
+            user_id: oid(1, n),
+            upn: format!("user{n:06}@contoso.example"),
+            mail: None,
+            display_name: Some(format!("User {n}")),
+            source_line: Some(n + 2),
+            reason: "on the list".into(),
+            flags: vec![],
+        });
+    }
+    for id in &members {
+        changes.push(Change {
+            action: Action::Remove,
+            user_id: id.clone(),
+            upn: format!("gone-{id}@contoso.example"),
+            mail: None,
+            display_name: None,
+            source_line: None,
+            reason: "not on the list".into(),
+            flags: vec![],
+        });
+    }
+    let plan = Plan {
+        format: plan::FORMAT_NAME.into(),
+        format_version: plan::FORMAT_VERSION.into(),
+        plan_id: uuid::Uuid::new_v4(),
+        created_at,
+        expires_at: created_at + Duration::days(7),
+        signer: signer.into(),
+        tool_version: "writeback test".into(),
+        tenant_id: None,
+        groups: vec![GroupPlan {
+            group_id: ObjectId::parse("b53a97e9-e214-49f9-9d7e-4e4a23c5c243").unwrap(),
+            display_name: Some("Big <group> & \"co\"".into()),
+            options: PlanOptions::default(),
+            inputs: vec![],
+            precondition: Precondition::from_members(&members),
+            counts: Counts::tally(&changes, &[]),
+            changes,
+            not_acted_on: vec![],
+        }],
+    };
+    let bytes = plan::encode(&plan, plan::PlanFormat::Json);
+    let key = SigningKey::load(key).unwrap();
+    let sig = key.sign(PLAN_NAMESPACE, &bytes).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(dir.join(format!("{name}.sig")), sig).unwrap();
+    path
+}
+
+/// A folder with a planner key and two approver keys (made by ssh-keygen) and an allowed_signers file for them.
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+    pub planner: PathBuf,
+    pub approvers: Vec<PathBuf>,
+    pub allowed: PathBuf,
+}
+
+pub fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let (planner, planner_pub) = ssh_keygen(dir.path(), "planner", "planner@contoso.example", "");
+    let mut allowed = format!("planner@contoso.example namespaces=\"writeback-plan\" {planner_pub}\n");
+    let mut approvers = Vec::new();
+    for who in ["alice", "bob"] {
+        let (path, public) = ssh_keygen(dir.path(), who, &format!("{who}@contoso.example"), "");
+        allowed.push_str(&format!("{who}@contoso.example namespaces=\"writeback-approval\" {public}\n"));
+        approvers.push(path);
+    }
+    let allowed_path = dir.path().join("allowed_signers");
+    std::fs::write(&allowed_path, allowed).unwrap();
+    Keys { dir, planner, approvers, allowed: allowed_path }
+}

@@ -1,0 +1,121 @@
+//! End-to-end tests of `writeback report`.
+
+mod common;
+
+use common::*;
+
+fn receipt(dir: &std::path::Path, sha: &str, plan_id: &str) -> String {
+    let value = serde_json::json!({
+        "format": "writeback-receipt",
+        "plan_id": plan_id,
+        "plan_sha256": sha,
+        "applier": "admin@contoso.example",
+        "started_at": "2025-03-02T09:00:00Z",
+        "finished_at": "2025-03-02T09:01:00Z",
+        "changes": [
+            {"action": "add", "user_id": "0000", "outcome": "applied"},
+            {"action": "remove", "user_id": "0001", "outcome": "failed", "code": "Request_BadRequest",
+             "message": "<script>alert('receipt')</script>", "request_id": "req-1"}
+        ],
+        "counts": {"applied": 1, "failed": 1, "already_member": 0, "already_absent": 0},
+        "journal_head": "sha256:abc"
+    });
+    let path = dir.join("plan.json.receipt.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+    "plan.json.receipt.json".into()
+}
+
+#[test]
+fn report_has_summary_changes_approvals_outcome_and_checks_with_receipt_values_escaped() {
+    let dir = workspace();
+    let d = dir.path();
+    sample_plan(d);
+    let raw = std::fs::read_to_string(d.join("plan.json")).unwrap();
+    let plan: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let sha = writeback::plan::precondition::sha256_hex(raw.as_bytes());
+    let approve = writeback(d, &["approve", "plan.json", "--key", "keys/demo-approver", "--config", "writeback.toml"]);
+    assert!(approve.status.success(), "{}", text(&approve.stderr));
+    let receipt = receipt(d, &sha, plan["plan_id"].as_str().unwrap());
+
+    let run =
+        writeback(d, &["report", "plan.json", "--config", "writeback.toml", "--receipt", &receipt, "--out", "r.html"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let html = std::fs::read_to_string(d.join("r.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains(plan["plan_id"].as_str().unwrap()));
+    assert!(html.contains(&sha));
+    assert!(html.contains("All Staff (b53a97e9-e214-49f9-9d7e-4e4a23c5c243)"));
+    let first_upn = plan["groups"][0]["changes"][0]["upn"].as_str().unwrap();
+    assert!(html.contains(first_upn));
+    assert!(html.contains("approver@contoso.example"));
+    assert!(html.contains("Receipt names this plan"));
+    assert!(html.contains("req-1") && html.contains("&lt;script&gt;alert(&#39;receipt&#39;)&lt;/script&gt;"));
+    assert!(!html.contains("<script"), "no scripts in the page");
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<link"), "no external assets");
+    for heading in ["Verification", "Plan", "Approvals", "Outcome", "Adds:", "Removes:", "Not acted on:"] {
+        assert!(html.contains(heading), "missing {heading}");
+    }
+}
+
+#[test]
+fn a_receipt_for_another_plan_is_refused_and_nothing_is_written() {
+    let dir = workspace();
+    let d = dir.path();
+    sample_plan(d);
+    let receipt = receipt(d, &"0".repeat(64), "x");
+    let run =
+        writeback(d, &["report", "plan.json", "--config", "writeback.toml", "--receipt", &receipt, "--out", "r.html"]);
+    assert_eq!(run.status.code(), Some(3), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("another plan"));
+    assert!(!d.join("r.html").exists());
+}
+
+#[test]
+fn a_tampered_plan_is_reported_as_such_and_the_command_fails() {
+    let dir = workspace();
+    let d = dir.path();
+    sample_plan(d);
+    let raw = std::fs::read_to_string(d.join("plan.json")).unwrap();
+    std::fs::write(d.join("plan.json"), raw.replacen("All Staff", "All Stuff", 1)).unwrap();
+    let run = writeback(d, &["report", "plan.json", "--config", "writeback.toml", "--out", "r.html"]);
+    assert_eq!(run.status.code(), Some(10), "{}", text(&run.stderr));
+    let html = std::fs::read_to_string(d.join("r.html")).unwrap();
+    assert!(html.contains("class=\"fail\">FAIL</td>"), "the page shows the failed check");
+}
+
+#[test]
+fn renders_in_headless_chromium() {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| std::process::Command::new(c).arg("--version").output().map(|o| o.status.success()).unwrap_or(false));
+    let Some(chromium) = chromium else {
+        println!("note: chromium is not installed; skipping the headless rendering check");
+        return;
+    };
+    let dir = workspace();
+    let d = dir.path();
+    sample_plan(d);
+    let run = writeback(d, &["report", "plan.json", "--config", "writeback.toml", "--out", "r.html"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let profile = tempfile::tempdir().unwrap();
+    let shot = d.join("x.png");
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1000,1400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", d.join("r.html").display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium: {}", text(&out.stderr));
+    let png = std::fs::read(&shot).expect("chromium wrote a screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real picture ({} bytes)", png.len());
+}
