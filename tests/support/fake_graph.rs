@@ -253,6 +253,9 @@ pub struct Config {
     pub batch_order: BatchOrder,
     /// Starting faults.
     pub faults: Faults,
+    /// `false` plays an app granted GroupMember.Read.All but not User.Read.All: member users come back with only
+    /// `@odata.type` and `id` (every other property `null`), and reading `/users` is refused with 403.
+    pub user_read_all: bool,
 }
 
 impl Default for Config {
@@ -268,6 +271,7 @@ impl Default for Config {
             static_token: None,
             batch_order: BatchOrder::Reversed,
             faults: Faults::default(),
+            user_read_all: true,
         }
     }
 }
@@ -1598,6 +1602,14 @@ fn operation(
     let not_allowed =
         || graph_error(ctx, 405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.");
     let path_for_links = format!("/{}", segs.iter().map(|s| pct_encode_segment(s)).collect::<Vec<_>>().join("/"));
+    if !st.cfg.user_read_all && l.first() == Some(&"users") {
+        return graph_error(
+            ctx,
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        );
+    }
     match (method, l.as_slice()) {
         ("GET", ["organization"]) => {
             let base = st.base_url();
@@ -1900,6 +1912,14 @@ fn list_members(
                 false,
             )?;
             m.extend(p);
+            if kind == Kind::User && !st.cfg.user_read_all {
+                // Limited information: only the type and the id (the Graph docs' "returned as null").
+                for (k, v) in m.iter_mut() {
+                    if k != "id" && k != "@odata.type" {
+                        *v = Value::Null;
+                    }
+                }
+            }
         }
         Ok(m)
     };
