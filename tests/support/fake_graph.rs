@@ -470,6 +470,9 @@ struct Directory {
     group_order: BTreeMap<u64, String>,
     objects: HashMap<String, SeedObject>,
     seq: u64,
+    /// Lower-cased id, UPN, mail and proxy addresses → user ids, so equality lookups need not scan every user.
+    /// Never shrinks: a hit is only a candidate, checked against the filter and the user table.
+    user_keys: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -537,6 +540,15 @@ impl Directory {
     }
 
     fn insert_user(&mut self, u: SeedUser) {
+        let keys = [Some(&u.id), Some(&u.user_principal_name), u.mail.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(u.proxy_addresses.iter())
+            .map(|k| k.to_lowercase())
+            .collect::<HashSet<_>>();
+        for k in keys {
+            self.user_keys.entry(k).or_default().push(u.id.clone());
+        }
         self.seq += 1;
         self.user_order.insert(self.seq, u.id.clone());
         self.user_seq.insert(u.id.clone(), self.seq);
@@ -1938,7 +1950,20 @@ fn list_users(st: &mut State, ctx: &Ctx, q: &Query, eventual: bool, path: &str, 
             return graph_error(ctx, 400, "Request_UnsupportedQuery", &m);
         }
     }
-    let mut ids: Vec<(u64, String)> = st.dir.user_order.iter().map(|(s, id)| (*s, id.clone())).collect();
+    let mut ids: Vec<(u64, String)> = match filter.as_ref().and_then(Filter::indexed_literals) {
+        // Only equality on indexed properties: the index gives every possible match (and perhaps more).
+        Some(keys) => {
+            let mut ids: Vec<(u64, String)> = keys
+                .iter()
+                .flat_map(|k| st.dir.user_keys.get(k).into_iter().flatten())
+                .filter_map(|id| st.dir.user_seq.get(id).map(|s| (*s, id.clone())))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        }
+        None => st.dir.user_order.iter().map(|(s, id)| (*s, id.clone())).collect(),
+    };
     if let Some(f) = &filter {
         ids.retain(|(_, id)| st.dir.props(id).is_some_and(|(_, all, _)| f.eval(&all).unwrap_or(false)));
     }
@@ -2490,6 +2515,29 @@ fn get_ci<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
 }
 
 impl Filter {
+    /// For a filter made only of `eq` / `in` / `any(x:x eq …)` on a user's id, UPN, mail or proxy addresses,
+    /// joined by `or`: the lower-cased literals (every match has one of them as a key). `None` otherwise.
+    fn indexed_literals(&self) -> Option<Vec<String>> {
+        const INDEXED: &[&str] = &["id", "userPrincipalName", "mail", "proxyAddresses"];
+        let indexed = |p: &str| INDEXED.iter().any(|i| i.eq_ignore_ascii_case(p));
+        let text = |l: &Lit| match l {
+            Lit::Str(s) => Some(s.to_lowercase()),
+            _ => None,
+        };
+        match self {
+            Filter::Or(v) => {
+                let mut out = vec![];
+                for f in v {
+                    out.extend(f.indexed_literals()?);
+                }
+                Some(out)
+            }
+            Filter::Eq(p, l) | Filter::Any(p, l) if indexed(p) => Some(vec![text(l)?]),
+            Filter::In(p, ls) if indexed(p) => ls.iter().map(text).collect(),
+            _ => None,
+        }
+    }
+
     fn props(&self, out: &mut Vec<String>) {
         match self {
             Filter::Or(v) | Filter::And(v) => v.iter().for_each(|f| f.props(out)),
