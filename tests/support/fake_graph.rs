@@ -253,6 +253,9 @@ pub struct Config {
     pub batch_order: BatchOrder,
     /// Starting faults.
     pub faults: Faults,
+    /// `false` plays an app granted GroupMember.Read.All but not User.Read.All: member users come back with only
+    /// `@odata.type` and `id` (every other property `null`), and reading `/users` is refused with 403.
+    pub user_read_all: bool,
 }
 
 impl Default for Config {
@@ -268,6 +271,7 @@ impl Default for Config {
             static_token: None,
             batch_order: BatchOrder::Reversed,
             faults: Faults::default(),
+            user_read_all: true,
         }
     }
 }
@@ -466,6 +470,9 @@ struct Directory {
     group_order: BTreeMap<u64, String>,
     objects: HashMap<String, SeedObject>,
     seq: u64,
+    /// Lower-cased id, UPN, mail and proxy addresses → user ids, so equality lookups need not scan every user.
+    /// Never shrinks: a hit is only a candidate, checked against the filter and the user table.
+    user_keys: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -533,6 +540,15 @@ impl Directory {
     }
 
     fn insert_user(&mut self, u: SeedUser) {
+        let keys = [Some(&u.id), Some(&u.user_principal_name), u.mail.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(u.proxy_addresses.iter())
+            .map(|k| k.to_lowercase())
+            .collect::<HashSet<_>>();
+        for k in keys {
+            self.user_keys.entry(k).or_default().push(u.id.clone());
+        }
         self.seq += 1;
         self.user_order.insert(self.seq, u.id.clone());
         self.user_seq.insert(u.id.clone(), self.seq);
@@ -1598,6 +1614,14 @@ fn operation(
     let not_allowed =
         || graph_error(ctx, 405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.");
     let path_for_links = format!("/{}", segs.iter().map(|s| pct_encode_segment(s)).collect::<Vec<_>>().join("/"));
+    if !st.cfg.user_read_all && l.first() == Some(&"users") {
+        return graph_error(
+            ctx,
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        );
+    }
     match (method, l.as_slice()) {
         ("GET", ["organization"]) => {
             let base = st.base_url();
@@ -1900,6 +1924,14 @@ fn list_members(
                 false,
             )?;
             m.extend(p);
+            if kind == Kind::User && !st.cfg.user_read_all {
+                // Limited information: only the type and the id (the Graph docs' "returned as null").
+                for (k, v) in m.iter_mut() {
+                    if k != "id" && k != "@odata.type" {
+                        *v = Value::Null;
+                    }
+                }
+            }
         }
         Ok(m)
     };
@@ -1918,7 +1950,20 @@ fn list_users(st: &mut State, ctx: &Ctx, q: &Query, eventual: bool, path: &str, 
             return graph_error(ctx, 400, "Request_UnsupportedQuery", &m);
         }
     }
-    let mut ids: Vec<(u64, String)> = st.dir.user_order.iter().map(|(s, id)| (*s, id.clone())).collect();
+    let mut ids: Vec<(u64, String)> = match filter.as_ref().and_then(Filter::indexed_literals) {
+        // Only equality on indexed properties: the index gives every possible match (and perhaps more).
+        Some(keys) => {
+            let mut ids: Vec<(u64, String)> = keys
+                .iter()
+                .flat_map(|k| st.dir.user_keys.get(k).into_iter().flatten())
+                .filter_map(|id| st.dir.user_seq.get(id).map(|s| (*s, id.clone())))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        }
+        None => st.dir.user_order.iter().map(|(s, id)| (*s, id.clone())).collect(),
+    };
     if let Some(f) = &filter {
         ids.retain(|(_, id)| st.dir.props(id).is_some_and(|(_, all, _)| f.eval(&all).unwrap_or(false)));
     }
@@ -2470,6 +2515,29 @@ fn get_ci<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
 }
 
 impl Filter {
+    /// For a filter made only of `eq` / `in` / `any(x:x eq …)` on a user's id, UPN, mail or proxy addresses,
+    /// joined by `or`: the lower-cased literals (every match has one of them as a key). `None` otherwise.
+    fn indexed_literals(&self) -> Option<Vec<String>> {
+        const INDEXED: &[&str] = &["id", "userPrincipalName", "mail", "proxyAddresses"];
+        let indexed = |p: &str| INDEXED.iter().any(|i| i.eq_ignore_ascii_case(p));
+        let text = |l: &Lit| match l {
+            Lit::Str(s) => Some(s.to_lowercase()),
+            _ => None,
+        };
+        match self {
+            Filter::Or(v) => {
+                let mut out = vec![];
+                for f in v {
+                    out.extend(f.indexed_literals()?);
+                }
+                Some(out)
+            }
+            Filter::Eq(p, l) | Filter::Any(p, l) if indexed(p) => Some(vec![text(l)?]),
+            Filter::In(p, ls) if indexed(p) => ls.iter().map(text).collect(),
+            _ => None,
+        }
+    }
+
     fn props(&self, out: &mut Vec<String>) {
         match self {
             Filter::Or(v) | Filter::And(v) => v.iter().for_each(|f| f.props(out)),
