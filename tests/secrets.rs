@@ -1,10 +1,12 @@
 //! No command, at any verbosity, prints or writes the client secret, the access token or the key passphrase.
 
 mod common;
+mod support;
 
 use std::path::Path;
 
 use common::*;
+use support::fake_graph::{Config, FakeGraph, Seed};
 
 const CLIENT_SECRET: &str = "fake-client-secret-Qx7vT2pLm9";
 const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.fake-token-8KfW3zR";
@@ -30,6 +32,12 @@ fn scan(label: &str, haystack: &[u8]) {
     for needle in needles() {
         assert!(!text.contains(&needle), "{label} contains a secret ({}…)", &needle[..8]);
     }
+}
+
+/// Printed output must not hold any JWT either (the fake Graph issues real-looking ones: `eyJ…` is `{"`).
+fn scan_output(label: &str, haystack: &[u8]) {
+    scan(label, haystack);
+    assert!(!String::from_utf8_lossy(haystack).contains("eyJ"), "{label} contains something that looks like a token");
 }
 
 fn scan_files(dir: &Path, after: &str) {
@@ -78,21 +86,24 @@ fn no_secret_reaches_any_output_or_file() {
         vec!["apply", "plan.json", "--config", "writeback.toml", "--dry-run"],
         vec!["check", "plan.json", "--config", "writeback.toml"],
     ];
+    // apply and check talk to a fake Graph that only accepts CLIENT_SECRET, so the secret and the tokens it
+    // buys travel the real paths.
+    let seed = Seed::from_file(&d.join("fake-tenant.json").to_string_lossy()).unwrap();
+    let graph = FakeGraph::start_with(seed, Config { client_secret: CLIENT_SECRET.into(), ..Config::default() });
     let mut ran = Vec::new();
     for verbosity in [None, Some("-v"), Some("-vv")] {
         for args in &commands {
             let mut cmd = command(d);
             cmd.args(verbosity).args(args);
-            cmd.env("AZURE_CLIENT_SECRET", CLIENT_SECRET)
-                .env("WRITEBACK_ACCESS_TOKEN", TOKEN)
-                .env("WRITEBACK_KEY_PASSPHRASE", PASSPHRASE)
-                // Anything that reaches for the network goes to a closed local port.
-                .env("WRITEBACK_GRAPH_URL", "http://127.0.0.1:9")
-                .env("WRITEBACK_LOGIN_URL", "http://127.0.0.1:9");
+            cmd.envs(graph.env()).env("WRITEBACK_KEY_PASSPHRASE", PASSPHRASE);
+            if !["apply", "check"].contains(&args[0]) {
+                // Everything else gets a ready token too: none of them may print it.
+                cmd.env("WRITEBACK_ACCESS_TOKEN", TOKEN);
+            }
             let out = cmd.output().unwrap();
             let label = format!("writeback {} {}", verbosity.unwrap_or(""), args.join(" "));
-            scan(&format!("stdout of {label}"), &out.stdout);
-            scan(&format!("stderr of {label}"), &out.stderr);
+            scan_output(&format!("stdout of {label}"), &out.stdout);
+            scan_output(&format!("stderr of {label}"), &out.stderr);
             scan_files(d, &label);
             if not_available(&out) {
                 continue;
@@ -103,7 +114,21 @@ fn no_secret_reaches_any_output_or_file() {
             ran.push(args[0]);
         }
     }
-    for needed in ["plan", "show", "approve", "export", "report"] {
+    // Finally a real apply (the writes go through the fake) and a check of its outcome, at full verbosity.
+    for args in [
+        vec!["-vv", "apply", "plan.json", "--config", "writeback.toml", "--yes"],
+        vec!["-vv", "check", "plan.json", "--config", "writeback.toml", "--receipt-out", "checked.json"],
+    ] {
+        let out =
+            command(d).args(&args).envs(graph.env()).env("WRITEBACK_KEY_PASSPHRASE", PASSPHRASE).output().unwrap();
+        let label = args.join(" ");
+        assert!(out.status.success(), "{label}: {}", text(&out.stderr));
+        scan_output(&format!("stdout of {label}"), &out.stdout);
+        scan_output(&format!("stderr of {label}"), &out.stderr);
+        scan_files(d, &label);
+    }
+    assert!(graph.tokens_issued() > 0, "the fake Graph was used");
+    for needed in ["plan", "show", "verify", "keygen", "approve", "export", "report", "apply", "check"] {
         assert!(ran.contains(&needed), "{needed} did not run");
     }
     assert!(d.join("report.html").exists() && d.join("plan.ps1").exists());

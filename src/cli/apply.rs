@@ -26,9 +26,9 @@ pub struct ApplyArgs {
     /// The signed plan file (JSON or CSV).
     pub plan: PathBuf,
 
-    /// The allowed_signers file that says who may sign plans [default: the config's allowed_signers].
-    #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
-    pub allowed_signers: Option<PathBuf>,
+    /// Whose signatures to trust.
+    #[command(flatten)]
+    pub trust: crate::cli::options::TrustOptions,
 
     /// The plan's signature [default: PLAN.sig].
     #[arg(long, value_name = "SIG")]
@@ -67,13 +67,9 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Microsoft Graph's base URL [default: https://graph.microsoft.com/v1.0].
-    #[arg(long, env = "WRITEBACK_GRAPH_URL", value_name = "URL")]
-    pub graph_url: Option<String>,
-
-    /// The sign-in endpoint [default: https://login.microsoftonline.com].
-    #[arg(long, env = "WRITEBACK_LOGIN_URL", value_name = "URL")]
-    pub login_url: Option<String>,
+    /// Where Microsoft Graph is.
+    #[command(flatten)]
+    pub graph: crate::cli::options::GraphOptions,
 
     /// How many PATCHes of 20 members go into one $batch (1-20). Lower it if Graph answers many 503s.
     #[arg(long, value_name = "N", default_value_t = executor::MAX_BATCH_ITEMS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20))]
@@ -86,10 +82,6 @@ pub struct ApplyArgs {
     /// Abandon a $batch request that has no answer after this many seconds, and send its items again.
     #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
     pub request_timeout: f64,
-
-    /// The config file, for defaults (allowed_signers, thresholds, endpoints).
-    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
 }
 
 /// Everything `apply` needs from Graph: the gates' reads and the `$batch` transport.
@@ -131,9 +123,8 @@ pub fn receipt_path(plan: &Path) -> PathBuf {
 
 /// Runs `writeback apply`.
 pub fn run(args: ApplyArgs, ctx: &Context) -> Result<()> {
-    let config = Config::discover(args.config.as_deref())?;
-    let graph_url = args.graph_url.clone().or_else(|| config.as_ref().and_then(|c| c.defaults.graph_url.clone()));
-    let login_url = args.login_url.clone().or_else(|| config.as_ref().and_then(|c| c.defaults.login_url.clone()));
+    let config = args.trust.load_config()?;
+    let (graph_url, login_url) = args.graph.resolve(config.as_ref());
     let checked = check(&args, config.as_ref(), ctx)?;
     let runtime = crate::http::runtime()?;
     let backend = crate::apply::graph::GraphBackend::connect(graph_url.as_deref(), login_url.as_deref())?;
@@ -152,15 +143,7 @@ pub struct Checked {
 /// Gates 1–3 (signature and signer, format, expiry) and everything else that needs no network: the
 /// arguments, the key. Nothing is sent before these pass.
 pub fn check(args: &ApplyArgs, config: Option<&Config>, ctx: &Context) -> Result<Checked> {
-    let allowed_signers =
-        match args.allowed_signers.clone().or_else(|| config.and_then(|c| c.defaults.allowed_signers.clone())) {
-            Some(path) => path,
-            None => return Err(Error::Usage(
-                "apply needs --allowed-signers FILE (or WRITEBACK_ALLOWED_SIGNERS, or allowed_signers in the config) \
-                 to check who signed the plan"
-                    .into(),
-            )),
-        };
+    let allowed_signers = args.trust.require_allowed_signers(config, "apply")?;
     let max_removal_percent = args
         .max_removal_percent
         .or_else(|| config.and_then(|c| c.defaults.max_removal_percent))

@@ -1,13 +1,12 @@
 //! `writeback approve`: add an approval (a detached `writeback-approval` signature over the plan's bytes) beside a
 //! plan, after checking the plan itself.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::approvals::{self, PlanSigner};
 use crate::cli::Context;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::trust::{self, AllowedSigners, SigningKey, APPROVAL_NAMESPACE};
 
@@ -22,39 +21,23 @@ pub struct ApproveArgs {
     #[arg(long, value_name = "KEY")]
     pub key: PathBuf,
 
-    /// The allowed_signers file the plan and the approver are checked against.
-    #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
-    pub allowed_signers: Option<PathBuf>,
+    /// Whose signatures to trust.
+    #[command(flatten)]
+    pub trust: crate::cli::options::TrustOptions,
 
     /// The plan's signature file [default: PLAN.sig].
     #[arg(long, value_name = "SIG")]
     pub signature: Option<PathBuf>,
-
-    /// The config file, for its allowed_signers default.
-    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
 
     /// Replace an existing approval file of the same name that does not hold this key's approval of this plan.
     #[arg(long)]
     pub force: bool,
 }
 
-/// The allowed_signers file from the flag (or its variable), else the config's default; none is a usage error.
-pub(crate) fn allowed_signers_path(flag: Option<&Path>, config: Option<&Path>) -> Result<PathBuf> {
-    if let Some(path) = flag {
-        return Ok(path.to_path_buf());
-    }
-    Config::discover(config)?.and_then(|c| c.defaults.allowed_signers).ok_or_else(|| {
-        Error::Usage(
-            "no allowed_signers file: pass --allowed-signers FILE (or set WRITEBACK_ALLOWED_SIGNERS, or allowed_signers in writeback.toml)"
-                .into(),
-        )
-    })
-}
-
 /// Runs `writeback approve`.
 pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
-    let allowed_path = allowed_signers_path(args.allowed_signers.as_deref(), args.config.as_deref())?;
+    let config = args.trust.load_config()?;
+    let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "approve")?;
     // The plan first: never approve a plan that is forged, untrusted or expired.
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_path, ctx.now)?;
     verified.ensure_unexpired(&args.plan, ctx.now)?;

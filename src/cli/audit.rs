@@ -20,9 +20,9 @@ pub struct AuditArgs {
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 
-    /// The allowed_signers file: who may sign plans, approvals and receipts, and when.
-    #[arg(long, value_name = "FILE", env = "WRITEBACK_ALLOWED_SIGNERS")]
-    pub allowed_signers: PathBuf,
+    /// Whose signatures to trust.
+    #[command(flatten)]
+    pub trust: crate::cli::options::TrustOptions,
 
     /// Print the result as JSON.
     #[arg(long, conflicts_with = "csv")]
@@ -38,7 +38,9 @@ const READ: [&str; 4] = ["json", "csv", "jsonl", "sig"];
 
 /// Runs `writeback audit`. Exit 0 when the archive adds up, 31 on any finding.
 pub fn run(args: AuditArgs, ctx: &Context) -> Result<()> {
-    let allowed = AllowedSigners::load(&args.allowed_signers)?;
+    let config = args.trust.load_config()?;
+    let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "audit")?;
+    let allowed = AllowedSigners::load(&allowed_path)?;
     if !args.dir.is_dir() {
         return Err(Error::input(&args.dir, "not a folder; give the archive folder to audit"));
     }
@@ -52,7 +54,7 @@ pub fn run(args: AuditArgs, ctx: &Context) -> Result<()> {
     if args.json {
         let value = json!({
             "dir": args.dir.display().to_string(),
-            "allowed_signers": args.allowed_signers.display().to_string(),
+            "allowed_signers": allowed_path.display().to_string(),
             "checked_at": timestamp::format(&ctx.now),
             "files": report.files,
             "plans": report.plans,

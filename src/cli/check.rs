@@ -24,9 +24,9 @@ pub struct CheckArgs {
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
 
-    /// The allowed_signers file listing who may sign plans (and receipts).
-    #[arg(long, value_name = "FILE", env = "WRITEBACK_ALLOWED_SIGNERS")]
-    pub allowed_signers: PathBuf,
+    /// Whose signatures to trust.
+    #[command(flatten)]
+    pub trust: crate::cli::options::TrustOptions,
 
     /// The plan's signature file (default: PLAN.sig).
     #[arg(long, value_name = "SIG")]
@@ -45,13 +45,9 @@ pub struct CheckArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Microsoft Graph's base URL [env: WRITEBACK_GRAPH_URL; default: https://graph.microsoft.com/v1.0].
-    #[arg(long, value_name = "URL")]
-    pub graph_url: Option<String>,
-
-    /// The sign-in endpoint [env: WRITEBACK_LOGIN_URL; default: https://login.microsoftonline.com].
-    #[arg(long, value_name = "URL")]
-    pub login_url: Option<String>,
+    /// Where Microsoft Graph is.
+    #[command(flatten)]
+    pub graph: crate::cli::options::GraphOptions,
 }
 
 /// The receipt `check` writes by default: `<plan>.receipt.json`, the same name `apply` uses.
@@ -70,13 +66,16 @@ enum ReceiptWrite {
 
 /// Runs `writeback check`. Exit 0 when every change is in effect, 30 otherwise.
 pub fn run(args: CheckArgs, ctx: &Context) -> Result<()> {
-    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &args.allowed_signers, ctx.now)?;
+    let config = args.trust.load_config()?;
+    let allowed = args.trust.require_allowed_signers(config.as_ref(), "check")?;
+    let (graph_url, login_url) = args.graph.resolve(config.as_ref());
+    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, ctx.now)?;
     // Load the key before any request, so that a bad key fails fast.
     let key = match &args.key {
         Some(path) => Some(SigningKey::load(path)?),
         None => None,
     };
-    let client = GraphClient::from_env(args.graph_url.as_deref(), args.login_url.as_deref())?;
+    let client = GraphClient::from_env(graph_url.as_deref(), login_url.as_deref())?;
     let runtime = crate::http::runtime()?;
     let (tenant, members) = runtime.block_on(read_groups(&client, &verified))?;
     let report = CheckReport::build(&verified.plan, &members);

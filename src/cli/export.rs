@@ -7,7 +7,6 @@ use clap::Args;
 
 use crate::approvals::{self, PlanSigner};
 use crate::cli::Context;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::export::{self, bulk, powershell, ExportFormat};
 use crate::plan::Action;
@@ -23,9 +22,9 @@ pub struct ExportArgs {
     #[arg(long, value_enum, value_name = "KIND")]
     pub to: ExportFormat,
 
-    /// The allowed_signers file the plan and its approvals are checked against.
-    #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
-    pub allowed_signers: Option<PathBuf>,
+    /// Whose signatures to trust.
+    #[command(flatten)]
+    pub trust: crate::cli::options::TrustOptions,
 
     /// The plan's signature file [default: PLAN.sig].
     #[arg(long, value_name = "SIG")]
@@ -43,22 +42,13 @@ pub struct ExportArgs {
     /// config's require_approvals, else 0].
     #[arg(long, value_name = "N")]
     pub require_approvals: Option<u32>,
-
-    /// The config file, for its allowed_signers and require_approvals defaults.
-    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
 }
 
 /// Runs `writeback export`.
 pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
-    let config = Config::discover(args.config.as_deref())?;
+    let config = args.trust.load_config()?;
+    let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "export")?;
     let defaults = config.map(|c| c.defaults).unwrap_or_default();
-    let allowed_path = args.allowed_signers.clone().or(defaults.allowed_signers).ok_or_else(|| {
-        Error::Usage(
-            "no allowed_signers file: pass --allowed-signers FILE (or set WRITEBACK_ALLOWED_SIGNERS, or allowed_signers in writeback.toml)"
-                .into(),
-        )
-    })?;
     let required = args.require_approvals.or(defaults.require_approvals).unwrap_or(0);
 
     // The same checks as apply, in the same order: signature, signer, version, expiry, approvals.

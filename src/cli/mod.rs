@@ -8,6 +8,7 @@ pub mod audit;
 pub mod check;
 pub mod export;
 pub mod keygen;
+pub mod options;
 pub mod plan;
 pub mod report;
 pub mod show;
@@ -16,7 +17,7 @@ pub mod verify;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-use crate::error::{exit, Error, Result};
+use crate::error::{exit, Result};
 
 /// Signed, reviewable changesets from PoliteMail lists to Microsoft Entra ID groups.
 #[derive(Debug, Parser)]
@@ -118,9 +119,4 @@ fn init_logging(verbose: u8) {
         .with_target(false)
         .without_time()
         .try_init();
-}
-
-/// The error for a command that a later part of the work builds.
-pub(crate) fn not_built(name: &str) -> Error {
-    Error::Internal(format!("`writeback {name}` is not available in this build yet"))
 }

@@ -92,13 +92,9 @@ pub struct PlanArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Microsoft Graph's base URL, for national clouds or a test server [default: https://graph.microsoft.com/v1.0].
-    #[arg(long, env = "WRITEBACK_GRAPH_URL", value_name = "URL")]
-    pub graph_url: Option<String>,
-
-    /// The Entra sign-in endpoint [default: https://login.microsoftonline.com].
-    #[arg(long, env = "WRITEBACK_LOGIN_URL", value_name = "URL")]
-    pub login_url: Option<String>,
+    /// Where Microsoft Graph is.
+    #[command(flatten)]
+    pub graph: crate::cli::options::GraphOptions,
 }
 
 /// Where a mapping's contacts come from.
@@ -216,6 +212,7 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
 
     // Check every argument before reading any input.
     let mappings = mappings(&args, config.as_ref())?;
+    let (graph_url, login_url) = args.graph.resolve(config.as_ref());
     let expires_in = parse_duration(args.expires_in.as_deref().or(defaults.expires_in.as_deref()).unwrap_or("7d"))
         .map_err(|e| Error::Usage(format!("--expires-in: {e}")))?;
     let format = args.format.or(defaults.format).unwrap_or(PlanFormat::Json);
@@ -241,8 +238,8 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
 
     let mut user_cache: HashMap<PathBuf, (std::sync::Arc<Vec<DirectoryUser>>, InputRecord)> = HashMap::new();
     let mut services = Services {
-        graph_url: args.graph_url.clone().or(defaults.graph_url.clone()),
-        login_url: args.login_url.clone().or(defaults.login_url.clone()),
+        graph_url,
+        login_url,
         politemail_url: defaults.politemail_url.clone(),
         runtime: None,
         graph: None,

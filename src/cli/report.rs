@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::approvals::{self, PlanSigner};
 use crate::cli::Context;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::plan;
 use crate::report::html::{self, Check, CheckStatus, ReceiptView, ReportInput};
@@ -26,17 +25,13 @@ pub struct ReportArgs {
     #[arg(long, value_name = "R")]
     pub receipt: Option<PathBuf>,
 
-    /// Check the plan, its approvals and the receipt against this allowed_signers file.
-    #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
-    pub allowed_signers: Option<PathBuf>,
+    /// Whose signatures to trust.
+    #[command(flatten)]
+    pub trust: crate::cli::options::TrustOptions,
 
     /// The plan's signature file [default: PLAN.sig].
     #[arg(long, value_name = "SIG")]
     pub signature: Option<PathBuf>,
-
-    /// The config file, for its allowed_signers default.
-    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
 
     /// Where to write the HTML page.
     #[arg(long, value_name = "FILE")]
@@ -58,10 +53,7 @@ fn reason(error: &Error) -> String {
 /// Runs `writeback report`. The page is written even when a check fails (it says so, for the archive); the
 /// command then exits with that check's code.
 pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
-    let allowed_path = match args.allowed_signers.clone() {
-        Some(path) => Some(path),
-        None => Config::discover(args.config.as_deref())?.and_then(|c| c.defaults.allowed_signers),
-    };
+    let allowed_path = args.trust.allowed_signers(args.trust.load_config()?.as_ref());
     let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
     let sha256 = plan::precondition::sha256_hex(&bytes);
     let allowed = allowed_path.as_deref().map(AllowedSigners::load).transpose()?;

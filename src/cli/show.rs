@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::cli::Context;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::plan;
 use crate::report::review::{render_review, ReviewJson, SignatureStatus};
@@ -16,18 +15,13 @@ pub struct ShowArgs {
     /// The plan file (JSON or CSV).
     pub plan: PathBuf,
 
-    /// Check the signature against this allowed_signers file (without it, the signature is reported as not
-    /// checked).
-    #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
-    pub allowed_signers: Option<PathBuf>,
+    /// Whose signatures to trust.
+    #[command(flatten)]
+    pub trust: crate::cli::options::TrustOptions,
 
     /// The signature file [default: PLAN.sig].
     #[arg(long, value_name = "SIG")]
     pub signature: Option<PathBuf>,
-
-    /// The config file, for its allowed_signers default.
-    #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
 
     /// Print a stable JSON document instead of tables.
     #[arg(long)]
@@ -37,10 +31,7 @@ pub struct ShowArgs {
 /// Runs `writeback show`. Expired plans are shown (with the expiry called out) and exit 0; a signature that was
 /// checked and failed is shown as such, then the command exits with the verification's code.
 pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
-    let allowed = match args.allowed_signers.clone() {
-        Some(path) => Some(path),
-        None => Config::discover(args.config.as_deref())?.and_then(|c| c.defaults.allowed_signers),
-    };
+    let allowed = args.trust.allowed_signers(args.trust.load_config()?.as_ref());
     let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
     let sha256 = plan::precondition::sha256_hex(&bytes);
     let mut signer = None;

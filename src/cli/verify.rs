@@ -18,9 +18,9 @@ pub struct VerifyArgs {
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
 
-    /// The allowed_signers file listing who may sign plans.
-    #[arg(long, value_name = "FILE", env = "WRITEBACK_ALLOWED_SIGNERS")]
-    pub allowed_signers: PathBuf,
+    /// Whose signatures to trust.
+    #[command(flatten)]
+    pub trust: crate::cli::options::TrustOptions,
 
     /// The signature file (default: PLAN.sig).
     #[arg(long, value_name = "SIG")]
@@ -34,20 +34,28 @@ pub struct VerifyArgs {
 /// Runs `writeback verify`. Exit 0 only for a valid, unexpired plan; an expired plan is described, then
 /// exits 12.
 pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
-    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &args.allowed_signers, ctx.now)?;
+    let config = args.trust.load_config()?;
+    let allowed = args.trust.require_allowed_signers(config.as_ref(), "verify")?;
+    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, ctx.now)?;
     let sig_path = args.signature.clone().unwrap_or_else(|| trust::default_signature_path(&args.plan));
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&as_json(&args, &sig_path, &verified, ctx.now)).unwrap_or_default()
+            serde_json::to_string_pretty(&as_json(&args, &allowed, &sig_path, &verified, ctx.now)).unwrap_or_default()
         );
     } else {
-        print_text(&args, &sig_path, &verified, ctx.now);
+        print_text(&args, &allowed, &sig_path, &verified, ctx.now);
     }
     verified.ensure_unexpired(&args.plan, ctx.now)
 }
 
-fn as_json(args: &VerifyArgs, sig_path: &std::path::Path, v: &VerifiedPlan, now: DateTime<Utc>) -> serde_json::Value {
+fn as_json(
+    args: &VerifyArgs,
+    allowed: &std::path::Path,
+    sig_path: &std::path::Path,
+    v: &VerifiedPlan,
+    now: DateTime<Utc>,
+) -> serde_json::Value {
     let (adds, removes) = v.plan.totals();
     json!({
         "valid": !v.expired,
@@ -55,7 +63,7 @@ fn as_json(args: &VerifyArgs, sig_path: &std::path::Path, v: &VerifiedPlan, now:
         "expired": v.expired,
         "plan_file": args.plan.display().to_string(),
         "signature_file": sig_path.display().to_string(),
-        "allowed_signers": args.allowed_signers.display().to_string(),
+        "allowed_signers": allowed.display().to_string(),
         "principal": v.principal,
         "fingerprint": v.fingerprint,
         "plan_id": v.plan.plan_id,
@@ -77,12 +85,18 @@ fn as_json(args: &VerifyArgs, sig_path: &std::path::Path, v: &VerifiedPlan, now:
     })
 }
 
-fn print_text(args: &VerifyArgs, sig_path: &std::path::Path, v: &VerifiedPlan, now: DateTime<Utc>) {
+fn print_text(
+    args: &VerifyArgs,
+    allowed: &std::path::Path,
+    sig_path: &std::path::Path,
+    v: &VerifiedPlan,
+    now: DateTime<Utc>,
+) {
     let (adds, removes) = v.plan.totals();
     println!("Plan:        {}", args.plan.display());
     println!("Signature:   good ({}, namespace {})", sig_path.display(), trust::PLAN_NAMESPACE);
     println!("Signed by:   {} (key {})", v.principal, v.fingerprint);
-    println!("Trusted by:  {}", args.allowed_signers.display());
+    println!("Trusted by:  {}", allowed.display());
     println!("Plan id:     {}", v.plan.plan_id);
     println!("SHA-256:     {}", v.sha256);
     println!("Format:      {} ({})", v.plan.format_version, v.plan.tool_version);
