@@ -236,6 +236,25 @@ pub fn check(
     Ok(report)
 }
 
+/// The approvals gate of `apply` and `export` for a plan that already passed [`crate::trust::verify_plan_files`]:
+/// reads the plan again (refusing it if it changed since it was verified), finds the approvals beside it, and
+/// requires `required` of them ([`check`]). With `required == 0` the approvals are still evaluated, for the record.
+pub fn require_for(
+    plan_path: &Path,
+    verified: &crate::trust::VerifiedPlan,
+    allowed_path: &Path,
+    required: u32,
+    at: DateTime<Utc>,
+) -> Result<ApprovalReport> {
+    let bytes = std::fs::read(plan_path).map_err(|e| Error::read(plan_path, e))?;
+    if crate::plan::precondition::sha256_hex(&bytes) != verified.sha256 {
+        return Err(Error::input(plan_path, "the file changed while it was being checked; run the command again"));
+    }
+    let allowed = AllowedSigners::load(allowed_path)?;
+    let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
+    check(&bytes, &signer, &find(plan_path), &allowed, required, at)
+}
+
 /// The message of a failed gate: the count, then one line per approval and per rejection.
 fn shortfall_message(report: &ApprovalReport, required: u32) -> String {
     let mut text = format!(

@@ -639,3 +639,32 @@ fn no_terminal_and_no_yes_is_refused_and_dry_run_writes_nothing() {
     assert_eq!(doc["estimate"]["writes"], 4);
     assert_eq!(e.writes(), 0);
 }
+
+#[test]
+fn the_two_person_rule_refuses_until_an_approver_signs() {
+    let e = env(40, 10, FakeConfig::default());
+    let approver = SigningKey::generate("approver@contoso.example").unwrap();
+    let mut allowed = std::fs::read_to_string(e.path("allowed_signers")).unwrap();
+    allowed.push_str(&format!(
+        "approver@contoso.example namespaces=\"writeback-approval\" {}\n",
+        approver.public_key_openssh()
+    ));
+    std::fs::write(e.path("allowed_signers"), allowed).unwrap();
+    let plan = e.plan(&slice(&e.users, 10..15), &[]);
+    let path = e.write(&plan, "plan.json");
+
+    refused(&e, &path, &["--yes", "--require-approvals", "1"], 15, "needs 1 approval");
+    assert_eq!(e.fake.count(|r| !r.is_token()), 0, "the approvals gate runs before any Graph request");
+
+    // The planner cannot approve their own plan.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(e.path("plan.json.approval-planner.sig"), e.key.sign("writeback-approval", &bytes).unwrap())
+        .unwrap();
+    refused(&e, &path, &["--yes", "--require-approvals", "1"], 15, "NOT COUNTED");
+    std::fs::remove_file(e.path("plan.json.approval-planner.sig")).unwrap();
+
+    std::fs::write(e.path("plan.json.approval-approver.sig"), approver.sign("writeback-approval", &bytes).unwrap())
+        .unwrap();
+    ok(&e.apply(&path, &["--yes", "--require-approvals", "1"]));
+    assert_eq!(e.members(), Env::target(&plan));
+}

@@ -244,3 +244,25 @@ fn show_reports_tampering_and_expiry_without_hiding_the_plan() {
     assert_eq!(tampered.status.code(), Some(10));
     assert!(text(&tampered.stdout).contains("NOT VALID"));
 }
+
+#[test]
+fn verify_and_show_list_the_approvals() {
+    let dir = workspace();
+    plan_json(dir.path(), "plan.json", &[]);
+    let none = writeback(dir.path(), &["verify", "plan.json", "--config", "writeback.toml"]);
+    assert!(none.status.success(), "{}", text(&none.stderr));
+    assert!(text(&none.stdout).contains("Approvals\n  none"), "{}", text(&none.stdout));
+
+    let approve =
+        writeback(dir.path(), &["approve", "plan.json", "--key", "keys/demo-approver", "--config", "writeback.toml"]);
+    assert!(approve.status.success(), "{}", text(&approve.stderr));
+    for command in ["verify", "show"] {
+        let out = writeback(dir.path(), &[command, "plan.json", "--config", "writeback.toml"]);
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+        let listed = text(&out.stdout);
+        assert!(listed.contains("approver@contoso.example") && listed.contains("valid"), "{command}: {listed}");
+    }
+    let json = writeback(dir.path(), &["verify", "plan.json", "--config", "writeback.toml", "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["approvals"]["valid"][0]["principal"], "approver@contoso.example");
+}

@@ -7,14 +7,14 @@
 //! | 1 | signature valid, signer allowed for `writeback-plan` | 10, 11 |
 //! | 2 | format version known (and the file is a well-formed plan) | 14, 13 |
 //! | 3 | not expired | 12 |
+//! | 3b | enough approvals (`--require-approvals`; [`crate::approvals::require_for`]) | 15 |
 //! | 4 | tenant matches the token's tenant | 20 |
 //! | 5 | each group exists and is manageable | 21 |
-//! | – | approvals (a later version: `--require-approvals`) | 15 |
 //! | 6 | the plan id has not finished in the journal (replay) | 22 |
 //! | 7 | drift since planning, only with `--strict` | 23 |
 //! | 8 | removal thresholds | 24 |
 //!
-//! Gates 1–3 are the trust module's verification; this module holds 4–8, as pure functions over values the
+//! Gates 1–3 are the trust module's verification and 3b the approvals module's, all offline; this module holds 4–8, as pure functions over values the
 //! caller read, plus [`DirectoryReads`], the reads they need.
 
 use std::collections::BTreeSet;

@@ -74,7 +74,6 @@ pub async fn prepare<R: DirectoryReads>(
         let state = reads.group(&group.group_id).await?;
         gates::check_group(group, state.as_ref())?;
     }
-    // (Approvals, `--require-approvals`, will be checked here: after the directory, before the journal.)
     // 6. Replay.
     let chain = journal::read(journal_path)?;
     let progress = match &chain {

@@ -34,6 +34,11 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "SIG")]
     pub signature: Option<PathBuf>,
 
+    /// Refuse the plan unless it has N valid approvals (`writeback approve`) from allowed signers other than its
+    /// signer [default: require_approvals in the config, else 0].
+    #[arg(long, value_name = "N")]
+    pub require_approvals: Option<u32>,
+
     /// The journal to append to [default: PLAN.journal.jsonl].
     #[arg(long, value_name = "FILE")]
     pub journal: Option<PathBuf>,
@@ -165,6 +170,9 @@ pub fn check(args: &ApplyArgs, config: Option<&Config>, ctx: &Context) -> Result
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_signers, ctx.now)?;
     // Gate 3: expiry. There is no override.
     verified.ensure_unexpired(&args.plan, ctx.now)?;
+    // The two-person rule: N approvals from allowed signers other than the planner (offline, before any request).
+    let required = args.require_approvals.or_else(|| config.and_then(|c| c.defaults.require_approvals)).unwrap_or(0);
+    crate::approvals::require_for(&args.plan, &verified, &allowed_signers, required, ctx.now)?;
     let key = match &args.key {
         Some(path) => Some(SigningKey::load(path).map_err(|e| Error::input(&e.path, e.problem.to_string()))?),
         None => None,

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::approvals::{self, PlanSigner};
+use crate::approvals;
 use crate::cli::Context;
 use crate::error::{Error, Result};
 use crate::export::{self, bulk, powershell, ExportFormat};
 use crate::plan::Action;
-use crate::trust::{self, AllowedSigners};
+use crate::trust;
 
 /// Arguments of `writeback export`.
 #[derive(Debug, Args)]
@@ -54,13 +54,7 @@ pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
     // The same checks as apply, in the same order: signature, signer, version, expiry, approvals.
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_path, ctx.now)?;
     verified.ensure_unexpired(&args.plan, ctx.now)?;
-    let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
-    if crate::plan::precondition::sha256_hex(&bytes) != verified.sha256 {
-        return Err(Error::input(&args.plan, "the file changed while it was being checked; run export again"));
-    }
-    let allowed = AllowedSigners::load(&allowed_path)?;
-    let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
-    let report = approvals::check(&bytes, &signer, &approvals::find(&args.plan), &allowed, required, ctx.now)?;
+    let report = approvals::require_for(&args.plan, &verified, &allowed_path, required, ctx.now)?;
 
     let plan = &verified.plan;
     let stem = export::plan_stem(&args.plan);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use crate::approvals;
 use crate::cli::Context;
 use crate::error::Result;
 use crate::plan::timestamp;
@@ -38,13 +39,22 @@ pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let allowed = args.trust.require_allowed_signers(config.as_ref(), "verify")?;
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, ctx.now)?;
     let sig_path = args.signature.clone().unwrap_or_else(|| trust::default_signature_path(&args.plan));
+    // Approvals are listed, not required: `apply` and `export` enforce `--require-approvals`.
+    let approval_files = approvals::find(&args.plan);
+    let signer =
+        approvals::PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
+    let bytes = std::fs::read(&args.plan).map_err(|e| crate::Error::read(&args.plan, e))?;
+    let report =
+        approvals::evaluate(&bytes, &signer, &approval_files, &trust::AllowedSigners::load(&allowed)?, ctx.now);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&as_json(&args, &allowed, &sig_path, &verified, ctx.now)).unwrap_or_default()
-        );
+        let mut value = as_json(&args, &allowed, &sig_path, &verified, ctx.now);
+        if let Some(map) = value.as_object_mut() {
+            map.insert("approvals".into(), serde_json::to_value(&report).unwrap_or_default());
+        }
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
         print_text(&args, &allowed, &sig_path, &verified, ctx.now);
+        print!("{}", approvals::render_section(&approval_files, Some(&report)));
     }
     verified.ensure_unexpired(&args.plan, ctx.now)
 }
