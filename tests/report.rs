@@ -4,21 +4,37 @@ mod common;
 
 use common::*;
 
+/// A receipt in the format `apply` writes, for the plan in `dir` (its first group's first two changes: one
+/// applied, one failed with a hostile Graph message).
 fn receipt(dir: &std::path::Path, sha: &str, plan_id: &str) -> String {
+    let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
+    let group = &plan["groups"][0];
+    let (first, second) = (&group["changes"][0], &group["changes"][1]);
+    let counts = serde_json::json!({"applied": 1, "already_member": 0, "already_absent": 0, "failed": 1});
     let value = serde_json::json!({
         "format": "writeback-receipt",
+        "format_version": "1.0",
         "plan_id": plan_id,
         "plan_sha256": sha,
-        "applier": "admin@contoso.example",
+        "plan_file": "plan.json",
+        "tenant_id": null,
+        "applier": {"os_user": "admin", "key_principal": "admin@contoso.example", "key_fingerprint": null,
+                    "tool_version": "writeback test"},
         "started_at": "2025-03-02T09:00:00Z",
         "finished_at": "2025-03-02T09:01:00Z",
-        "changes": [
-            {"action": "add", "user_id": "0000", "outcome": "applied"},
-            {"action": "remove", "user_id": "0001", "outcome": "failed", "code": "Request_BadRequest",
-             "message": "<script>alert('receipt')</script>", "request_id": "req-1"}
-        ],
-        "counts": {"applied": 1, "failed": 1, "already_member": 0, "already_absent": 0},
-        "journal_head": "sha256:abc"
+        "runs": 1,
+        "status": "partial",
+        "counts": counts,
+        "groups": [{
+            "group_id": group["group_id"], "display_name": group["display_name"], "counts": counts,
+            "changes": [
+                {"action": first["action"], "user_id": first["user_id"], "upn": first["upn"], "outcome": "applied"},
+                {"action": second["action"], "user_id": second["user_id"], "upn": second["upn"], "outcome": "failed",
+                 "error": {"status": 400, "code": "Request_BadRequest",
+                           "message": "<script>alert('receipt')</script>", "request_id": "req-1"}}
+            ]
+        }],
+        "journal": {"path": "plan.json.journal.jsonl", "head": "sha256:abc", "seq": 4}
     });
     let path = dir.join("plan.json.receipt.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
@@ -62,7 +78,7 @@ fn a_receipt_for_another_plan_is_refused_and_nothing_is_written() {
     let dir = workspace();
     let d = dir.path();
     sample_plan(d);
-    let receipt = receipt(d, &"0".repeat(64), "x");
+    let receipt = receipt(d, &"0".repeat(64), "00000000-0000-4000-8000-000000000000");
     let run =
         writeback(d, &["report", "plan.json", "--config", "writeback.toml", "--receipt", &receipt, "--out", "r.html"]);
     assert_eq!(run.status.code(), Some(3), "{}", text(&run.stderr));

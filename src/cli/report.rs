@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::apply::receipt::Receipt;
 use clap::Args;
-use serde_json::Value;
 
 use crate::approvals::{self, PlanSigner};
 use crate::cli::Context;
@@ -124,12 +124,20 @@ pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
         Some(r) => Check {
             name: "Approvals".into(),
             status: if r.rejected.is_empty() { CheckStatus::Pass } else { CheckStatus::Warn },
-            detail: format!(
-                "{} valid ({}), {} not counted",
-                r.valid.len(),
-                r.valid.iter().map(|a| a.principal.as_str()).collect::<Vec<_>>().join(", "),
-                r.rejected.len()
-            ),
+            detail: if r.valid.is_empty() && r.rejected.is_empty() {
+                "none found beside the plan".into()
+            } else {
+                format!(
+                    "{} valid{}, {} not counted",
+                    r.valid.len(),
+                    if r.valid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.valid.iter().map(|a| a.principal.as_str()).collect::<Vec<_>>().join(", "))
+                    },
+                    r.rejected.len()
+                )
+            },
         },
         None => Check {
             name: "Approvals".into(),
@@ -141,10 +149,10 @@ pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
     let receipt_value = match &args.receipt {
         Some(path) => {
             let raw = std::fs::read(path).map_err(|e| Error::read(path, e))?;
-            let value: Value = serde_json::from_slice(&raw)
-                .map_err(|e| Error::input_at(path, e.line() as u64, format!("not a JSON receipt: {e}")))?;
-            receipt_checks(path, &raw, &value, &plan, &sha256, allowed.as_ref(), ctx, &mut checks, &mut failure)?;
-            Some(value)
+            let receipt =
+                Receipt::decode(&raw).map_err(|e| Error::input(path, format!("not a writeback receipt: {e}")))?;
+            receipt_checks(path, &raw, &receipt, &plan, &sha256, allowed.as_ref(), ctx, &mut checks, &mut failure)?;
+            Some(receipt)
         }
         None => None,
     };
@@ -160,7 +168,7 @@ pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
             .receipt
             .as_ref()
             .zip(receipt_value.as_ref())
-            .map(|(path, value)| ReceiptView { file: name_of(path), value }),
+            .map(|(path, receipt)| ReceiptView { file: name_of(path), receipt }),
         checks: &checks,
         generated_at: ctx.now,
     });
@@ -187,7 +195,7 @@ pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
 fn receipt_checks(
     path: &Path,
     raw: &[u8],
-    value: &Value,
+    receipt: &Receipt,
     plan: &plan::Plan,
     sha256: &str,
     allowed: Option<&AllowedSigners>,
@@ -195,31 +203,24 @@ fn receipt_checks(
     checks: &mut Vec<Check>,
     failure: &mut Option<Error>,
 ) -> Result<()> {
-    let recorded = value.get("plan_sha256").and_then(Value::as_str);
-    match recorded {
-        Some(s) if s.eq_ignore_ascii_case(sha256) => checks.push(Check {
-            name: "Receipt names this plan".into(),
-            status: CheckStatus::Pass,
-            detail: format!("plan_sha256 {s} matches"),
-        }),
-        Some(s) => {
-            return Err(Error::input(
-                path,
-                format!(
-                    "this receipt is for another plan: it records plan_sha256 {s}, but the plan's SHA-256 is {sha256}"
-                ),
-            ))
-        }
-        None => return Err(Error::input(path, "the receipt has no plan_sha256; it cannot be matched with the plan")),
+    let recorded = &receipt.plan_sha256;
+    if !recorded.eq_ignore_ascii_case(sha256) {
+        return Err(Error::input(
+            path,
+            format!("this receipt is for another plan: it records plan_sha256 {recorded}, but the plan's SHA-256 is {sha256}"),
+        ));
     }
-    if let Some(id) = value.get("plan_id").and_then(Value::as_str) {
-        if id != plan.plan_id.to_string() {
-            return Err(Error::input(
-                path,
-                format!("the receipt's plan_id {id} is not the plan's id {}", plan.plan_id),
-            ));
-        }
+    if receipt.plan_id != plan.plan_id {
+        return Err(Error::input(
+            path,
+            format!("the receipt's plan_id {} is not the plan's id {}", receipt.plan_id, plan.plan_id),
+        ));
     }
+    checks.push(Check {
+        name: "Receipt names this plan".into(),
+        status: CheckStatus::Pass,
+        detail: format!("plan_sha256 {recorded} matches"),
+    });
     let sig_path = trust::default_signature_path(path);
     let check = match (std::fs::read(&sig_path), allowed) {
         (Err(_), _) => Check {

@@ -5,8 +5,9 @@
 //! Every value from a plan, a receipt or a file name goes through [`escape`].
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
+use crate::apply::receipt::{Receipt, ReceiptMode};
+use crate::apply::Outcome;
 use crate::approvals::ApprovalReport;
 use crate::plan::{timestamp, Action, GroupPlan, Plan};
 use crate::report::review::SignatureStatus;
@@ -54,13 +55,13 @@ pub struct Check {
     pub detail: String,
 }
 
-/// An apply receipt, read generically.
+/// An apply (or manual-verified) receipt.
 #[derive(Debug, Clone)]
 pub struct ReceiptView<'a> {
     /// The receipt file's name, for the page.
     pub file: String,
-    /// The receipt's JSON.
-    pub value: &'a Value,
+    /// The receipt.
+    pub receipt: &'a Receipt,
 }
 
 /// Everything the page shows.
@@ -246,75 +247,70 @@ fn file_name(path: &std::path::Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
-fn scalar(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-/// The receipt's per-change outcomes: the first of `changes`, `outcomes`, `results` that is an array.
-fn receipt_changes(value: &Value) -> Option<&Vec<Value>> {
-    ["changes", "outcomes", "results"].iter().find_map(|k| value.get(*k).and_then(Value::as_array))
-}
-
-fn outcome(h: &mut String, receipt: &ReceiptView<'_>) {
-    h.push_str(&format!("<h2 id=\"outcome\">Outcome (receipt {})</h2>\n", escape(&receipt.file)));
-    let Some(object) = receipt.value.as_object() else {
-        h.push_str("<p class=\"fail\">The receipt is not a JSON object.</p>\n");
-        return;
+fn outcome(h: &mut String, view: &ReceiptView<'_>) {
+    let receipt = view.receipt;
+    h.push_str(&format!("<h2 id=\"outcome\">Outcome (receipt {})</h2>\n", escape(&view.file)));
+    let how = match receipt.mode {
+        ReceiptMode::Apply => format!("applied by writeback apply in {} run(s)", receipt.runs),
+        ReceiptMode::ManualVerified => "applied by hand; every change verified in effect by writeback check".into(),
     };
-    let mut rows: Vec<(&str, String)> = Vec::new();
-    for (k, v) in object {
-        if matches!(v, Value::Array(_)) && receipt_changes(receipt.value).is_some_and(|a| Some(a) == v.as_array()) {
-            continue;
-        }
-        if k == "counts" {
-            continue;
-        }
-        rows.push((k.as_str(), scalar(v)));
+    let mut rows = vec![
+        ("Status", format!("{} ({how})", receipt.status.as_str())),
+        ("Applied by", receipt.applier.label()),
+        ("Started", timestamp::format(&receipt.started_at)),
+        ("Finished", timestamp::format(&receipt.finished_at)),
+        ("Tenant", receipt.tenant_id.clone().unwrap_or_else(|| "(not recorded)".into())),
+    ];
+    if !receipt.journal.is_empty() {
+        rows.push((
+            "Journal",
+            format!("{} (head {}, seq {})", receipt.journal.path, receipt.journal.head, receipt.journal.seq),
+        ));
     }
     dl(h, &rows);
-    if let Some(counts) = object.get("counts").and_then(Value::as_object) {
-        h.push_str("<h3>Counts</h3>\n<table>\n<tr>");
-        for k in counts.keys() {
-            h.push_str(&format!("<th>{}</th>", escape(k)));
-        }
-        h.push_str("</tr>\n<tr>");
-        for v in counts.values() {
-            h.push_str(&format!("<td class=\"num\">{}</td>", escape(&scalar(v))));
-        }
-        h.push_str("</tr>\n</table>\n");
-    }
-    if let Some(changes) = receipt_changes(receipt.value) {
-        let mut columns: Vec<String> = Vec::new();
-        for item in changes {
-            if let Some(o) = item.as_object() {
-                for k in o.keys() {
-                    if !columns.contains(k) && columns.len() < 12 {
-                        columns.push(k.clone());
-                    }
-                }
-            }
-        }
-        h.push_str(&format!("<h3>Changes ({})</h3>\n<table>\n<tr>", changes.len()));
-        for c in &columns {
-            h.push_str(&format!("<th>{}</th>", escape(c)));
-        }
-        h.push_str("</tr>\n");
-        for item in changes {
-            h.push_str("<tr>");
-            for c in &columns {
-                let cell = item.get(c).map(scalar).unwrap_or_default();
-                let class = match (c.as_str(), cell.as_str()) {
-                    ("outcome" | "status" | "result", "failed") => " class=\"fail\"",
-                    ("outcome" | "status" | "result", "applied") => " class=\"pass\"",
-                    _ => "",
-                };
-                h.push_str(&format!("<td{class}>{}</td>", escape(&cell)));
-            }
-            h.push_str("</tr>\n");
+    let c = &receipt.counts;
+    h.push_str("<table>\n<tr><th>Applied</th><th>Already a member</th><th>Already absent</th><th>Failed</th></tr>\n");
+    h.push_str(&format!(
+        "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num{}\">{}</td></tr>\n</table>\n",
+        c.applied,
+        c.already_member,
+        c.already_absent,
+        if c.failed > 0 { " fail" } else { "" },
+        c.failed
+    ));
+    for group in &receipt.groups {
+        let label = match &group.display_name {
+            Some(name) => format!("{name} ({})", group.group_id),
+            None => group.group_id.to_string(),
+        };
+        h.push_str(&format!("<h3>{} ({} changes)</h3>\n", escape(&label), group.changes.len()));
+        h.push_str("<table>\n<tr><th>Action</th><th>User</th><th>Outcome</th><th>Graph error (code, message, request-id)</th></tr>\n");
+        for change in &group.changes {
+            let class = match change.outcome {
+                Outcome::Failed => " class=\"fail\"",
+                Outcome::Applied => " class=\"pass\"",
+                _ => "",
+            };
+            let error = change
+                .error
+                .as_ref()
+                .map(|e| {
+                    [e.code.as_deref(), e.message.as_deref(), e.request_id.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" · ")
+                })
+                .or_else(|| change.detail.clone())
+                .unwrap_or_default();
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{} <span class=\"mono\">{}</span></td><td{class}>{}</td><td>{}</td></tr>\n",
+                change.action.as_str(),
+                escape(&change.upn),
+                escape(change.user_id.as_str()),
+                change.outcome.as_str(),
+                escape(&error)
+            ));
         }
         h.push_str("</table>\n");
     }
@@ -403,7 +399,21 @@ mod tests {
         plan.groups[0].display_name = Some(hostile.into());
         plan.groups[0].changes[0].display_name = Some(hostile.into());
         plan.groups[0].changes[0].upn = format!("\"'{hostile}");
-        let receipt = serde_json::json!({"applier": hostile, "changes": [{"outcome": "failed", "message": hostile}]});
+        let counts = serde_json::json!({"applied": 0, "already_member": 0, "already_absent": 0, "failed": 1});
+        let receipt: Receipt = serde_json::from_value(serde_json::json!({
+            "format": "writeback-receipt", "format_version": "1.0",
+            "plan_id": "00000000-0000-0000-0000-000000001234", "plan_sha256": "ab", "plan_file": hostile,
+            "tenant_id": hostile,
+            "applier": {"os_user": hostile, "key_principal": hostile, "key_fingerprint": null, "tool_version": hostile},
+            "started_at": "2025-03-02T09:00:00Z", "finished_at": "2025-03-02T09:00:00Z", "runs": 1,
+            "status": "partial", "counts": counts,
+            "groups": [{"group_id": "00000000-0000-0000-0000-000000000100", "display_name": hostile, "counts": counts,
+                "changes": [{"action": "add", "user_id": "00000000-0000-0000-0000-000000000001", "upn": hostile,
+                    "outcome": "failed",
+                    "error": {"status": 400, "code": hostile, "message": hostile, "request_id": hostile}}]}],
+            "journal": {"path": hostile, "head": "sha256:00", "seq": 3}
+        }))
+        .unwrap();
         let checks = vec![Check { name: hostile.into(), status: CheckStatus::Fail, detail: hostile.into() }];
         let html = render(&ReportInput {
             plan: &plan,
@@ -412,7 +422,7 @@ mod tests {
             signature: &SignatureStatus::Invalid { message: hostile.into() },
             approval_files: vec![hostile.into()],
             approvals: None,
-            receipt: Some(ReceiptView { file: hostile.into(), value: &receipt }),
+            receipt: Some(ReceiptView { file: hostile.into(), receipt: &receipt }),
             checks: &checks,
             generated_at: Utc.with_ymd_and_hms(2025, 3, 2, 9, 0, 0).unwrap(),
         });
