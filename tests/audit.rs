@@ -1,12 +1,14 @@
 //! End-to-end tests of `writeback check` (against the fake Graph) and `writeback audit` (on an archive built from
 //! the samples, then tampered with one file at a time).
 
+mod common;
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{copy_dir, samples};
 use serde_json::Value;
 use support::fake_graph::{FakeGraph, Seed};
 use writeback::apply::journal::{Event, FinishStatus, Journal};
@@ -18,10 +20,6 @@ use writeback::trust::SigningKey;
 
 const CHECK_EXIT_NOT_IN_EFFECT: i32 = 30;
 const AUDIT_EXIT_FINDINGS: i32 = 31;
-
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
-}
 
 fn writeback(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
@@ -53,20 +51,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// The samples copied into a temporary folder, keys made private, and a signed plan `plan.json` made from them.
 fn workspace() -> (tempfile::TempDir, Value) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

@@ -4,13 +4,15 @@
 //! The central claim (issue 3 §6): the list from the PoliteMail API and the group from Graph give the same plan as
 //! the equivalent exports, also when the services throttle, fail, drop connections or expire tokens.
 
+mod common;
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::samples;
 use serde_json::Value;
 use support::fake_graph::{self as fg, FakeGraph, RetryAfter, SeedGroup};
 use support::fake_politemail::{self as fp, FakePoliteMail};
@@ -22,10 +24,6 @@ const MANAGERS: &str = "4215fbad-0d2a-4fcf-bf8c-01ee7318e9cb";
 /// shows up as this.
 const JWT_PREFIX: &str = "eyJ0eXAiOiJKV1Qi";
 
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
-}
-
 fn sample(name: &str) -> String {
     samples().join(name).to_string_lossy().into_owned()
 }
@@ -33,28 +31,9 @@ fn sample(name: &str) -> String {
 /// A working folder with the samples and the demo keys made private, without `writeback.toml` (whose
 /// `users = entra-users.csv` default would stop the users from being read from Graph).
 fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&samples(), dir.path());
+    let dir = common::workspace();
     std::fs::remove_file(dir.path().join("writeback.toml")).unwrap();
-    for key in ["demo-planner", "demo-approver", "demo-admin"] {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.path().join("keys").join(key);
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn graph_seed() -> fg::Seed {

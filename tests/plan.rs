@@ -1,56 +1,11 @@
 //! End-to-end tests of `writeback plan`, `show` and `verify` on the samples and on generated edge cases.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
-}
+use std::path::Path;
+use std::process::Command;
 
-fn writeback(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_writeback"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("WRITEBACK_CONFIG")
-        .env_remove("WRITEBACK_KEY")
-        .env_remove("WRITEBACK_SIGNER")
-        .env_remove("WRITEBACK_ALLOWED_SIGNERS")
-        .env_remove("WRITEBACK_KEY_PASSPHRASE")
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A working folder with the samples copied in and the demo key made private, as a user would.
-fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&samples(), dir.path());
-    for key in ["demo-planner", "demo-approver", "demo-admin"] {
-        set_private(&dir.path().join("keys").join(key));
-    }
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn set_private(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
+use common::{text, workspace, writeback};
 
 fn plan_json(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["plan", "--config", "writeback.toml", "--out", out];

@@ -1,4 +1,4 @@
-//! Helpers shared by the end-to-end tests of the manual path (approve, export, report, secrets).
+//! Helpers shared by the end-to-end tests: a workspace with the samples, and running the real binary.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
