@@ -115,41 +115,141 @@ impl MatchedBy {
     }
 }
 
-/// Index entries: one user, or several (kept small for the common case of one).
-#[derive(Debug, Clone)]
-enum Hits {
-    One(u32),
-    Many(Vec<u32>),
-}
+/// No entry (in the dense per-user tables and the address chains).
+const NONE: u32 = u32::MAX;
 
-impl Hits {
-    fn push(&mut self, user: u32) {
-        match self {
-            Hits::One(first) if *first != user => *self = Hits::Many(vec![*first, user]),
-            Hits::One(_) => {}
-            Hits::Many(list) => {
-                if !list.contains(&user) {
-                    list.push(user)
-                }
-            }
-        }
+/// A fast, non-cryptographic hasher for the large in-memory tables of one run (FxHash's multiply-and-rotate over
+/// 8-byte words, with a final mix so that the low and high bits both vary). Every lookup is confirmed against the
+/// real key, so a collision costs time, never a wrong answer.
+#[derive(Debug, Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0xf135_7aea_2e62_a9c5);
     }
 
-    fn as_slice(&self) -> &[u32] {
-        match self {
-            Hits::One(user) => std::slice::from_ref(user),
-            Hits::Many(list) => list,
+    /// Adds `bytes`, each passed through `map`, eight at a time, then their length.
+    fn add_bytes(&mut self, bytes: &[u8], map: impl Fn(u8) -> u8) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            for (to, from) in word.iter_mut().zip(chunk) {
+                *to = map(*from);
+            }
+            self.add(u64::from_le_bytes(word));
         }
+        self.add(bytes.len() as u64);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.add_bytes(bytes, |b| b);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // murmur3's fmix64.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
+fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    HashMap::with_capacity_and_hasher(capacity, Default::default())
+}
+
+/// The hash of an address's comparison key ([`address_key`]), without building the key when the address is
+/// ASCII. `None` when the key is empty.
+fn address_hash(raw: &str) -> Option<u32> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    let mut hasher = FastHasher::default();
+    if trimmed.is_ascii() {
+        hasher.add_bytes(trimmed.as_bytes(), |b| b.to_ascii_lowercase());
+    } else {
+        hasher.add_bytes(address_key(trimmed).as_bytes(), |b| b);
+    }
+    Some(std::hash::Hasher::finish(&hasher) as u32)
+}
+
+/// The hash of a key that is already normalized (an [`Email`]): equal to [`address_hash`] of any spelling of it.
+fn key_hash(key: &str) -> u32 {
+    let mut hasher = FastHasher::default();
+    hasher.add_bytes(key.as_bytes(), |b| b);
+    std::hash::Hasher::finish(&hasher) as u32
+}
+
+/// True when `raw`'s comparison key ([`address_key`]) is `key`.
+fn same_address(raw: &str, key: &str) -> bool {
+    let trimmed = raw.trim();
+    if trimmed.is_ascii() {
+        trimmed.len() == key.len() && trimmed.bytes().zip(key.bytes()).all(|(a, b)| a.to_ascii_lowercase() == b)
+    } else {
+        address_key(trimmed) == key
+    }
+}
+
+/// Items (user or contact positions) by the 32-bit hash of an address. Items whose hashes are equal share a
+/// chain; callers confirm each candidate against the address itself.
+#[derive(Debug, Default)]
+struct AddressChains {
+    heads: FastMap<u32, u32>,
+    /// (item, next entry in the chain or [`NONE`]).
+    entries: Vec<(u32, u32)>,
+}
+
+impl AddressChains {
+    fn with_capacity(capacity: usize) -> AddressChains {
+        AddressChains { heads: fast_map(capacity), entries: Vec::with_capacity(capacity) }
+    }
+
+    fn insert(&mut self, hash: u32, item: u32) {
+        let entry = self.entries.len() as u32;
+        let head = self.heads.entry(hash).or_insert(NONE);
+        self.entries.push((item, *head));
+        *head = entry;
+    }
+
+    /// The items whose address has this hash, latest first.
+    fn candidates(&self, hash: u32) -> impl Iterator<Item = u32> + '_ {
+        let mut next = self.heads.get(&hash).copied().unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            let (item, after) = *self.entries.get(next as usize)?;
+            next = after;
+            Some(item)
+        })
     }
 }
 
 /// Users indexed by their lowercase UPN, mail and smtp proxy addresses.
 pub struct UserIndex<'a> {
     users: &'a [DirectoryUser],
-    by_upn: HashMap<String, Hits>,
-    by_mail: HashMap<String, Hits>,
-    by_proxy: HashMap<String, Hits>,
-    by_id: HashMap<&'a ObjectId, u32>,
+    by_upn: AddressChains,
+    by_mail: AddressChains,
+    by_proxy: AddressChains,
+    by_id: FastMap<&'a ObjectId, u32>,
+    /// True when two users share an object id (then the last one stands for the id, as in `by_id`).
+    repeated_ids: bool,
 }
 
 impl<'a> UserIndex<'a> {
@@ -157,21 +257,24 @@ impl<'a> UserIndex<'a> {
     pub fn new(users: &'a [DirectoryUser]) -> UserIndex<'a> {
         let mut index = UserIndex {
             users,
-            by_upn: HashMap::with_capacity(users.len()),
-            by_mail: HashMap::with_capacity(users.len()),
-            by_proxy: HashMap::new(),
-            by_id: HashMap::with_capacity(users.len()),
+            by_upn: AddressChains::with_capacity(users.len()),
+            by_mail: AddressChains::with_capacity(users.len()),
+            by_proxy: AddressChains::default(),
+            by_id: fast_map(users.len()),
+            repeated_ids: false,
         };
         for (position, user) in users.iter().enumerate() {
             let position = position as u32;
-            index.by_id.insert(&user.id, position);
-            add_hit(&mut index.by_upn, &user.upn, position);
-            if let Some(mail) = &user.mail {
-                add_hit(&mut index.by_mail, mail, position);
+            index.repeated_ids |= index.by_id.insert(&user.id, position).is_some();
+            if let Some(hash) = address_hash(&user.upn) {
+                index.by_upn.insert(hash, position);
+            }
+            if let Some(hash) = user.mail.as_deref().and_then(address_hash) {
+                index.by_mail.insert(hash, position);
             }
             for proxy in &user.proxy_addresses {
-                if let Some(address) = smtp_proxy_address(proxy) {
-                    add_hit(&mut index.by_proxy, address, position);
+                if let Some(hash) = smtp_proxy_address(proxy).and_then(address_hash) {
+                    index.by_proxy.insert(hash, position);
                 }
             }
         }
@@ -180,51 +283,67 @@ impl<'a> UserIndex<'a> {
 
     /// The user with this object id, if the directory knows it.
     pub fn by_id(&self, id: &ObjectId) -> Option<&'a DirectoryUser> {
-        self.by_id.get(id).map(|&i| &self.users[i as usize])
+        self.position_of(id).map(|i| &self.users[i as usize])
+    }
+
+    /// The position of the user that stands for this object id (the last user with it).
+    fn position_of(&self, id: &ObjectId) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The position that stands for the user at `position`: itself, unless a later user has the same id.
+    fn canonical(&self, position: u32) -> u32 {
+        if self.repeated_ids {
+            self.position_of(&self.users[position as usize].id).unwrap_or(position)
+        } else {
+            position
+        }
     }
 
     /// Resolves an address: the first of UPN, mail, proxy address that finds anyone decides.
     fn resolve(&self, email: &Email) -> Resolution<'a> {
-        for (map, how) in [
-            (&self.by_upn, MatchedBy::Upn),
-            (&self.by_mail, MatchedBy::Mail),
-            (&self.by_proxy, MatchedBy::ProxyAddress),
-        ] {
-            if let Some(hits) = map.get(email.as_str()) {
-                let found: Vec<&'a DirectoryUser> = hits.as_slice().iter().map(|&i| &self.users[i as usize]).collect();
-                return match found.as_slice() {
-                    [one] => Resolution::Found(one, how),
-                    _ => Resolution::Ambiguous(found, how),
-                };
+        let key = email.as_str();
+        let hash = key_hash(key);
+        let rules: [(&AddressChains, MatchedBy, &dyn Fn(&DirectoryUser) -> bool); 3] = [
+            (&self.by_upn, MatchedBy::Upn, &|u| same_address(&u.upn, key)),
+            (&self.by_mail, MatchedBy::Mail, &|u| u.mail.as_deref().is_some_and(|m| same_address(m, key))),
+            (&self.by_proxy, MatchedBy::ProxyAddress, &|u| {
+                u.proxy_addresses.iter().filter_map(|p| smtp_proxy_address(p)).any(|a| same_address(a, key))
+            }),
+        ];
+        for (chains, how, matches) in rules {
+            let mut found: Vec<u32> =
+                chains.candidates(hash).filter(|&i| matches(&self.users[i as usize])).collect();
+            match found.as_slice() {
+                [] => continue,
+                [one] => return Resolution::Found(*one, how),
+                _ => {
+                    // In directory order, each user once.
+                    found.sort_unstable();
+                    found.dedup();
+                    if let [one] = found.as_slice() {
+                        return Resolution::Found(*one, how);
+                    }
+                    return Resolution::Ambiguous(found.iter().map(|&i| &self.users[i as usize]).collect(), how);
+                }
             }
         }
         Resolution::NotFound
     }
 }
 
-fn add_hit(map: &mut HashMap<String, Hits>, address: &str, user: u32) {
-    let key = address_key(address);
-    if key.is_empty() {
-        return;
-    }
-    match map.get_mut(&key) {
-        Some(hits) => hits.push(user),
-        None => {
-            map.insert(key, Hits::One(user));
-        }
-    }
-}
-
 enum Resolution<'a> {
-    Found(&'a DirectoryUser, MatchedBy),
+    /// The user's position.
+    Found(u32, MatchedBy),
     Ambiguous(Vec<&'a DirectoryUser>, MatchedBy),
     NotFound,
 }
 
 /// A contact that resolved to a user.
-struct Wanted<'c, 'u> {
+struct Wanted<'c> {
     contact: &'c Contact,
-    user: &'u DirectoryUser,
+    /// The user's position.
+    user: u32,
     how: MatchedBy,
 }
 
@@ -241,10 +360,13 @@ pub fn reconcile(
     let mut warnings = Vec::new();
 
     // 1. Resolve the contacts, collapsing duplicates onto the first line that named the address or user.
-    let mut first_line_of_address: HashMap<Email, u64> = HashMap::with_capacity(contacts.len());
-    let mut wanted: HashMap<&ObjectId, Wanted> = HashMap::with_capacity(contacts.len());
+    // Contacts that named an address first, by the address's hash (confirmed on lookup).
+    let mut first_of_address = AddressChains::with_capacity(contacts.len());
+    // Per user position (the one that stands for its id): the entry in `wanted`, or NONE.
+    let mut wanted_of_user: Vec<u32> = vec![NONE; users.len()];
+    let mut wanted: Vec<Wanted> = Vec::with_capacity(contacts.len().min(users.len()));
     let mut duplicates = 0u64;
-    for contact in contacts {
+    for (position, contact) in contacts.iter().enumerate() {
         let email = match Email::parse(&contact.email) {
             Ok(email) => email,
             Err(why) => {
@@ -252,15 +374,22 @@ pub fn reconcile(
                 continue;
             }
         };
-        if let Some(&first) = first_line_of_address.get(&email) {
+        let hash = key_hash(email.as_str());
+        let first = first_of_address
+            .candidates(hash)
+            .map(|i| &contacts[i as usize])
+            .find(|earlier| Email::parse(&earlier.email).is_ok_and(|e| e == email));
+        if let Some(first) = first {
             duplicates += 1;
-            not_acted_on.push(skipped_contact(SkipKind::Duplicate, contact, format!("repeats line {first}")));
+            not_acted_on.push(skipped_contact(SkipKind::Duplicate, contact, format!("repeats line {}", first.line)));
             continue;
         }
-        first_line_of_address.insert(email.clone(), contact.line);
+        first_of_address.insert(hash, position as u32);
         match index.resolve(&email) {
-            Resolution::Found(user, how) => {
-                if let Some(earlier) = wanted.get(&user.id) {
+            Resolution::Found(position, how) => {
+                let user = &users[position as usize];
+                let slot = &mut wanted_of_user[index.canonical(position) as usize];
+                if let Some(earlier) = wanted.get(*slot as usize) {
                     duplicates += 1;
                     let mut entry = skipped_contact(
                         SkipKind::Duplicate,
@@ -271,7 +400,8 @@ pub fn reconcile(
                     entry.upn = Some(user.upn.clone());
                     not_acted_on.push(entry);
                 } else {
-                    wanted.insert(&user.id, Wanted { contact, user, how });
+                    *slot = wanted.len() as u32;
+                    wanted.push(Wanted { contact, user: position, how });
                 }
             }
             Resolution::Ambiguous(found, how) => {
@@ -290,6 +420,7 @@ pub fn reconcile(
             )),
         }
     }
+    drop(first_of_address);
     if duplicates > 0 {
         warnings.push(format!(
             "{duplicates} duplicate contact{} collapsed onto the first line that named the same address or user",
@@ -297,11 +428,18 @@ pub fn reconcile(
         ));
     }
 
-    // 2. The current membership: users are diffed, other objects are reported and left alone.
-    let mut member_users: HashMap<&ObjectId, &GroupMember> = HashMap::with_capacity(members.len());
-    for member in members {
+    // 2. The current membership: users are diffed, other objects are reported and left alone. A member listed
+    // twice counts once, with its last row. Members the users export knows are kept per user position.
+    let mut member_of_user: Vec<u32> = vec![NONE; users.len()];
+    let mut other_members: FastMap<&ObjectId, u32> = fast_map(0);
+    for (position, member) in members.iter().enumerate() {
         if member.kind == MemberKind::User {
-            member_users.insert(&member.id, member);
+            match index.position_of(&member.id) {
+                Some(user) => member_of_user[user as usize] = position as u32,
+                None => {
+                    other_members.insert(&member.id, position as u32);
+                }
+            }
         } else {
             not_acted_on.push(Skipped {
                 kind: SkipKind::NonUserMember,
@@ -314,22 +452,24 @@ pub fn reconcile(
             });
         }
     }
-    let precondition = Precondition::from_members(member_users.keys().copied());
+    let precondition =
+        Precondition::from_members(members.iter().filter(|m| m.kind == MemberKind::User).map(|m| &m.id));
 
     // 3. Adds: wanted users who are not members.
     let mut changes = Vec::new();
-    for want in wanted.values() {
-        if member_users.contains_key(&want.user.id) {
+    for want in &wanted {
+        if member_of_user[index.canonical(want.user) as usize] != NONE {
             continue;
         }
+        let user = &users[want.user as usize];
         let reason = format!("in the list (line {}), not a member; matched by {}", want.contact.line, want.how.label());
         if options.remove_only {
             not_acted_on.push(Skipped {
                 kind: SkipKind::SuppressedAdd,
                 email: Some(want.contact.email.trim().to_string()),
-                object_id: Some(want.user.id.clone()),
-                upn: Some(want.user.upn.clone()),
-                display_name: want.user.display_name.clone(),
+                object_id: Some(user.id.clone()),
+                upn: Some(user.upn.clone()),
+                display_name: user.display_name.clone(),
                 source_line: Some(want.contact.line),
                 detail: reason,
             });
@@ -337,22 +477,26 @@ pub fn reconcile(
         }
         changes.push(Change {
             action: Action::Add,
-            user_id: want.user.id.clone(),
-            upn: want.user.upn.clone(),
-            mail: want.user.mail.clone(),
-            display_name: want.user.display_name.clone().or_else(|| want.contact.name()),
+            user_id: user.id.clone(),
+            upn: user.upn.clone(),
+            mail: user.mail.clone(),
+            display_name: user.display_name.clone().or_else(|| want.contact.name()),
             source_line: Some(want.contact.line),
             reason,
-            flags: flags_of(Some(want.user)),
+            flags: flags_of(Some(user)),
         });
     }
 
     // 4. Removes: user members nobody resolved to.
-    for member in member_users.values() {
-        if wanted.contains_key(&member.id) {
-            continue;
-        }
-        let known = index.by_id(&member.id);
+    let known_members = member_of_user
+        .iter()
+        .zip(&wanted_of_user)
+        .enumerate()
+        .filter(|(_, (&member, &want))| member != NONE && want == NONE)
+        .map(|(user, (&member, _))| (member, Some(&users[user])));
+    let other_members = other_members.values().map(|&member| (member, None));
+    for (member, known) in known_members.chain(other_members) {
+        let member = &members[member as usize];
         let upn = member.upn.clone().filter(|u| !u.is_empty()).or_else(|| known.map(|u| u.upn.clone()));
         let display_name = member.display_name.clone().or_else(|| known.and_then(|u| u.display_name.clone()));
         let kind = if options.keep.contains(&member.id, upn.as_deref()) {
@@ -385,8 +529,7 @@ pub fn reconcile(
         }
     }
 
-    changes
-        .sort_by(|a, b| (a.action, address_key(&a.upn), &a.user_id).cmp(&(b.action, address_key(&b.upn), &b.user_id)));
+    changes.sort_by_cached_key(|c| (c.action, address_key(&c.upn), c.user_id.clone()));
     not_acted_on.sort_by(|a, b| {
         (a.kind, a.source_line, &a.object_id, &a.email).cmp(&(b.kind, b.source_line, &b.object_id, &b.email))
     });
