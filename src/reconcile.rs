@@ -100,12 +100,23 @@ pub struct Reconciliation {
 /// How a contact was matched to its user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MatchedBy {
-    Upn,
-    Mail,
-    ProxyAddress,
+    Upn = 0,
+    Mail = 1,
+    ProxyAddress = 2,
 }
 
 impl MatchedBy {
+    /// True when the user has `key` (a normalized address) as this kind of address.
+    fn matches(self, user: &DirectoryUser, key: &str) -> bool {
+        match self {
+            MatchedBy::Upn => same_address(&user.upn, key),
+            MatchedBy::Mail => user.mail.as_deref().is_some_and(|m| same_address(m, key)),
+            MatchedBy::ProxyAddress => {
+                user.proxy_addresses.iter().filter_map(|p| smtp_proxy_address(p)).any(|a| same_address(a, key))
+            }
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             MatchedBy::Upn => "userPrincipalName",
@@ -242,11 +253,12 @@ impl AddressChains {
 }
 
 /// Users indexed by their lowercase UPN, mail and smtp proxy addresses.
+///
+/// One table holds all three kinds of address (a user's UPN, mail and primary proxy address are usually the same
+/// address, so they share a chain); each entry is the user's position times four plus the [`MatchedBy`] rule.
 pub struct UserIndex<'a> {
     users: &'a [DirectoryUser],
-    by_upn: AddressChains,
-    by_mail: AddressChains,
-    by_proxy: AddressChains,
+    by_address: AddressChains,
     by_id: FastMap<&'a ObjectId, u32>,
     /// True when two users share an object id (then the last one stands for the id, as in `by_id`).
     repeated_ids: bool,
@@ -257,24 +269,25 @@ impl<'a> UserIndex<'a> {
     pub fn new(users: &'a [DirectoryUser]) -> UserIndex<'a> {
         let mut index = UserIndex {
             users,
-            by_upn: AddressChains::with_capacity(users.len()),
-            by_mail: AddressChains::with_capacity(users.len()),
-            by_proxy: AddressChains::default(),
+            by_address: AddressChains::with_capacity(users.len() * 2),
             by_id: fast_map(users.len()),
             repeated_ids: false,
         };
         for (position, user) in users.iter().enumerate() {
             let position = position as u32;
             index.repeated_ids |= index.by_id.insert(&user.id, position).is_some();
-            if let Some(hash) = address_hash(&user.upn) {
-                index.by_upn.insert(hash, position);
-            }
-            if let Some(hash) = user.mail.as_deref().and_then(address_hash) {
-                index.by_mail.insert(hash, position);
+            let mut add = |address: &str, how: MatchedBy| {
+                if let Some(hash) = address_hash(address) {
+                    index.by_address.insert(hash, position.wrapping_mul(4) | how as u32);
+                }
+            };
+            add(&user.upn, MatchedBy::Upn);
+            if let Some(mail) = &user.mail {
+                add(mail, MatchedBy::Mail);
             }
             for proxy in &user.proxy_addresses {
-                if let Some(hash) = smtp_proxy_address(proxy).and_then(address_hash) {
-                    index.by_proxy.insert(hash, position);
+                if let Some(address) = smtp_proxy_address(proxy) {
+                    add(address, MatchedBy::ProxyAddress);
                 }
             }
         }
@@ -304,16 +317,14 @@ impl<'a> UserIndex<'a> {
     fn resolve(&self, email: &Email) -> Resolution<'a> {
         let key = email.as_str();
         let hash = key_hash(key);
-        let rules: [(&AddressChains, MatchedBy, &dyn Fn(&DirectoryUser) -> bool); 3] = [
-            (&self.by_upn, MatchedBy::Upn, &|u| same_address(&u.upn, key)),
-            (&self.by_mail, MatchedBy::Mail, &|u| u.mail.as_deref().is_some_and(|m| same_address(m, key))),
-            (&self.by_proxy, MatchedBy::ProxyAddress, &|u| {
-                u.proxy_addresses.iter().filter_map(|p| smtp_proxy_address(p)).any(|a| same_address(a, key))
-            }),
-        ];
-        for (chains, how, matches) in rules {
-            let mut found: Vec<u32> =
-                chains.candidates(hash).filter(|&i| matches(&self.users[i as usize])).collect();
+        for how in [MatchedBy::Upn, MatchedBy::Mail, MatchedBy::ProxyAddress] {
+            let mut found: Vec<u32> = self
+                .by_address
+                .candidates(hash)
+                .filter(|&entry| entry % 4 == how as u32)
+                .map(|entry| entry / 4)
+                .filter(|&i| how.matches(&self.users[i as usize], key))
+                .collect();
             match found.as_slice() {
                 [] => continue,
                 [one] => return Resolution::Found(*one, how),
