@@ -234,6 +234,11 @@ impl AddressChains {
         AddressChains { heads: fast_map(capacity), entries: Vec::with_capacity(capacity) }
     }
 
+    fn reserve(&mut self, additional: usize) {
+        self.heads.reserve(additional);
+        self.entries.reserve(additional);
+    }
+
     fn insert(&mut self, hash: u32, item: u32) {
         let entry = self.entries.len() as u32;
         let head = self.heads.entry(hash).or_insert(NONE);
@@ -351,11 +356,286 @@ enum Resolution<'a> {
 }
 
 /// A contact that resolved to a user.
-struct Wanted<'c> {
-    contact: &'c Contact,
+struct Wanted {
+    /// The contact, in [`Reconciler::firsts`].
+    first: u32,
     /// The user's position.
     user: u32,
     how: MatchedBy,
+}
+
+/// A contact that named an address first: its line and where its address (as written, trimmed) is in
+/// [`Reconciler::addresses`].
+struct FirstContact {
+    line: u64,
+    start: usize,
+    end: usize,
+}
+
+/// A user member that is the directory's user at this position, but not (yet) wanted: its row is kept, since it
+/// may be removed.
+const MEMBER_WANTED: u32 = u32::MAX - 1;
+
+/// Resolution and diff fed one entry at a time, so that a caller reading files need not hold them: first every
+/// contact, in list order ([`Reconciler::add_contact`]), then every member ([`Reconciler::add_member`]), then
+/// [`Reconciler::finish`]. [`reconcile`] does exactly this over slices. Only what the plan can still need is kept:
+/// each contact's line and address, and the rows of members that may be removed.
+pub struct Reconciler<'u> {
+    users: &'u [DirectoryUser],
+    index: UserIndex<'u>,
+    not_acted_on: Vec<Skipped>,
+    duplicates: u64,
+    /// Contacts that named an address first, by the hash of the address (confirmed on lookup).
+    first_of_address: AddressChains,
+    firsts: Vec<FirstContact>,
+    /// The addresses of `firsts`, end to end.
+    addresses: String,
+    /// Per user position (the one that stands for its id): the entry in `wanted`, or NONE.
+    wanted_of_user: Vec<u32>,
+    wanted: Vec<Wanted>,
+    /// The contact's own name, for wanted users the directory has no display name for (by `wanted` entry).
+    wanted_names: FastMap<u32, String>,
+    /// Per user position: NONE (not a member), MEMBER_WANTED, or the member's row in `member_rows`.
+    member_of_user: Vec<u32>,
+    member_rows: Vec<GroupMember>,
+    /// User members the users do not list (never wanted), by id: the last row of each.
+    other_members: FastMap<ObjectId, GroupMember>,
+    member_ids: Vec<ObjectId>,
+}
+
+impl<'u> Reconciler<'u> {
+    /// Starts a reconciliation against `users` (indexed at once).
+    pub fn new(users: &'u [DirectoryUser]) -> Reconciler<'u> {
+        Reconciler {
+            users,
+            index: UserIndex::new(users),
+            not_acted_on: Vec::new(),
+            duplicates: 0,
+            first_of_address: AddressChains::default(),
+            firsts: Vec::new(),
+            addresses: String::new(),
+            wanted_of_user: vec![NONE; users.len()],
+            wanted: Vec::new(),
+            wanted_names: fast_map(0),
+            member_of_user: vec![NONE; users.len()],
+            member_rows: Vec::new(),
+            other_members: fast_map(0),
+            member_ids: Vec::new(),
+        }
+    }
+
+    /// Reserves room for about `contacts` more contacts and `members` more members.
+    pub fn reserve(&mut self, contacts: usize, members: usize) {
+        self.first_of_address.reserve(contacts);
+        self.firsts.reserve(contacts);
+        self.member_ids.reserve(members);
+    }
+
+    /// The address as written (trimmed) of a first contact.
+    fn address_of(&self, first: &FirstContact) -> &str {
+        self.addresses.get(first.start..first.end).unwrap_or_default()
+    }
+
+    /// Resolves the next contact of the list, collapsing duplicates onto the first line that named the address or
+    /// user.
+    pub fn add_contact(&mut self, contact: &Contact) {
+        let email = match Email::parse(&contact.email) {
+            Ok(email) => email,
+            Err(why) => {
+                self.not_acted_on.push(skipped_contact(SkipKind::Invalid, contact, why.to_string()));
+                return;
+            }
+        };
+        let hash = key_hash(email.as_str());
+        let repeated = self
+            .first_of_address
+            .candidates(hash)
+            .filter_map(|i| self.firsts.get(i as usize))
+            .find(|earlier| same_address(self.address_of(earlier), email.as_str()))
+            .map(|earlier| earlier.line);
+        if let Some(line) = repeated {
+            self.duplicates += 1;
+            self.not_acted_on.push(skipped_contact(SkipKind::Duplicate, contact, format!("repeats line {line}")));
+            return;
+        }
+        let first = self.firsts.len() as u32;
+        let start = self.addresses.len();
+        self.addresses.push_str(contact.email.trim());
+        self.firsts.push(FirstContact { line: contact.line, start, end: self.addresses.len() });
+        self.first_of_address.insert(hash, first);
+        match self.index.resolve(&email) {
+            Resolution::Found(position, how) => {
+                let user = &self.users[position as usize];
+                let slot = self.index.canonical(position) as usize;
+                if let Some(earlier) = self.wanted.get(self.wanted_of_user[slot] as usize) {
+                    self.duplicates += 1;
+                    let (line, address) = match self.firsts.get(earlier.first as usize) {
+                        Some(first) => (first.line, self.address_of(first)),
+                        None => (0, ""),
+                    };
+                    let mut entry = skipped_contact(
+                        SkipKind::Duplicate,
+                        contact,
+                        format!("same user as line {line} ({address})"),
+                    );
+                    entry.object_id = Some(user.id.clone());
+                    entry.upn = Some(user.upn.clone());
+                    self.not_acted_on.push(entry);
+                } else {
+                    let entry = self.wanted.len() as u32;
+                    self.wanted_of_user[slot] = entry;
+                    self.wanted.push(Wanted { first, user: position, how });
+                    if user.display_name.is_none() {
+                        if let Some(name) = contact.name() {
+                            self.wanted_names.insert(entry, name);
+                        }
+                    }
+                }
+            }
+            Resolution::Ambiguous(found, how) => {
+                let mut names: Vec<String> = found.iter().map(|u| format!("{} ({})", u.upn, u.id)).collect();
+                names.sort();
+                self.not_acted_on.push(skipped_contact(
+                    SkipKind::Ambiguous,
+                    contact,
+                    format!("{} users have this {}: {}", found.len(), how.label(), names.join(", ")),
+                ));
+            }
+            Resolution::NotFound => self.not_acted_on.push(skipped_contact(
+                SkipKind::Unresolved,
+                contact,
+                "no user has this address as userPrincipalName, mail or proxy address".into(),
+            )),
+        }
+    }
+
+    /// Takes in the next member of the group. Users are diffed, other objects are reported and left alone. A user
+    /// member listed twice counts once, with its last row.
+    pub fn add_member(&mut self, member: &GroupMember) {
+        if member.kind != MemberKind::User {
+            self.not_acted_on.push(Skipped {
+                kind: SkipKind::NonUserMember,
+                email: None,
+                object_id: Some(member.id.clone()),
+                upn: member.upn.clone().filter(|u| !u.is_empty()),
+                display_name: member.display_name.clone(),
+                source_line: member.source_line,
+                detail: format!("a {} is never added or removed by writeback", member.kind.label()),
+            });
+            return;
+        }
+        self.member_ids.push(member.id.clone());
+        let Some(position) = self.index.position_of(&member.id) else {
+            self.other_members.insert(member.id.clone(), member.clone());
+            return;
+        };
+        let slot = &mut self.member_of_user[position as usize];
+        if self.wanted_of_user[position as usize] != NONE {
+            *slot = MEMBER_WANTED;
+        } else if let Some(row) = self.member_rows.get_mut(*slot as usize) {
+            *row = member.clone();
+        } else {
+            *slot = self.member_rows.len() as u32;
+            self.member_rows.push(member.clone());
+        }
+    }
+
+    /// The changes, the entries not acted on and the precondition.
+    pub fn finish(self, options: &ReconcileOptions) -> Reconciliation {
+        let Reconciler { users, index, mut not_acted_on, duplicates, .. } = self;
+        let mut warnings = Vec::new();
+        if duplicates > 0 {
+            warnings.push(format!(
+                "{duplicates} duplicate contact{} collapsed onto the first line that named the same address or user",
+                if duplicates == 1 { "" } else { "s" }
+            ));
+        }
+        let precondition = Precondition::from_ids(self.member_ids);
+
+        // Adds: wanted users who are not members.
+        let mut changes = Vec::new();
+        for (entry, want) in self.wanted.iter().enumerate() {
+            if self.member_of_user[index.canonical(want.user) as usize] != NONE {
+                continue;
+            }
+            let user = &users[want.user as usize];
+            let (line, address) = match self.firsts.get(want.first as usize) {
+                Some(first) => (first.line, self.addresses.get(first.start..first.end)),
+                None => (0, None),
+            };
+            let reason = format!("in the list (line {line}), not a member; matched by {}", want.how.label());
+            if options.remove_only {
+                not_acted_on.push(Skipped {
+                    kind: SkipKind::SuppressedAdd,
+                    email: Some(address.unwrap_or_default().to_string()),
+                    object_id: Some(user.id.clone()),
+                    upn: Some(user.upn.clone()),
+                    display_name: user.display_name.clone(),
+                    source_line: Some(line),
+                    detail: reason,
+                });
+                continue;
+            }
+            changes.push(Change {
+                action: Action::Add,
+                user_id: user.id.clone(),
+                upn: user.upn.clone(),
+                mail: user.mail.clone(),
+                display_name: user.display_name.clone().or_else(|| self.wanted_names.get(&(entry as u32)).cloned()),
+                source_line: Some(line),
+                reason,
+                flags: flags_of(Some(user)),
+            });
+        }
+
+        // Removes: user members nobody resolved to.
+        let known_members = self
+            .member_of_user
+            .iter()
+            .zip(&self.wanted_of_user)
+            .enumerate()
+            .filter(|(_, (_, &want))| want == NONE)
+            .filter_map(|(user, (&row, _))| Some((self.member_rows.get(row as usize)?, users.get(user))));
+        let other_members = self.other_members.values().map(|member| (member, None));
+        for (member, known) in known_members.chain(other_members) {
+            let upn = member.upn.clone().filter(|u| !u.is_empty()).or_else(|| known.map(|u| u.upn.clone()));
+            let display_name = member.display_name.clone().or_else(|| known.and_then(|u| u.display_name.clone()));
+            let kind = if options.keep.contains(&member.id, upn.as_deref()) {
+                Some((SkipKind::Kept, "on the keep list: never removed"))
+            } else if options.add_only {
+                Some((SkipKind::SuppressedRemove, "member, not in the list; left alone because of --add-only"))
+            } else {
+                None
+            };
+            match kind {
+                Some((kind, detail)) => not_acted_on.push(Skipped {
+                    kind,
+                    email: None,
+                    object_id: Some(member.id.clone()),
+                    upn,
+                    display_name,
+                    source_line: member.source_line,
+                    detail: detail.into(),
+                }),
+                None => changes.push(Change {
+                    action: Action::Remove,
+                    user_id: member.id.clone(),
+                    upn: upn.unwrap_or_default(),
+                    mail: member.mail.clone().or_else(|| known.and_then(|u| u.mail.clone())),
+                    display_name,
+                    source_line: member.source_line,
+                    reason: "a member, not in the list".into(),
+                    flags: flags_of(known),
+                }),
+            }
+        }
+
+        changes.sort_by_cached_key(|c| (c.action, address_key(&c.upn), c.user_id.clone()));
+        not_acted_on.sort_by(|a, b| {
+            (a.kind, a.source_line, &a.object_id, &a.email).cmp(&(b.kind, b.source_line, &b.object_id, &b.email))
+        });
+        Reconciliation { changes, not_acted_on, precondition, warnings }
+    }
 }
 
 /// Computes one group's changes. `users` is the part of the directory the contacts may resolve to (the whole
@@ -366,185 +646,15 @@ pub fn reconcile(
     members: &[GroupMember],
     options: &ReconcileOptions,
 ) -> Reconciliation {
-    let index = UserIndex::new(users);
-    let mut not_acted_on = Vec::new();
-    let mut warnings = Vec::new();
-
-    // 1. Resolve the contacts, collapsing duplicates onto the first line that named the address or user.
-    // Contacts that named an address first, by the address's hash (confirmed on lookup).
-    let mut first_of_address = AddressChains::with_capacity(contacts.len());
-    // Per user position (the one that stands for its id): the entry in `wanted`, or NONE.
-    let mut wanted_of_user: Vec<u32> = vec![NONE; users.len()];
-    let mut wanted: Vec<Wanted> = Vec::with_capacity(contacts.len().min(users.len()));
-    let mut duplicates = 0u64;
-    for (position, contact) in contacts.iter().enumerate() {
-        let email = match Email::parse(&contact.email) {
-            Ok(email) => email,
-            Err(why) => {
-                not_acted_on.push(skipped_contact(SkipKind::Invalid, contact, why.to_string()));
-                continue;
-            }
-        };
-        let hash = key_hash(email.as_str());
-        let first = first_of_address
-            .candidates(hash)
-            .map(|i| &contacts[i as usize])
-            .find(|earlier| Email::parse(&earlier.email).is_ok_and(|e| e == email));
-        if let Some(first) = first {
-            duplicates += 1;
-            not_acted_on.push(skipped_contact(SkipKind::Duplicate, contact, format!("repeats line {}", first.line)));
-            continue;
-        }
-        first_of_address.insert(hash, position as u32);
-        match index.resolve(&email) {
-            Resolution::Found(position, how) => {
-                let user = &users[position as usize];
-                let slot = &mut wanted_of_user[index.canonical(position) as usize];
-                if let Some(earlier) = wanted.get(*slot as usize) {
-                    duplicates += 1;
-                    let mut entry = skipped_contact(
-                        SkipKind::Duplicate,
-                        contact,
-                        format!("same user as line {} ({})", earlier.contact.line, earlier.contact.email.trim()),
-                    );
-                    entry.object_id = Some(user.id.clone());
-                    entry.upn = Some(user.upn.clone());
-                    not_acted_on.push(entry);
-                } else {
-                    *slot = wanted.len() as u32;
-                    wanted.push(Wanted { contact, user: position, how });
-                }
-            }
-            Resolution::Ambiguous(found, how) => {
-                let mut names: Vec<String> = found.iter().map(|u| format!("{} ({})", u.upn, u.id)).collect();
-                names.sort();
-                not_acted_on.push(skipped_contact(
-                    SkipKind::Ambiguous,
-                    contact,
-                    format!("{} users have this {}: {}", found.len(), how.label(), names.join(", ")),
-                ));
-            }
-            Resolution::NotFound => not_acted_on.push(skipped_contact(
-                SkipKind::Unresolved,
-                contact,
-                "no user has this address as userPrincipalName, mail or proxy address".into(),
-            )),
-        }
+    let mut reconciler = Reconciler::new(users);
+    reconciler.reserve(contacts.len(), members.len());
+    for contact in contacts {
+        reconciler.add_contact(contact);
     }
-    drop(first_of_address);
-    if duplicates > 0 {
-        warnings.push(format!(
-            "{duplicates} duplicate contact{} collapsed onto the first line that named the same address or user",
-            if duplicates == 1 { "" } else { "s" }
-        ));
+    for member in members {
+        reconciler.add_member(member);
     }
-
-    // 2. The current membership: users are diffed, other objects are reported and left alone. A member listed
-    // twice counts once, with its last row. Members the users export knows are kept per user position.
-    let mut member_of_user: Vec<u32> = vec![NONE; users.len()];
-    let mut other_members: FastMap<&ObjectId, u32> = fast_map(0);
-    for (position, member) in members.iter().enumerate() {
-        if member.kind == MemberKind::User {
-            match index.position_of(&member.id) {
-                Some(user) => member_of_user[user as usize] = position as u32,
-                None => {
-                    other_members.insert(&member.id, position as u32);
-                }
-            }
-        } else {
-            not_acted_on.push(Skipped {
-                kind: SkipKind::NonUserMember,
-                email: None,
-                object_id: Some(member.id.clone()),
-                upn: member.upn.clone().filter(|u| !u.is_empty()),
-                display_name: member.display_name.clone(),
-                source_line: member.source_line,
-                detail: format!("a {} is never added or removed by writeback", member.kind.label()),
-            });
-        }
-    }
-    let precondition =
-        Precondition::from_members(members.iter().filter(|m| m.kind == MemberKind::User).map(|m| &m.id));
-
-    // 3. Adds: wanted users who are not members.
-    let mut changes = Vec::new();
-    for want in &wanted {
-        if member_of_user[index.canonical(want.user) as usize] != NONE {
-            continue;
-        }
-        let user = &users[want.user as usize];
-        let reason = format!("in the list (line {}), not a member; matched by {}", want.contact.line, want.how.label());
-        if options.remove_only {
-            not_acted_on.push(Skipped {
-                kind: SkipKind::SuppressedAdd,
-                email: Some(want.contact.email.trim().to_string()),
-                object_id: Some(user.id.clone()),
-                upn: Some(user.upn.clone()),
-                display_name: user.display_name.clone(),
-                source_line: Some(want.contact.line),
-                detail: reason,
-            });
-            continue;
-        }
-        changes.push(Change {
-            action: Action::Add,
-            user_id: user.id.clone(),
-            upn: user.upn.clone(),
-            mail: user.mail.clone(),
-            display_name: user.display_name.clone().or_else(|| want.contact.name()),
-            source_line: Some(want.contact.line),
-            reason,
-            flags: flags_of(Some(user)),
-        });
-    }
-
-    // 4. Removes: user members nobody resolved to.
-    let known_members = member_of_user
-        .iter()
-        .zip(&wanted_of_user)
-        .enumerate()
-        .filter(|(_, (&member, &want))| member != NONE && want == NONE)
-        .map(|(user, (&member, _))| (member, Some(&users[user])));
-    let other_members = other_members.values().map(|&member| (member, None));
-    for (member, known) in known_members.chain(other_members) {
-        let member = &members[member as usize];
-        let upn = member.upn.clone().filter(|u| !u.is_empty()).or_else(|| known.map(|u| u.upn.clone()));
-        let display_name = member.display_name.clone().or_else(|| known.and_then(|u| u.display_name.clone()));
-        let kind = if options.keep.contains(&member.id, upn.as_deref()) {
-            Some((SkipKind::Kept, "on the keep list: never removed"))
-        } else if options.add_only {
-            Some((SkipKind::SuppressedRemove, "member, not in the list; left alone because of --add-only"))
-        } else {
-            None
-        };
-        match kind {
-            Some((kind, detail)) => not_acted_on.push(Skipped {
-                kind,
-                email: None,
-                object_id: Some(member.id.clone()),
-                upn,
-                display_name,
-                source_line: member.source_line,
-                detail: detail.into(),
-            }),
-            None => changes.push(Change {
-                action: Action::Remove,
-                user_id: member.id.clone(),
-                upn: upn.unwrap_or_default(),
-                mail: member.mail.clone().or_else(|| known.and_then(|u| u.mail.clone())),
-                display_name,
-                source_line: member.source_line,
-                reason: "a member, not in the list".into(),
-                flags: flags_of(known),
-            }),
-        }
-    }
-
-    changes.sort_by_cached_key(|c| (c.action, address_key(&c.upn), c.user_id.clone()));
-    not_acted_on.sort_by(|a, b| {
-        (a.kind, a.source_line, &a.object_id, &a.email).cmp(&(b.kind, b.source_line, &b.object_id, &b.email))
-    });
-    Reconciliation { changes, not_acted_on, precondition, warnings }
+    reconciler.finish(options)
 }
 
 fn skipped_contact(kind: SkipKind, contact: &Contact, detail: String) -> Skipped {
