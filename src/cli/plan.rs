@@ -585,9 +585,15 @@ fn plan_from_files(
             }
         };
         let mut reconciler = Reconciler::new(&users);
-        let contacts_input =
-            politemail_csv::read_each(contacts_path, mapping.email_column.as_deref(), |c| reconciler.add_contact(&c))?;
-        let members_input = entra_csv::read_members_each(members_path, |m| reconciler.add_member(&m))?;
+        let email_column = mapping.email_column.as_deref();
+        let contacts_input = pipelined(
+            |each| politemail_csv::read_each(contacts_path, email_column, each),
+            |contact| reconciler.add_contact(&contact),
+        )?;
+        let members_input = pipelined(
+            |each| entra_csv::read_members_each(members_path, each),
+            |member| reconciler.add_member(&member),
+        )?;
         let (keep, keep_record) = read_keep_of(mapping)?;
         let result = reconciler.finish(&reconcile_options(mapping, keep));
         let mut records = vec![contacts_input, members_input, users_input];
@@ -610,6 +616,37 @@ fn plan_from_files(
             Err(error)
         }
     }
+}
+
+/// Runs `read`, which hands out items one at a time, on a second thread, and `each` on this one, so that parsing
+/// a file and using its rows overlap. Items travel in small batches through a bounded channel: memory stays flat.
+/// Returns what `read` returns, once `each` has seen every item it handed out.
+fn pipelined<T: Send, R: Send>(
+    read: impl FnOnce(&mut dyn FnMut(T)) -> Result<R> + Send,
+    mut each: impl FnMut(T),
+) -> Result<R> {
+    const BATCH: usize = 1024;
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<T>>(8);
+        let reader = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            let result = read(&mut |item| {
+                batch.push(item);
+                if batch.len() == BATCH {
+                    // The receiver lives until this thread ends, so sending cannot fail.
+                    let _ = sender.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                }
+            });
+            if !batch.is_empty() {
+                let _ = sender.send(batch);
+            }
+            result
+        });
+        for batch in receiver {
+            batch.into_iter().for_each(&mut each);
+        }
+        reader.join().unwrap_or_else(|_| Err(Error::Internal("the thread reading an input stopped".into())))
+    })
 }
 
 fn read_keep(path: &Path) -> Result<(KeepList, Option<InputRecord>)> {
