@@ -880,6 +880,76 @@ mod tests {
     }
 
     #[test]
+    fn address_hashes_agree_with_the_comparison_key() {
+        for raw in [
+            "a@x.com",
+            "  Ada.Lovelace@Contoso.COM ",
+            "\tMIXED.case.address.longer.than.eight@Example.Org",
+            "Åsa.Öberg@Contoso.example",
+            "\u{212A}elvin@x.com",
+        ] {
+            let key = address_key(raw);
+            assert_eq!(address_hash(raw), Some(key_hash(&key)), "{raw:?}");
+            assert!(same_address(raw, &key), "{raw:?}");
+            assert!(!same_address(raw, "other@x.com"), "{raw:?}");
+        }
+        assert_eq!(address_hash("   "), None);
+        assert!(!same_address("a@x.com", "a@x.co"));
+    }
+
+    #[test]
+    fn a_user_with_one_address_twice_is_not_ambiguous() {
+        let mut u = user(1, "upn@x.com");
+        u.mail = None;
+        u.proxy_addresses = vec!["SMTP:Alias@x.com".into(), "smtp:alias@X.com".into(), "x500:/o=alias@x.com".into()];
+        let r = reconcile(&[contact(2, "alias@x.com")], &[u], &[], &ReconcileOptions::default());
+        assert_eq!(r.changes.len(), 1);
+        assert!(r.changes[0].reason.ends_with("matched by proxy address"));
+    }
+
+    #[test]
+    fn a_repeated_user_id_is_one_user() {
+        // Two rows with the same id: whichever row a contact resolves to, the member with that id is that user.
+        let users = vec![user(1, "first@x.com"), user(1, "second@x.com"), user(2, "b@x.com")];
+        let contacts = vec![contact(2, "first@x.com"), contact(3, "second@x.com")];
+        let members = vec![member(1, "second@x.com"), member(2, "b@x.com"), member(2, "B@x.com")];
+        let r = reconcile(&contacts, &users, &members, &ReconcileOptions::default());
+        let summary: Vec<_> = r.changes.iter().map(|c| (c.action, c.user_id.clone(), c.upn.clone())).collect();
+        // The member listed twice counts once, with its last row.
+        assert_eq!(summary, vec![(Action::Remove, oid(2), "B@x.com".to_string())]);
+        assert_eq!(kinds(&r), vec![(SkipKind::Duplicate, Some(3))]);
+        assert!(r.not_acted_on[0].detail.contains("same user as line 2 (first@x.com)"));
+        assert_eq!(r.precondition.member_count, 2);
+    }
+
+    #[test]
+    fn names_and_addresses_of_adds_come_from_the_contact() {
+        let mut nameless = user(1, "a@x.com");
+        nameless.display_name = None;
+        let mut c = contact(2, "  A@x.com ");
+        c.first_name = Some("Ada".into());
+        c.last_name = Some("Lovelace".into());
+        let r = reconcile(&[c.clone()], &[nameless.clone()], &[], &ReconcileOptions::default());
+        assert_eq!(r.changes[0].display_name.as_deref(), Some("Ada Lovelace"));
+        let r = reconcile(&[c], &[nameless], &[], &ReconcileOptions { remove_only: true, ..Default::default() });
+        assert_eq!(r.not_acted_on[0].kind, SkipKind::SuppressedAdd);
+        assert_eq!(r.not_acted_on[0].email.as_deref(), Some("A@x.com"));
+        assert_eq!(r.not_acted_on[0].display_name, None);
+    }
+
+    #[test]
+    fn large_inputs_give_the_same_plan_as_small_ones() {
+        // Above the size where the index is built on two threads.
+        let users: Vec<_> = (0..60_000).map(|n| user(n, &format!("u{n}@x.com"))).collect();
+        let contacts: Vec<_> = (0..30_000).map(|n| contact(n as u64 + 2, &format!("U{n}@x.com"))).collect();
+        let members: Vec<_> = (29_990..30_010).map(|n| member(n, &format!("u{n}@x.com"))).collect();
+        let r = reconcile(&contacts, &users, &members, &ReconcileOptions::default());
+        assert_eq!(r.changes.iter().filter(|c| c.action == Action::Add).count(), 29_990);
+        assert_eq!(r.changes.iter().filter(|c| c.action == Action::Remove).count(), 10);
+        assert_eq!(r.precondition.member_count, 20);
+    }
+
+    #[test]
     fn output_is_deterministic() {
         let users: Vec<_> = (0..50).map(|n| user(n, &format!("u{n}@x.com"))).collect();
         let contacts: Vec<_> = (0..30).map(|n| contact(n as u64 + 2, &format!("u{n}@x.com"))).collect();
