@@ -309,12 +309,13 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
         eprintln!("warning: {warning}");
     }
 
-    print_result(&plan, &out, &sig_path, &plan::precondition::sha256_hex(&bytes), args.json);
+    print_result(&plan, &out, &sig_path, &bytes, args.json);
     Ok(())
 }
 
-fn print_result(plan: &Plan, out: &Path, sig: &Path, sha256: &str, json: bool) {
+fn print_result(plan: &Plan, out: &Path, sig: &Path, bytes: &[u8], json: bool) {
     if json {
+        let sha256 = plan::precondition::sha256_hex(bytes);
         let groups: Vec<serde_json::Value> = plan
             .groups
             .iter()
