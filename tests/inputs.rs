@@ -203,3 +203,60 @@ fn plan_accepts_header_only_contacts() {
     assert_eq!(code, 0, "{stderr}");
     assert!(wrote);
 }
+
+/// Runs `writeback plan` on the all-staff samples, each replaced by the given bytes when some; returns (exit code,
+/// stderr).
+fn plan_with(contacts: Option<&[u8]>, members: Option<&[u8]>, users: Option<&[u8]>, group: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, bytes: Option<&[u8]>, sample_name: &str| match bytes {
+        Some(bytes) => write(dir.path(), name, bytes),
+        None => sample(sample_name),
+    };
+    let key = dir.path().join("key");
+    std::fs::copy(sample("keys/demo-planner"), &key).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_writeback"))
+        .arg("plan")
+        .arg("--contacts")
+        .arg(file("contacts.csv", contacts, "politemail-all-staff.csv"))
+        .arg("--members")
+        .arg(file("members.csv", members, "entra-members-all-staff.csv"))
+        .arg("--users")
+        .arg(file("users.csv", users, "entra-users.csv"))
+        .args(["--group", group])
+        .arg("--key")
+        .arg(&key)
+        .arg("--out")
+        .arg(dir.path().join("plan.json"))
+        .output()
+        .unwrap();
+    assert!(!dir.path().join("plan.json").exists(), "a plan was written");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn plan_reports_the_first_bad_input_in_reading_order() {
+    // Offline plans read the users first (to stream the other files); errors still come in the order of the
+    // options: the list, the group, the members, the users.
+    let bad: &[u8] = b"Name,Company\nA,B\n";
+    let (code, stderr) = plan_with(Some(bad), Some(bad), Some(bad), "not-a-guid");
+    assert_eq!(code, writeback::error::exit::INPUT, "{stderr}");
+    assert!(stderr.contains("contacts.csv:1: no e-mail column"), "{stderr}");
+    let (code, stderr) = plan_with(None, Some(bad), Some(bad), "not-a-guid");
+    assert_eq!(code, writeback::error::exit::USAGE, "{stderr}");
+    assert!(stderr.contains("is not an object id"), "{stderr}");
+    let (code, stderr) = plan_with(None, Some(bad), Some(bad), ALL_STAFF_GROUP);
+    assert!(stderr.contains("members.csv:1: no object id column"), "{stderr}");
+    assert_eq!(code, writeback::error::exit::INPUT, "{stderr}");
+    let (code, stderr) = plan_with(None, None, Some(bad), ALL_STAFF_GROUP);
+    assert_eq!(code, writeback::error::exit::INPUT, "{stderr}");
+    assert!(stderr.contains("users.csv:1: no object id column"), "{stderr}");
+    let members_row = b"Object ID,User principal name\nnot-a-guid,a@contoso.example\n";
+    let (code, stderr) = plan_with(None, Some(members_row), None, ALL_STAFF_GROUP);
+    assert_eq!(code, writeback::error::exit::INPUT, "{stderr}");
+    assert!(stderr.contains("members.csv:2: column 'Object ID'"), "{stderr}");
+}

@@ -12,7 +12,7 @@ use crate::directory::{entra_csv, DirectoryUser, GroupMember};
 use crate::error::{exit, Error, Result};
 use crate::identity::{Email, ObjectId};
 use crate::plan::{self, Counts, GroupPlan, InputRecord, InputRole, Plan, PlanFormat, PlanOptions};
-use crate::reconcile::{reconcile, KeepList, ReconcileOptions};
+use crate::reconcile::{reconcile, KeepList, ReconcileOptions, Reconciler};
 use crate::source::politemail_api::{PoliteMailClient, PoliteMailConfig};
 use crate::source::{politemail_csv, ContactList};
 use crate::trust::keys::SigningKey;
@@ -249,23 +249,34 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
     let mut tenant_id = None;
     let mut warnings = Vec::new();
     for mapping in &mappings {
-        let inputs = gather(mapping, &mut user_cache, &mut services)?;
-        warnings.extend(inputs.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
-        let keep = match &mapping.keep {
-            Some(path) => read_keep(path)?,
-            None => (KeepList::default(), None),
+        let planned = match plan_from_files(mapping, &mut user_cache, &mut services)? {
+            Some(planned) => planned,
+            None => {
+                let inputs = gather(mapping, &mut user_cache, &mut services)?;
+                let (keep, keep_record) = read_keep_of(mapping)?;
+                let options = reconcile_options(mapping, keep);
+                let result = reconcile(&inputs.contacts.contacts, &inputs.users, &inputs.members, &options);
+                let mut records = inputs.inputs;
+                records.extend(keep_record);
+                Planned {
+                    group_id: inputs.group_id,
+                    display_name: inputs.display_name,
+                    records,
+                    tenant_id: inputs.tenant_id,
+                    warnings: inputs.warnings,
+                    result,
+                }
+            }
         };
-        let options = ReconcileOptions { add_only: mapping.add_only, remove_only: mapping.remove_only, keep: keep.0 };
-        let result = reconcile(&inputs.contacts.contacts, &inputs.users, &inputs.members, &options);
+        let (result, records) = (planned.result, planned.records);
+        warnings.extend(planned.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
         warnings.extend(result.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
-        if let Some(t) = inputs.tenant_id.clone() {
+        if let Some(t) = planned.tenant_id {
             tenant_id.get_or_insert(t);
         }
-        let mut records = inputs.inputs;
-        records.extend(keep.1);
         groups.push(GroupPlan {
-            group_id: inputs.group_id,
-            display_name: inputs.display_name,
+            group_id: planned.group_id,
+            display_name: planned.display_name,
             options: PlanOptions { add_only: mapping.add_only, remove_only: mapping.remove_only },
             inputs: records,
             precondition: result.precondition,
@@ -274,6 +285,8 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
             not_acted_on: result.not_acted_on,
         });
     }
+    // The inputs are no longer needed: free them before the plan is encoded.
+    drop(user_cache);
     let plan = Plan {
         format: plan::FORMAT_NAME.into(),
         format_version: plan::FORMAT_VERSION.into(),
@@ -296,12 +309,13 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
         eprintln!("warning: {warning}");
     }
 
-    print_result(&plan, &out, &sig_path, &plan::precondition::sha256_hex(&bytes), args.json);
+    print_result(&plan, &out, &sig_path, &bytes, args.json);
     Ok(())
 }
 
-fn print_result(plan: &Plan, out: &Path, sig: &Path, sha256: &str, json: bool) {
+fn print_result(plan: &Plan, out: &Path, sig: &Path, bytes: &[u8], json: bool) {
     if json {
+        let sha256 = plan::precondition::sha256_hex(bytes);
         let groups: Vec<serde_json::Value> = plan
             .groups
             .iter()
@@ -521,6 +535,119 @@ fn gather(
     };
     let inputs = vec![contacts.input.clone(), members_input, users_input];
     Ok(GroupInputs { group_id, display_name, contacts, members, users, inputs, tenant_id, warnings })
+}
+
+/// One mapping's reconciliation and what the plan records about its inputs.
+struct Planned {
+    group_id: ObjectId,
+    display_name: Option<String>,
+    records: Vec<InputRecord>,
+    tenant_id: Option<String>,
+    warnings: Vec<String>,
+    result: crate::reconcile::Reconciliation,
+}
+
+fn reconcile_options(mapping: &Mapping, keep: KeepList) -> ReconcileOptions {
+    ReconcileOptions { add_only: mapping.add_only, remove_only: mapping.remove_only, keep }
+}
+
+fn read_keep_of(mapping: &Mapping) -> Result<(KeepList, Option<InputRecord>)> {
+    match &mapping.keep {
+        Some(path) => read_keep(path),
+        None => Ok((KeepList::default(), None)),
+    }
+}
+
+/// Plans a mapping whose three inputs are all files without holding the list or the members in memory: the users
+/// are read (or taken from the cache) and indexed, then the contacts and the members are streamed through the
+/// [`Reconciler`]. `None` when an input is not a file. The plan is the one [`gather`] and [`reconcile`] make.
+///
+/// The files are read in another order than [`gather`] reads them (users first); when one of them is wrong,
+/// [`gather`] reads them again in its order, so that the error reported is the one it always reported.
+fn plan_from_files(
+    mapping: &Mapping,
+    user_cache: &mut HashMap<PathBuf, (std::sync::Arc<Vec<DirectoryUser>>, InputRecord)>,
+    services: &mut Services,
+) -> Result<Option<Planned>> {
+    let (ContactsSource::Csv(contacts_path), DirectorySource::Csv(members_path), DirectorySource::Csv(users_path)) =
+        (&mapping.contacts, &mapping.members, &mapping.users)
+    else {
+        return Ok(None);
+    };
+    let streamed = (|| -> Result<_> {
+        let group_id = ObjectId::parse(&mapping.group).map_err(|_| Error::Internal("not an object id".into()))?;
+        let (users, users_input) = match user_cache.get(users_path) {
+            Some(cached) => cached.clone(),
+            None => {
+                let (users, input) = entra_csv::read_users(users_path)?;
+                let entry = (std::sync::Arc::new(users), input);
+                user_cache.insert(users_path.clone(), entry.clone());
+                entry
+            }
+        };
+        let mut reconciler = Reconciler::new(&users);
+        let email_column = mapping.email_column.as_deref();
+        let contacts_input = pipelined(
+            |each| politemail_csv::read_each(contacts_path, email_column, each),
+            |contact| reconciler.add_contact(&contact),
+        )?;
+        let members_input = pipelined(
+            |each| entra_csv::read_members_each(members_path, each),
+            |member| reconciler.add_member(&member),
+        )?;
+        let (keep, keep_record) = read_keep_of(mapping)?;
+        let result = reconciler.finish(&reconcile_options(mapping, keep));
+        let mut records = vec![contacts_input, members_input, users_input];
+        records.extend(keep_record);
+        Ok(Planned {
+            group_id,
+            display_name: mapping.group_name.clone(),
+            records,
+            tenant_id: None,
+            warnings: Vec::new(),
+            result,
+        })
+    })();
+    match streamed {
+        Ok(planned) => Ok(Some(planned)),
+        Err(error) => {
+            // Let the ordinary path find the first error in its own order (the keep list comes after the inputs).
+            gather(mapping, user_cache, services)?;
+            read_keep_of(mapping)?;
+            Err(error)
+        }
+    }
+}
+
+/// Runs `read`, which hands out items one at a time, on a second thread, and `each` on this one, so that parsing
+/// a file and using its rows overlap. Items travel in small batches through a bounded channel: memory stays flat.
+/// Returns what `read` returns, once `each` has seen every item it handed out.
+fn pipelined<T: Send, R: Send>(
+    read: impl FnOnce(&mut dyn FnMut(T)) -> Result<R> + Send,
+    mut each: impl FnMut(T),
+) -> Result<R> {
+    const BATCH: usize = 1024;
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<T>>(8);
+        let reader = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            let result = read(&mut |item| {
+                batch.push(item);
+                if batch.len() == BATCH {
+                    // The receiver lives until this thread ends, so sending cannot fail.
+                    let _ = sender.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                }
+            });
+            if !batch.is_empty() {
+                let _ = sender.send(batch);
+            }
+            result
+        });
+        for batch in receiver {
+            batch.into_iter().for_each(&mut each);
+        }
+        reader.join().unwrap_or_else(|_| Err(Error::Internal("the thread reading an input stopped".into())))
+    })
 }
 
 fn read_keep(path: &Path) -> Result<(KeepList, Option<InputRecord>)> {

@@ -52,7 +52,20 @@ pub fn parse_users(bytes: &[u8], name: &Path) -> Result<(Vec<DirectoryUser>, Inp
     users(Table::from_bytes(bytes, name)?)
 }
 
-fn members(mut table: Table) -> Result<(Vec<GroupMember>, InputRecord)> {
+/// Like [`read_members`], handing each member to `each` in file order instead of keeping them (for groups too
+/// large to hold); returns the file's input record. Errors are those of [`read_members`], and `each` may have seen
+/// the rows before the one in error.
+pub fn read_members_each(path: &Path, each: impl FnMut(GroupMember)) -> Result<InputRecord> {
+    each_member(Table::open(path)?, each)
+}
+
+fn members(table: Table) -> Result<(Vec<GroupMember>, InputRecord)> {
+    let mut members = Vec::new();
+    let input = each_member(table, |member| members.push(member))?;
+    Ok((members, input))
+}
+
+fn each_member(mut table: Table, mut each: impl FnMut(GroupMember)) -> Result<InputRecord> {
     let id = table.require_column(ID_COLUMNS, "object id")?;
     let upn = table.optional_column(UPN_COLUMNS, "user principal name")?;
     let kind = table.optional_column(MEMBER_TYPE_COLUMNS, "member type")?;
@@ -69,7 +82,6 @@ fn members(mut table: Table) -> Result<(Vec<GroupMember>, InputRecord)> {
         ));
     }
 
-    let mut out = Vec::new();
     // The type column repeats a handful of values; parse each distinct spelling once.
     let mut last_type: Option<(String, MemberKind)> = None;
     while let Some(row) = table.next_row()? {
@@ -86,7 +98,7 @@ fn members(mut table: Table) -> Result<(Vec<GroupMember>, InputRecord)> {
             None if member_upn.is_some() => MemberKind::User,
             None => MemberKind::Other("unknown".to_string()),
         };
-        out.push(GroupMember {
+        each(GroupMember {
             id: object_id(&row, id)?,
             kind: member_kind,
             upn: member_upn.map(str::to_string),
@@ -95,7 +107,7 @@ fn members(mut table: Table) -> Result<(Vec<GroupMember>, InputRecord)> {
             source_line: Some(row.line()),
         });
     }
-    Ok((out, record(table, InputRole::Members, "Entra members export")?))
+    record(table, InputRole::Members, "Entra members export")
 }
 
 fn users(mut table: Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
@@ -171,12 +183,15 @@ fn split_proxy_addresses(cell: &str) -> std::result::Result<Vec<String>, String>
         ));
     }
     let inner = cell.trim().trim_start_matches(['{', '[']).trim_end_matches(['}', ']']);
-    Ok(inner
+    let mut addresses: Vec<String> = inner
         .split([';', '|', ','])
         .map(|v| v.trim().trim_matches(['"', '\'']).trim())
         .filter(|v| !v.is_empty())
         .map(str::to_string)
-        .collect())
+        .collect();
+    // A user has a few addresses, kept for the whole run: no spare capacity (a million users export).
+    addresses.shrink_to_fit();
+    Ok(addresses)
 }
 
 #[cfg(test)]

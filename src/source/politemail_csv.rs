@@ -31,7 +31,20 @@ pub fn parse(bytes: &[u8], name: &Path, email_column: Option<&str>) -> Result<Co
     contacts(Table::from_bytes(bytes, name)?, email_column)
 }
 
-fn contacts(mut table: Table, email_column: Option<&str>) -> Result<ContactList> {
+/// Like [`read`], handing each contact to `each` in list order instead of keeping them (for lists too large to
+/// hold); returns the file's input record. Errors are those of [`read`], and `each` may have seen the rows before
+/// the one in error.
+pub fn read_each(path: &Path, email_column: Option<&str>, each: impl FnMut(Contact)) -> Result<InputRecord> {
+    each_contact(Table::open(path)?, email_column, each)
+}
+
+fn contacts(table: Table, email_column: Option<&str>) -> Result<ContactList> {
+    let mut contacts = Vec::new();
+    let input = each_contact(table, email_column, |contact| contacts.push(contact))?;
+    Ok(ContactList { contacts, input })
+}
+
+fn each_contact(mut table: Table, email_column: Option<&str>, mut each: impl FnMut(Contact)) -> Result<InputRecord> {
     let email = match email_column {
         Some(name) => table.exact_column(name).ok_or_else(|| {
             table.error_at(
@@ -49,9 +62,8 @@ fn contacts(mut table: Table, email_column: Option<&str>) -> Result<ContactList>
     let last = table.column(LAST_NAME_COLUMNS);
     let display = table.column(DISPLAY_NAME_COLUMNS);
 
-    let mut contacts = Vec::new();
     while let Some(row) = table.next_row()? {
-        contacts.push(Contact {
+        each(Contact {
             email: row.raw(email)?.to_string(),
             first_name: row.text_opt(first)?.map(str::to_string),
             last_name: row.text_opt(last)?.map(str::to_string),
@@ -61,7 +73,7 @@ fn contacts(mut table: Table, email_column: Option<&str>) -> Result<ContactList>
     }
     let description = format!("PoliteMail CSV export {}", table.path().display());
     let sha256 = table.finish()?;
-    Ok(ContactList { contacts, input: InputRecord { role: InputRole::Contacts, description, sha256 } })
+    Ok(InputRecord { role: InputRole::Contacts, description, sha256 })
 }
 
 fn with_override_hint(err: Error) -> Error {
