@@ -7,6 +7,8 @@
 
 #[path = "../tests/support/fake_graph.rs"]
 mod fake_graph;
+#[path = "../tests/support/http_serve.rs"]
+mod http_serve;
 
 use std::time::Duration;
 

@@ -6,6 +6,8 @@
 
 #[path = "../tests/support/fake_politemail.rs"]
 mod fake_politemail;
+#[path = "../tests/support/http_serve.rs"]
+mod http_serve;
 
 use std::time::Duration;
 

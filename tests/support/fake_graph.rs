@@ -22,6 +22,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::http_serve::{serve, Dropped};
+
 /// The scope a client-credentials client asks for.
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 /// The host real Graph uses in `@odata.id` / `members@odata.bind` references.
@@ -813,7 +815,7 @@ impl FakeGraph {
                 };
                 rt.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => serve(l, st, rx).await,
+                        Ok(l) => serve(l, rx, move |req| handle(st.clone(), req)).await,
                         Err(e) => eprintln!("fake Graph: listener: {e}"),
                     }
                 });
@@ -999,39 +1001,6 @@ impl Drop for FakeGraph {
 // ---------------------------------------------------------------------------------------------------------
 // HTTP serving (hyper, so a request can be answered by closing the connection).
 // ---------------------------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Dropped;
-impl std::fmt::Display for Dropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped by fault injection")
-    }
-}
-impl std::error::Error for Dropped {}
-
-async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<Mutex<State>>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let st = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let st = st.clone();
-                        async move { handle(st, req.map(Body::new)).await }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;
-                });
-            }
-        }
-    }
-}
 
 /// What an operation answers, before it becomes an HTTP response or a `$batch` item.
 struct Answer {

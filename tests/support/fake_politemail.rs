@@ -18,6 +18,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::http_serve::{serve, Dropped};
+
 /// The lists the fake starts with; the same shape as `samples/fake-politemail.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Seed {
@@ -228,7 +230,7 @@ impl FakePoliteMail {
                 };
                 rt.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => serve(l, st, rx).await,
+                        Ok(l) => serve(l, rx, move |req| handle(st.clone(), req)).await,
                         Err(e) => eprintln!("fake PoliteMail: listener: {e}"),
                     }
                 });
@@ -322,39 +324,6 @@ impl FakePoliteMail {
 impl Drop for FakePoliteMail {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[derive(Debug)]
-struct Dropped;
-impl std::fmt::Display for Dropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped by fault injection")
-    }
-}
-impl std::error::Error for Dropped {}
-
-async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<Mutex<State>>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let st = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let st = st.clone();
-                        async move { handle(st, req.map(Body::new)).await }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
-                });
-            }
-        }
     }
 }
 

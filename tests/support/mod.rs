@@ -5,3 +5,4 @@
 
 pub mod fake_graph;
 pub mod fake_politemail;
+pub mod http_serve;
