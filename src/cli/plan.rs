@@ -351,7 +351,14 @@ fn print_result(plan: &Plan, out: &Path, sig: &Path, bytes: &[u8], json: bool) {
     println!("{}", crate::report::summary_table(plan, 80));
     let skipped: u64 = plan.groups.iter().map(|g| g.counts.not_acted_on_total()).sum();
     if skipped > 0 {
-        println!("{skipped} entries will not be acted on (invalid, unresolved, ambiguous, duplicate, kept, non-user members).");
+        let by_kind: Vec<String> = crate::plan::SkipKind::ALL
+            .iter()
+            .filter_map(|kind| {
+                let n: u64 = plan.groups.iter().filter_map(|g| g.counts.not_acted_on.get(kind)).sum();
+                (n > 0).then(|| format!("{n} {}", kind.label()))
+            })
+            .collect();
+        println!("{skipped} entries will not be acted on: {}.", by_kind.join(", "));
     }
     println!("Review it with: writeback show {}", out.display());
     println!("Then hand {} and {} to your IT admin.", out.display(), sig.display());
