@@ -22,7 +22,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::http_serve::{serve, Dropped};
+use super::http_serve::{fmt_secs, parse_query, pct_decode, serve, Dropped};
 
 /// The scope a client-credentials client asks for.
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
@@ -1499,16 +1499,6 @@ fn retry_after_header(a: Answer, form: RetryAfter) -> Answer {
     }
 }
 
-fn fmt_secs(s: f64) -> String {
-    let t = format!("{s:.3}");
-    let t = t.trim_end_matches('0').trim_end_matches('.');
-    if t.is_empty() {
-        "0".into()
-    } else {
-        t.to_string()
-    }
-}
-
 fn too_many(ctx: &Ctx) -> Answer {
     let mut a = graph_error(ctx, 429, "TooManyRequests", "Please retry again later.");
     if let Some(inner) = a.body.as_mut().and_then(|b| b.pointer_mut("/error/innerError")).and_then(Value::as_object_mut)
@@ -2561,40 +2551,6 @@ impl Filter {
 // URL helpers.
 // ---------------------------------------------------------------------------------------------------------
 
-/// Percent-decodes, with `+` as a space (query-string rules, as ASP.NET does).
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => match b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                }
-                None => {
-                    out.push(c);
-                    i += 1;
-                }
-            },
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn pct_encode_segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -2605,15 +2561,4 @@ fn pct_encode_segment(s: &str) -> String {
         }
     }
     out
-}
-
-/// `a=1&b=x%20y` → `[("a","1"),("b","x y")]`.
-fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (pct_decode(k), pct_decode(v)),
-            None => (pct_decode(p), String::new()),
-        })
-        .collect()
 }

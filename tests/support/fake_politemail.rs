@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::http_serve::{serve, Dropped};
+use super::http_serve::{fmt_secs, parse_query, pct_decode, serve, Dropped};
 
 /// The lists the fake starts with; the same shape as `samples/fake-politemail.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -414,16 +414,6 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
     Ok(b.body(Body::from(body.to_string())).unwrap_or_else(|_| Response::new(Body::empty())))
 }
 
-fn fmt_secs(s: f64) -> String {
-    let t = format!("{s:.3}");
-    let t = t.trim_end_matches('0').trim_end_matches('.');
-    if t.is_empty() {
-        "0".into()
-    } else {
-        t.to_string()
-    }
-}
-
 fn list_json(l: &SeedList) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("ID".into(), json!(l.id));
@@ -585,47 +575,4 @@ fn route(st: &State, path_q: &str) -> (u16, Vec<(String, String)>, Value) {
         m.insert("odata.nextLink".into(), json!(format!("{}{path}?{}", st.origin, parts.join("&"))));
     }
     (200, vec![], Value::Object(m))
-}
-
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => match b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                }
-                None => {
-                    out.push(c);
-                    i += 1;
-                }
-            },
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (pct_decode(k), pct_decode(v)),
-            None => (pct_decode(p), String::new()),
-        })
-        .collect()
 }

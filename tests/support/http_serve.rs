@@ -1,4 +1,4 @@
-//! The HTTP serving loop both fakes share. It uses hyper directly rather than `axum::serve`, so that a handler
+//! The HTTP plumbing both fakes share: the serving loop, query-string decoding, Retry-After formatting. It uses hyper directly rather than `axum::serve`, so that a handler
 //! can answer a request by closing the connection without a response (fault injection).
 
 use std::future::Future;
@@ -39,5 +39,61 @@ where
                 });
             }
         }
+    }
+}
+
+/// Percent-decodes, with `+` as a space (query-string rules, as ASP.NET does).
+pub fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => match b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                None => {
+                    out.push(c);
+                    i += 1;
+                }
+            },
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits a query string into decoded `(name, value)` pairs, in order.
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (pct_decode(k), pct_decode(v)),
+            None => (pct_decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// Seconds as a Retry-After value: up to three decimals, no trailing zeros (`2.128`, `1`, `0`).
+pub fn fmt_secs(s: f64) -> String {
+    let t = format!("{s:.3}");
+    let t = t.trim_end_matches('0').trim_end_matches('.');
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.to_string()
     }
 }
