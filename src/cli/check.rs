@@ -50,13 +50,6 @@ pub struct CheckArgs {
     pub graph: crate::cli::options::GraphOptions,
 }
 
-/// The receipt `check` writes by default: `<plan>.receipt.json`, the same name `apply` uses.
-pub fn default_receipt_path(plan: &Path) -> PathBuf {
-    let mut name = plan.as_os_str().to_owned();
-    name.push(".receipt.json");
-    PathBuf::from(name)
-}
-
 /// What became of the receipt.
 enum ReceiptWrite {
     Written { path: PathBuf, signature: Option<PathBuf> },
@@ -81,7 +74,7 @@ pub fn run(args: CheckArgs, ctx: &Context) -> Result<()> {
     let report = CheckReport::build(&verified.plan, &members);
 
     let receipt = if report.all_in_effect() {
-        let path = args.receipt_out.clone().unwrap_or_else(|| default_receipt_path(&args.plan));
+        let path = args.receipt_out.clone().unwrap_or_else(|| crate::cli::apply::receipt_path(&args.plan));
         if path.exists() {
             ReceiptWrite::Exists(path)
         } else {
