@@ -24,11 +24,6 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::trust::{verify_detached, AllowedSigners, SshSignature, VerifyError, APPROVAL_NAMESPACE};
 
-/// The infix between a plan's file name and the approver label: `<plan>.approval-<label>.sig`.
-pub const FILE_INFIX: &str = ".approval-";
-/// The suffix of approval files.
-pub const FILE_SUFFIX: &str = ".sig";
-
 /// The longest label kept in an approval file name.
 const MAX_LABEL: usize = 80;
 
@@ -93,42 +88,6 @@ pub fn file_label(principal: Option<&str>, fingerprint: &str) -> String {
         Some(label) if label.chars().any(|c| c.is_ascii_alphanumeric()) => label,
         _ => clean(fingerprint),
     }
-}
-
-/// The approval file for `plan_path` and `label`: `<plan>.approval-<label>.sig`.
-pub fn approval_path(plan_path: &Path, label: &str) -> PathBuf {
-    let mut name = plan_path.as_os_str().to_owned();
-    name.push(FILE_INFIX);
-    name.push(label);
-    name.push(FILE_SUFFIX);
-    PathBuf::from(name)
-}
-
-/// The approval files beside `plan_path` (`<plan>.approval-*.sig`), sorted by name. An unreadable folder
-/// gives no files (so an approvals requirement then fails, never passes).
-pub fn find(plan_path: &Path) -> Vec<PathBuf> {
-    let Some(plan_name) = plan_path.file_name().and_then(|n| n.to_str()) else {
-        return Vec::new();
-    };
-    let prefix = format!("{plan_name}{FILE_INFIX}");
-    let dir = match plan_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            (name.starts_with(&prefix) && name.ends_with(FILE_SUFFIX) && name.len() > prefix.len() + FILE_SUFFIX.len())
-                .then(|| plan_path.with_file_name(name))
-        })
-        .collect();
-    found.sort();
-    found
 }
 
 /// Judges each approval file against the plan's bytes without a requirement: which count and which do not.
@@ -252,7 +211,7 @@ pub fn require_for(
     }
     let allowed = AllowedSigners::load(allowed_path)?;
     let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
-    check(&bytes, &signer, &find(plan_path), &allowed, required, at)
+    check(&bytes, &signer, &crate::archive::approval_files(plan_path), &allowed, required, at)
 }
 
 /// The message of a failed gate: the count, then one line per approval and per rejection.
@@ -356,7 +315,7 @@ mod tests {
             PlanSigner { principal: "planner@x".into(), fingerprint: self.planner.fingerprint() }
         }
         fn approve(&self, key: &SigningKey, label: &str, bytes: &[u8], namespace: &str) -> PathBuf {
-            let path = approval_path(&self.plan, label);
+            let path = crate::archive::approval_path(&self.plan, label);
             std::fs::write(&path, key.sign(namespace, bytes).unwrap()).unwrap();
             path
         }
@@ -378,7 +337,7 @@ mod tests {
         std::fs::write(f.dir.path().join("plan.json.sig"), "x").unwrap();
         std::fs::write(f.dir.path().join("other.json.approval-a@x.sig"), "x").unwrap();
         std::fs::write(f.dir.path().join("plan.json.approval-.sig"), "x").unwrap();
-        assert_eq!(find(&f.plan), vec![a]);
+        assert_eq!(crate::archive::approval_files(&f.plan), vec![a]);
     }
 
     #[test]
@@ -392,8 +351,8 @@ mod tests {
         f.approve(&f.keys[3], "c", &f.bytes, APPROVAL_NAMESPACE); // not allowed to approve
         f.approve(&f.keys[1], "b-old", b"another plan", APPROVAL_NAMESPACE); // other bytes
         f.approve(&f.keys[1], "b-ns", &f.bytes, PLAN_NAMESPACE); // wrong namespace
-        std::fs::write(approval_path(&f.plan, "junk"), "not a signature").unwrap();
-        let files = find(&f.plan);
+        std::fs::write(crate::archive::approval_path(&f.plan, "junk"), "not a signature").unwrap();
+        let files = crate::archive::approval_files(&f.plan);
         let report = check(&f.bytes, &f.signer(), &files, &f.allowed, 2, now()).unwrap();
         let valid: Vec<_> = report.valid.iter().map(|a| (a.principal.as_str(), a.file.clone())).collect();
         assert_eq!(valid, vec![("a@x", a), ("b@x", b)]);
@@ -423,7 +382,8 @@ mod tests {
         let text = format!("{}planner@x namespaces=\"writeback-approval\" {}\n", "", f.keys[0].public_key_openssh());
         let allowed = AllowedSigners::parse(&text, "as").unwrap();
         f.approve(&f.keys[0], "p2", &f.bytes, APPROVAL_NAMESPACE);
-        let err = check(&f.bytes, &f.signer(), &find(&f.plan), &allowed, 1, now()).unwrap_err();
+        let err =
+            check(&f.bytes, &f.signer(), &crate::archive::approval_files(&f.plan), &allowed, 1, now()).unwrap_err();
         assert!(err.to_string().contains("plan's signer"), "{err}");
     }
 

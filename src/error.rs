@@ -29,6 +29,8 @@ pub mod exit {
     pub const UNSUPPORTED_VERSION: i32 = 14;
     /// Fewer valid approvals than the policy requires.
     pub const APPROVALS: i32 = 15;
+    /// The plan's times are not believable: created in the future, or it lives longer than `max_plan_lifetime`.
+    pub const PLAN_TIMES: i32 = 16;
     /// The plan was made for another tenant.
     pub const TENANT_MISMATCH: i32 = 20;
     /// A group no longer exists or can no longer be changed through Graph.
@@ -43,10 +45,23 @@ pub mod exit {
     pub const PARTIAL: i32 = 25;
     /// The admin did not confirm (or there was no terminal to ask on, and no `--yes`).
     pub const NOT_CONFIRMED: i32 = 26;
+    /// An object of the plan is not what the reviewer saw: not a user the admin can see, a user or UPN named
+    /// twice, or a UPN or group name that differs from Graph's without the matching `--accept-…` flag.
+    pub const PLAN_MISMATCH: i32 = 27;
+    /// The plan was cancelled (`writeback cancel`).
+    pub const CANCELLED: i32 = 28;
+    /// Another apply of this plan is running (its lock names the owner).
+    pub const LOCKED: i32 = 29;
     /// `check` found that the group is not where the plan said.
     pub const NOT_IN_EFFECT: i32 = 30;
     /// `audit` found a problem in the archive.
     pub const AUDIT_FINDINGS: i32 = 31;
+    /// `doctor` found at least one check that fails.
+    pub const DOCTOR_FAILED: i32 = 32;
+    /// `plan --detailed-exitcode`: a plan with changes was written (0 then means: nothing to change, no plan).
+    pub const CHANGES: i32 = 40;
+    /// The command was interrupted (Ctrl-C); `apply` can be resumed by running the same command again.
+    pub const INTERRUPTED: i32 = 130;
 }
 
 /// Everything that can make a writeback command fail.
@@ -121,6 +136,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The plan's times are not believable (created in the future, or too long a lifetime).
+    #[error("{}: {message}", path.display())]
+    PlanTimes {
+        /// The plan.
+        path: PathBuf,
+        /// Which time is wrong and what to do.
+        message: String,
+    },
+
     /// Not enough approvals.
     #[error("{0}")]
     Approvals(String),
@@ -129,24 +153,61 @@ pub enum Error {
     #[error("{0}")]
     Service(String),
 
-    /// One of `apply`'s gates refused the plan; `code` is the gate's exit code.
-    #[error("{message}")]
-    Gate {
-        /// The gate's exit code (see [`exit`]).
-        code: i32,
-        /// Why, and what to do.
-        message: String,
-    },
+    /// The plan was made for another tenant than the one the credentials sign in to.
+    #[error("{0}")]
+    TenantMismatch(String),
 
-    /// The work finished with a result that is not success (partial apply, audit findings, check mismatch),
-    /// already reported in full on stdout.
-    #[error("{message}")]
-    Outcome {
-        /// The exit code (see [`exit`]).
-        code: i32,
-        /// One line for stderr.
-        message: String,
-    },
+    /// A group is gone, or Graph cannot change its membership.
+    #[error("{0}")]
+    GroupNotManageable(String),
+
+    /// The plan was applied already (or its id was used for other contents).
+    #[error("{0}")]
+    Replay(String),
+
+    /// Membership changed since planning by more than the drift limit (or at all, with `--strict`).
+    #[error("{0}")]
+    Drift(String),
+
+    /// The removals exceed the removal limits.
+    #[error("{0}")]
+    Threshold(String),
+
+    /// Apply finished but some changes failed; the receipt lists them (already reported on stdout).
+    #[error("{0}")]
+    Partial(String),
+
+    /// The admin did not confirm.
+    #[error("{0}")]
+    NotConfirmed(String),
+
+    /// An object of the plan is not what the reviewer saw (see [`exit::PLAN_MISMATCH`]).
+    #[error("{0}")]
+    PlanMismatch(String),
+
+    /// The plan was cancelled.
+    #[error("{0}")]
+    Cancelled(String),
+
+    /// Another apply of this plan holds its lock.
+    #[error("{0}")]
+    Locked(String),
+
+    /// `check`: changes of the plan are not in effect (already reported on stdout).
+    #[error("{0}")]
+    NotInEffect(String),
+
+    /// `audit`: the archive has findings (already reported on stdout).
+    #[error("{0}")]
+    AuditFindings(String),
+
+    /// `doctor`: at least one check failed (already reported on stdout).
+    #[error("{0}")]
+    DoctorFailed(String),
+
+    /// The command was interrupted by Ctrl-C; the message says how to resume.
+    #[error("{0}")]
+    Interrupted(String),
 
     /// A bug or an unexpected condition.
     #[error("{0}")]
@@ -165,9 +226,23 @@ impl Error {
             Error::Expired { .. } => exit::EXPIRED,
             Error::MalformedPlan { .. } => exit::MALFORMED_PLAN,
             Error::UnsupportedVersion { .. } => exit::UNSUPPORTED_VERSION,
+            Error::PlanTimes { .. } => exit::PLAN_TIMES,
             Error::Approvals(_) => exit::APPROVALS,
             Error::Service(_) => exit::SERVICE,
-            Error::Gate { code, .. } | Error::Outcome { code, .. } => *code,
+            Error::TenantMismatch(_) => exit::TENANT_MISMATCH,
+            Error::GroupNotManageable(_) => exit::GROUP_NOT_MANAGEABLE,
+            Error::Replay(_) => exit::REPLAY,
+            Error::Drift(_) => exit::DRIFT,
+            Error::Threshold(_) => exit::THRESHOLD,
+            Error::Partial(_) => exit::PARTIAL,
+            Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
+            Error::PlanMismatch(_) => exit::PLAN_MISMATCH,
+            Error::Cancelled(_) => exit::CANCELLED,
+            Error::Locked(_) => exit::LOCKED,
+            Error::NotInEffect(_) => exit::NOT_IN_EFFECT,
+            Error::AuditFindings(_) => exit::AUDIT_FINDINGS,
+            Error::DoctorFailed(_) => exit::DOCTOR_FAILED,
+            Error::Interrupted(_) => exit::INTERRUPTED,
             Error::Internal(_) => exit::FAILURE,
         }
     }
@@ -234,6 +309,7 @@ mod tests {
             (exit::MALFORMED_PLAN, "MALFORMED_PLAN"),
             (exit::UNSUPPORTED_VERSION, "UNSUPPORTED_VERSION"),
             (exit::APPROVALS, "APPROVALS"),
+            (exit::PLAN_TIMES, "PLAN_TIMES"),
             (exit::TENANT_MISMATCH, "TENANT_MISMATCH"),
             (exit::GROUP_NOT_MANAGEABLE, "GROUP_NOT_MANAGEABLE"),
             (exit::REPLAY, "REPLAY"),
@@ -241,8 +317,14 @@ mod tests {
             (exit::THRESHOLD, "THRESHOLD"),
             (exit::PARTIAL, "PARTIAL"),
             (exit::NOT_CONFIRMED, "NOT_CONFIRMED"),
+            (exit::PLAN_MISMATCH, "PLAN_MISMATCH"),
+            (exit::CANCELLED, "CANCELLED"),
+            (exit::LOCKED, "LOCKED"),
             (exit::NOT_IN_EFFECT, "NOT_IN_EFFECT"),
             (exit::AUDIT_FINDINGS, "AUDIT_FINDINGS"),
+            (exit::DOCTOR_FAILED, "DOCTOR_FAILED"),
+            (exit::CHANGES, "CHANGES"),
+            (exit::INTERRUPTED, "INTERRUPTED"),
         ];
         let expected: Vec<(i32, String)> = constants.iter().map(|(c, n)| (*c, n.to_string())).collect();
         assert_eq!(documented, expected);

@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod approvals;
+pub mod archive;
 pub mod atomic_write;
 pub mod audit;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod export;
+pub mod folders;
 pub mod http;
 pub mod identity;
 pub mod plan;

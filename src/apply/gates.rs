@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::journal::PlanProgress;
 use super::{ChangeResult, Outcome};
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Result};
 use crate::identity::ObjectId;
 use crate::plan::{Action, GroupPlan, Plan};
 
@@ -47,93 +47,62 @@ pub struct GroupState {
     pub not_manageable: Option<String>,
 }
 
-/// A gate's refusal: its exit code and the message for the admin.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Refusal {
-    /// The exit code ([`crate::error::exit`]).
-    pub code: i32,
-    /// What is wrong and what to do.
-    pub message: String,
-}
-
-impl From<Refusal> for Error {
-    fn from(r: Refusal) -> Error {
-        Error::Gate { code: r.code, message: r.message }
-    }
-}
-
 /// Gate 4: the plan's tenant is the token's tenant. A plan made from exports names no tenant; then the group
 /// ids (which are unique across tenants) are what ties it to the tenant, and gate 5 checks them.
-pub fn check_tenant(plan: &Plan, token_tenant: &str) -> Result<(), Refusal> {
+pub fn check_tenant(plan: &Plan, token_tenant: &str) -> Result<()> {
     match &plan.tenant_id {
-        Some(planned) if !planned.trim().eq_ignore_ascii_case(token_tenant.trim()) => Err(Refusal {
-            code: exit::TENANT_MISMATCH,
-            message: format!(
+        Some(planned) if !planned.trim().eq_ignore_ascii_case(token_tenant.trim()) => {
+            Err(Error::TenantMismatch(format!(
                 "the plan was made for tenant {planned}, but the credentials sign in to tenant {token_tenant}; \
                  use the credentials of the plan's tenant, or ask for a plan made against this one"
-            ),
-        }),
+            )))
+        }
         _ => Ok(()),
     }
 }
 
 /// Gate 5: the group exists and Graph can change its membership.
-pub fn check_group(group: &GroupPlan, state: Option<&GroupState>) -> Result<(), Refusal> {
+pub fn check_group(group: &GroupPlan, state: Option<&GroupState>) -> Result<()> {
     match state {
-        None => Err(Refusal {
-            code: exit::GROUP_NOT_MANAGEABLE,
-            message: format!("group {} no longer exists (or the credentials cannot see it)", group.label()),
-        }),
-        Some(GroupState { not_manageable: Some(reason), .. }) => Err(Refusal {
-            code: exit::GROUP_NOT_MANAGEABLE,
-            message: format!("group {} cannot be changed through Microsoft Graph: {reason}", group.label()),
-        }),
+        None => Err(Error::GroupNotManageable(format!(
+            "group {} no longer exists (or the credentials cannot see it)",
+            group.label()
+        ))),
+        Some(GroupState { not_manageable: Some(reason), .. }) => Err(Error::GroupNotManageable(format!(
+            "group {} cannot be changed through Microsoft Graph: {reason}",
+            group.label()
+        ))),
         Some(_) => Ok(()),
     }
 }
 
 /// Gate 6: a plan that finished is never applied again; a plan whose id was started with other file contents
 /// is refused too. An interrupted plan passes (it resumes). `receipt_exists` covers a journal that was moved.
-pub fn check_replay(
-    plan: &Plan,
-    plan_sha256: &str,
-    progress: &PlanProgress,
-    receipt_exists: bool,
-) -> Result<(), Refusal> {
+pub fn check_replay(plan: &Plan, plan_sha256: &str, progress: &PlanProgress, receipt_exists: bool) -> Result<()> {
     if let Some((at, status)) = &progress.finished {
-        return Err(Refusal {
-            code: exit::REPLAY,
-            message: format!(
-                "plan {} was already applied (finished {} at {}); a plan is applied once. To make more changes, \
+        return Err(Error::Replay(format!(
+            "plan {} was already applied (finished {} at {}); a plan is applied once. To make more changes, \
                  make a new plan",
-                plan.plan_id,
-                status.as_str(),
-                crate::plan::timestamp::format(at)
-            ),
-        });
+            plan.plan_id,
+            status.as_str(),
+            crate::plan::timestamp::format(at)
+        )));
     }
     if let Some(recorded) = &progress.plan_sha256 {
         if recorded != plan_sha256 {
-            return Err(Refusal {
-                code: exit::REPLAY,
-                message: format!(
-                    "plan id {} was started from a file with other contents (sha256 {recorded}); refusing a second \
+            return Err(Error::Replay(format!(
+                "plan id {} was started from a file with other contents (sha256 {recorded}); refusing a second \
                      document under the same id",
-                    plan.plan_id
-                ),
-            });
+                plan.plan_id
+            )));
         }
     }
     if receipt_exists && progress.runs == 0 {
-        return Err(Refusal {
-            code: exit::REPLAY,
-            message: format!(
-                "plan {} has a receipt already, so it was applied; the journal given does not show it. Use the \
+        return Err(Error::Replay(format!(
+            "plan {} has a receipt already, so it was applied; the journal given does not show it. Use the \
                  journal that belongs to the receipt, or make a new plan",
-                plan.plan_id
-            ),
-        });
+            plan.plan_id
+        )));
     }
     Ok(())
 }
@@ -251,7 +220,7 @@ pub fn plan_group(group: &GroupPlan, current: &BTreeSet<ObjectId>, progress: &Pl
 }
 
 /// Gate 7 under `--strict`: any drift refuses.
-pub fn check_strict_drift(works: &[GroupWork]) -> Result<(), Refusal> {
+pub fn check_strict_drift(works: &[GroupWork]) -> Result<()> {
     let drifted: Vec<String> = works
         .iter()
         .filter(|w| !w.strict_drift.is_empty())
@@ -260,14 +229,11 @@ pub fn check_strict_drift(works: &[GroupWork]) -> Result<(), Refusal> {
     if drifted.is_empty() {
         return Ok(());
     }
-    Err(Refusal {
-        code: exit::DRIFT,
-        message: format!(
-            "membership changed since the plan was made: {}; --strict refuses a stale plan. Make a new plan, or run \
+    Err(Error::Drift(format!(
+        "membership changed since the plan was made: {}; --strict refuses a stale plan. Make a new plan, or run \
              without --strict to apply only the changes still needed",
-            drifted.join("; ")
-        ),
-    })
+        drifted.join("; ")
+    )))
 }
 
 /// The removal limits (gate 8).
@@ -286,17 +252,14 @@ impl Default for Thresholds {
 }
 
 /// Gate 8: the removals still to send stay within both limits.
-pub fn check_thresholds(works: &[GroupWork], limits: Thresholds) -> Result<(), Refusal> {
+pub fn check_thresholds(works: &[GroupWork], limits: Thresholds) -> Result<()> {
     let total: u64 = works.iter().map(|w| w.removes.len() as u64).sum();
     if total > limits.max_removals {
-        return Err(Refusal {
-            code: exit::THRESHOLD,
-            message: format!(
-                "the plan removes {total} members, over the limit of {} (--max-removals). Check the plan; if the \
+        return Err(Error::Threshold(format!(
+            "the plan removes {total} members, over the limit of {} (--max-removals). Check the plan; if the \
                  removals are intended, run again with --max-removals {total}",
-                limits.max_removals
-            ),
-        });
+            limits.max_removals
+        )));
     }
     for work in works {
         let removes = work.removes.len() as u64;
@@ -305,18 +268,15 @@ pub fn check_thresholds(works: &[GroupWork], limits: Thresholds) -> Result<(), R
         }
         let percent = removes as f64 * 100.0 / (work.member_count.max(1) as f64);
         if percent > limits.max_removal_percent {
-            return Err(Refusal {
-                code: exit::THRESHOLD,
-                message: format!(
-                    "group {}: the plan removes {removes} of its {} members ({percent:.1}%), over the limit of {}% \
+            return Err(Error::Threshold(format!(
+                "group {}: the plan removes {removes} of its {} members ({percent:.1}%), over the limit of {}% \
                      (--max-removal-percent). Check the plan; if the removals are intended, run again with \
                      --max-removal-percent {}",
-                    work.label,
-                    work.member_count,
-                    limits.max_removal_percent,
-                    percent.ceil()
-                ),
-            });
+                work.label,
+                work.member_count,
+                limits.max_removal_percent,
+                percent.ceil()
+            )));
         }
     }
     Ok(())
@@ -326,6 +286,7 @@ pub fn check_thresholds(works: &[GroupWork], limits: Thresholds) -> Result<(), R
 mod tests {
     use super::*;
     use crate::apply::journal::FinishStatus;
+    use crate::error::exit;
     use crate::plan::{Change, Counts, Precondition};
     use chrono::DateTime;
 
@@ -388,8 +349,8 @@ mod tests {
         let outcomes: Vec<Outcome> = w.settled.iter().map(|s| s.outcome).collect();
         assert_eq!(outcomes, vec![Outcome::AlreadyMember, Outcome::AlreadyAbsent]);
         let err = check_strict_drift(&[w]).unwrap_err();
-        assert_eq!(err.code, exit::DRIFT);
-        assert!(err.message.contains("2 joined, 1 left"), "{}", err.message);
+        assert_eq!(err.exit_code(), exit::DRIFT);
+        assert!(err.to_string().contains("2 joined, 1 left"), "{err}");
     }
 
     #[test]
@@ -426,11 +387,11 @@ mod tests {
         let w = plan_group(&g, &set(&members), &PlanProgress::default());
         let limits = Thresholds::default();
         let err = check_thresholds(std::slice::from_ref(&w), limits).unwrap_err();
-        assert_eq!(err.code, exit::THRESHOLD);
-        assert!(err.message.contains("30.0%"), "{}", err.message);
+        assert_eq!(err.exit_code(), exit::THRESHOLD);
+        assert!(err.to_string().contains("30.0%"), "{err}");
         assert!(check_thresholds(std::slice::from_ref(&w), Thresholds { max_removal_percent: 30.0, ..limits }).is_ok());
         let err = check_thresholds(&[w], Thresholds { max_removals: 2, max_removal_percent: 100.0 }).unwrap_err();
-        assert!(err.message.contains("--max-removals 3"), "{}", err.message);
+        assert!(err.to_string().contains("--max-removals 3"), "{err}");
     }
 
     #[test]
@@ -447,7 +408,7 @@ mod tests {
             groups: vec![],
         };
         assert!(check_tenant(&plan, "aaaa").is_ok());
-        assert_eq!(check_tenant(&plan, "bbbb").unwrap_err().code, exit::TENANT_MISMATCH);
+        assert_eq!(check_tenant(&plan, "bbbb").unwrap_err().exit_code(), exit::TENANT_MISMATCH);
         plan.tenant_id = None;
         assert!(check_tenant(&plan, "bbbb").is_ok());
     }
@@ -467,23 +428,23 @@ mod tests {
         };
         let fresh = PlanProgress::default();
         assert!(check_replay(&plan, "aa", &fresh, false).is_ok());
-        assert_eq!(check_replay(&plan, "aa", &fresh, true).unwrap_err().code, exit::REPLAY);
+        assert_eq!(check_replay(&plan, "aa", &fresh, true).unwrap_err().exit_code(), exit::REPLAY);
         let interrupted = PlanProgress { runs: 1, plan_sha256: Some("aa".into()), ..Default::default() };
         assert!(check_replay(&plan, "aa", &interrupted, false).is_ok());
-        assert_eq!(check_replay(&plan, "bb", &interrupted, false).unwrap_err().code, exit::REPLAY);
+        assert_eq!(check_replay(&plan, "bb", &interrupted, false).unwrap_err().exit_code(), exit::REPLAY);
         let finished = PlanProgress {
             finished: Some((DateTime::from_timestamp(5, 0).unwrap(), FinishStatus::Partial)),
             ..interrupted
         };
-        assert_eq!(check_replay(&plan, "aa", &finished, false).unwrap_err().code, exit::REPLAY);
+        assert_eq!(check_replay(&plan, "aa", &finished, false).unwrap_err().exit_code(), exit::REPLAY);
     }
 
     #[test]
     fn group_gate() {
         let g = group(&[], vec![]);
-        assert_eq!(check_group(&g, None).unwrap_err().code, exit::GROUP_NOT_MANAGEABLE);
+        assert_eq!(check_group(&g, None).unwrap_err().exit_code(), exit::GROUP_NOT_MANAGEABLE);
         let dynamic = GroupState { display_name: None, not_manageable: Some("dynamic membership".into()) };
-        assert!(check_group(&g, Some(&dynamic)).unwrap_err().message.contains("dynamic"));
+        assert!(check_group(&g, Some(&dynamic)).unwrap_err().to_string().contains("dynamic"));
         assert!(check_group(&g, Some(&GroupState { display_name: None, not_manageable: None })).is_ok());
     }
 }

@@ -12,7 +12,7 @@ use super::gates::{self, DirectoryReads, GroupWork, Thresholds};
 use super::journal::{self, Chain, Event, Journal, PlanProgress};
 use super::receipt::{self, Applier, JournalAnchor, Receipt, ReceiptInput};
 use super::{ChangeResult, OutcomeCounts};
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Result};
 use crate::identity::ObjectId;
 use crate::plan::Plan;
 
@@ -163,14 +163,11 @@ pub async fn execute<T: Transport>(
     let opened = Journal::open(run.journal_path, run.clock.now())?;
     let seen_seq = prepared.journal.as_ref().map_or(0, |c| c.seq);
     if opened.chain.seq != seen_seq {
-        return Err(Error::Gate {
-            code: exit::REPLAY,
-            message: format!(
-                "{}: the journal changed while apply was waiting (another apply running?); nothing was sent. Run \
+        return Err(Error::Replay(format!(
+            "{}: the journal changed while apply was waiting (another apply running?); nothing was sent. Run \
                  the command again",
-                run.journal_path.display()
-            ),
-        });
+            run.journal_path.display()
+        )));
     }
     if let Some(torn) = &opened.chain.torn_tail {
         tracing::warn!(
@@ -217,14 +214,11 @@ pub async fn execute<T: Transport>(
                  command again to finish the remaining changes",
                 run.journal_path.display()
             )),
-            ExecError::Interrupted => Error::Outcome {
-                code: exit::FAILURE,
-                message: format!(
-                    "interrupted; every outcome so far is in {}. Run the same command again to finish the remaining \
+            ExecError::Interrupted => Error::Interrupted(format!(
+                "interrupted; every outcome so far is in {}. Run the same command again to finish the remaining \
                      changes",
-                    run.journal_path.display()
-                ),
-            },
+                run.journal_path.display()
+            )),
         })?
     };
     let counts = OutcomeCounts::tally(outcomes.values().map(|r| &r.outcome));

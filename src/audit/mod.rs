@@ -25,13 +25,9 @@ use uuid::Uuid;
 use crate::apply::journal::{self, Chain, Event, PlanProgress};
 use crate::apply::receipt::{Receipt, ReceiptMode};
 use crate::apply::OutcomeCounts;
+use crate::archive::{APPROVAL_INFIX, RECEIPT_SUFFIX, SIGNATURE_SUFFIX};
 use crate::plan::{self, Plan};
 use crate::trust::{self, AllowedSigners, TrustError, VerifyError, APPROVAL_NAMESPACE, RECEIPT_NAMESPACE};
-
-/// The infix of approval files: `<plan>.approval-<label>.sig`.
-pub const APPROVAL_INFIX: &str = ".approval-";
-/// The suffix of receipts.
-pub const RECEIPT_SUFFIX: &str = ".receipt.json";
 
 /// One file of the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +186,7 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
     let mut journal_paths: BTreeSet<&str> = BTreeSet::new();
     let mut approvals: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (&path, &bytes) in &by_path {
-        if path.ends_with(".sig") {
+        if path.ends_with(SIGNATURE_SUFFIX) {
             continue;
         } else if path.ends_with(".jsonl") {
             journal_paths.insert(path);
@@ -206,7 +202,7 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
         }
     }
     for &path in by_path.keys() {
-        let Some(subject) = path.strip_suffix(".sig") else { continue };
+        let Some(subject) = path.strip_suffix(SIGNATURE_SUFFIX) else { continue };
         report.files.signatures += 1;
         if let Some(at) = subject.rfind(APPROVAL_INFIX) {
             let plan_path = &subject[..at];

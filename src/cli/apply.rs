@@ -16,7 +16,7 @@ use crate::apply::session::{self, Clock, Finished, GateOptions, Prepared, RunInp
 use crate::apply::ChangeResult;
 use crate::cli::Context;
 use crate::config::Config;
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Result};
 use crate::report::review::{render_review, SignatureStatus};
 use crate::trust::{self, SigningKey};
 
@@ -109,23 +109,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// The file beside `plan` with `suffix` appended to its name (`plan.json` → `plan.json.receipt.json`).
-pub fn beside(plan: &Path, suffix: &str) -> PathBuf {
-    let mut name = plan.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// The default journal of a plan: `<plan>.journal.jsonl`.
-pub fn default_journal(plan: &Path) -> PathBuf {
-    beside(plan, ".journal.jsonl")
-}
-
-/// The receipt of a plan: `<plan>.receipt.json`.
-pub fn receipt_path(plan: &Path) -> PathBuf {
-    beside(plan, ".receipt.json")
-}
-
 /// Runs `writeback apply`.
 pub fn run(args: ApplyArgs, ctx: &Context) -> Result<()> {
     let config = args.trust.load_config()?;
@@ -179,8 +162,8 @@ pub fn check(args: &ApplyArgs, config: Option<&Config>, ctx: &Context) -> Result
     };
     Ok(Checked {
         verified,
-        journal: args.journal.clone().unwrap_or_else(|| default_journal(&args.plan)),
-        receipt: receipt_path(&args.plan),
+        journal: args.journal.clone().unwrap_or_else(|| crate::archive::journal_path(&args.plan)),
+        receipt: crate::archive::receipt_path(&args.plan),
         key,
         options: GateOptions { strict: args.strict, thresholds },
     })
@@ -300,16 +283,13 @@ fn finish(args: &ApplyArgs, checked: &Checked, finished: &Finished) -> Result<()
     }
     let counts = finished.receipt.counts;
     if counts.failed > 0 {
-        return Err(Error::Outcome {
-            code: exit::PARTIAL,
-            message: format!(
-                "{} of {} changes failed; {} lists each with Graph's reason. Fix the cause and make a new plan for \
+        return Err(Error::Partial(format!(
+            "{} of {} changes failed; {} lists each with Graph's reason. Fix the cause and make a new plan for \
                  what is left",
-                counts.failed,
-                counts.total(),
-                checked.receipt.display()
-            ),
-        });
+            counts.failed,
+            counts.total(),
+            checked.receipt.display()
+        )));
     }
     Ok(())
 }
@@ -321,7 +301,7 @@ fn write_receipt(path: &Path, receipt: &Receipt, key: Option<&SigningKey>) -> Re
             let sig = key
                 .sign(RECEIPT_NAMESPACE, &bytes)
                 .map_err(|e| Error::Internal(format!("cannot sign the receipt: {e}")))?;
-            let sig_path = trust::default_signature_path(path);
+            let sig_path = crate::archive::signature_path(path);
             crate::atomic_write::write_together(&[(path, &bytes), (&sig_path, sig.as_bytes())])
         }
         None => crate::atomic_write::write(path, &bytes),
@@ -333,12 +313,11 @@ fn confirm(args: &ApplyArgs, plan: &crate::plan::Plan, prepared: &Prepared, esti
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Error::Gate {
-            code: exit::NOT_CONFIRMED,
-            message: "there is no terminal to ask for confirmation on; nothing was sent. Review the plan, then run \
+        return Err(Error::NotConfirmed(
+            "there is no terminal to ask for confirmation on; nothing was sent. Review the plan, then run \
                       again with --yes to apply it without asking"
                 .into(),
-        });
+        ));
     }
     eprint!(
         "\nApply plan {} to tenant {}: {} adds and {} removes ({} Graph writes)? Type 'yes' to apply: ",
@@ -353,7 +332,7 @@ fn confirm(args: &ApplyArgs, plan: &crate::plan::Plan, prepared: &Prepared, esti
     if answer.trim().eq_ignore_ascii_case("yes") {
         Ok(())
     } else {
-        Err(Error::Gate { code: exit::NOT_CONFIRMED, message: "not confirmed; nothing was sent".into() })
+        Err(Error::NotConfirmed("not confirmed; nothing was sent".into()))
     }
 }
 

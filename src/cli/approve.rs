@@ -69,7 +69,7 @@ pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
         )));
     }
 
-    let path = approvals::approval_path(&args.plan, &approvals::file_label(Some(&principal), &fingerprint));
+    let path = crate::archive::approval_path(&args.plan, &approvals::file_label(Some(&principal), &fingerprint));
     let already = if path.exists() {
         let existing = std::fs::read(&path).map_err(|e| Error::read(&path, e))?;
         match trust::verify_detached(&bytes, &existing, APPROVAL_NAMESPACE, &allowed, None, ctx.now) {
@@ -109,7 +109,7 @@ pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
     );
 
     let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
-    let files = approvals::find(&args.plan);
+    let files = crate::archive::approval_files(&args.plan);
     let report = approvals::evaluate(&bytes, &signer, &files, &allowed, ctx.now);
     print!("{}", approvals::render_section(&files, Some(&report)));
     Ok(())

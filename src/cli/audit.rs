@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::audit::{self, ArchiveFile, AuditReport, Finding};
 use crate::cli::Context;
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Result};
 use crate::plan::csv::neutralize;
 use crate::plan::timestamp;
 use crate::trust::AllowedSigners;
@@ -75,10 +75,7 @@ pub fn run(args: AuditArgs, ctx: &Context) -> Result<()> {
     if report.findings.is_empty() {
         Ok(())
     } else {
-        Err(Error::Outcome {
-            code: exit::AUDIT_FINDINGS,
-            message: format!("the archive has {} finding(s)", report.findings.len()),
-        })
+        Err(Error::AuditFindings(format!("the archive has {} finding(s)", report.findings.len())))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::apply::receipt::{Applier, Receipt, RECEIPT_NAMESPACE};
 use crate::audit::effect::{self, CheckReport, GroupCheck, ManualReceiptInput};
 use crate::cli::Context;
 use crate::directory::graph::GraphClient;
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Result};
 use crate::identity::ObjectId;
 use crate::plan::{timestamp, Action};
 use crate::trust::{self, SigningKey, VerifiedPlan};
@@ -74,7 +74,7 @@ pub fn run(args: CheckArgs, ctx: &Context) -> Result<()> {
     let report = CheckReport::build(&verified.plan, &members);
 
     let receipt = if report.all_in_effect() {
-        let path = args.receipt_out.clone().unwrap_or_else(|| crate::cli::apply::receipt_path(&args.plan));
+        let path = args.receipt_out.clone().unwrap_or_else(|| crate::archive::receipt_path(&args.plan));
         if path.exists() {
             ReceiptWrite::Exists(path)
         } else {
@@ -112,14 +112,11 @@ pub fn run(args: CheckArgs, ctx: &Context) -> Result<()> {
     if report.all_in_effect() {
         Ok(())
     } else {
-        Err(Error::Outcome {
-            code: exit::NOT_IN_EFFECT,
-            message: format!(
-                "{} of the plan's {} changes are not in effect; no receipt was written",
-                report.not_in_effect(),
-                report.changes()
-            ),
-        })
+        Err(Error::NotInEffect(format!(
+            "{} of the plan's {} changes are not in effect; no receipt was written",
+            report.not_in_effect(),
+            report.changes()
+        )))
     }
 }
 
@@ -130,13 +127,10 @@ async fn read_groups(
     let tenant = client.tenant_id().await?;
     if let Some(planned) = &verified.plan.tenant_id {
         if !planned.eq_ignore_ascii_case(&tenant) {
-            return Err(Error::Gate {
-                code: exit::TENANT_MISMATCH,
-                message: format!(
-                    "the plan was made for tenant {planned}, but the credentials sign in to tenant {tenant}; \
-                     check AZURE_TENANT_ID"
-                ),
-            });
+            return Err(Error::TenantMismatch(format!(
+                "the plan was made for tenant {planned}, but the credentials sign in to tenant {tenant}; check \
+                 AZURE_TENANT_ID"
+            )));
         }
     }
     let mut members = BTreeMap::new();
@@ -165,7 +159,7 @@ fn write_receipt(path: &Path, receipt: &Receipt, key: Option<&SigningKey>) -> Re
             let sig = key
                 .sign(RECEIPT_NAMESPACE, &bytes)
                 .map_err(|e| Error::Internal(format!("cannot sign the receipt: {e}")))?;
-            let sig_path = trust::default_signature_path(path);
+            let sig_path = crate::archive::signature_path(path);
             crate::atomic_write::write_together(&[(path, &bytes), (&sig_path, sig.as_bytes())])?;
             Ok(Some(sig_path))
         }

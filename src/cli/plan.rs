@@ -9,7 +9,7 @@ use crate::cli::Context;
 use crate::config::{parse_duration, Config, SyncMapping};
 use crate::directory::graph::{GraphClient, GraphError};
 use crate::directory::{entra_csv, DirectoryUser, GroupMember};
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Result};
 use crate::identity::{Email, ObjectId};
 use crate::plan::{self, Counts, GroupPlan, InputRecord, InputRole, Plan, PlanFormat, PlanOptions};
 use crate::reconcile::{reconcile, KeepList, ReconcileOptions, Reconciler};
@@ -227,7 +227,7 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
         let ext = if format == PlanFormat::Csv { "csv" } else { "json" };
         PathBuf::from(format!("plan-{}.{ext}", created_at.format("%Y%m%d-%H%M%S")))
     });
-    let sig_path = crate::trust::default_signature_path(&out);
+    let sig_path = crate::archive::signature_path(&out);
     let key = SigningKey::load(&key_path)?;
     let signer = args.signer.clone().or(defaults.signer.clone()).unwrap_or_else(|| key.comment().to_string());
     if signer.trim().is_empty() {
@@ -484,10 +484,10 @@ fn gather(
         match group.manageability() {
             Ok(w) => warnings.extend(w),
             Err(reason) => {
-                return Err(Error::Gate {
-                    code: exit::GROUP_NOT_MANAGEABLE,
-                    message: format!("{}: {reason}; writeback will not plan changes to it", mapping.name),
-                })
+                return Err(Error::GroupNotManageable(format!(
+                    "{}: {reason}; writeback will not plan changes to it",
+                    mapping.name
+                )))
             }
         }
         tenant_id = Some(tenant);

@@ -115,7 +115,7 @@ pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
         }
     });
 
-    let approval_paths = approvals::find(&args.plan);
+    let approval_paths = crate::archive::approval_files(&args.plan);
     let approval_report = match (&allowed, &signer) {
         (Some(allowed), Some(signer)) => Some(approvals::evaluate(&bytes, signer, &approval_paths, allowed, ctx.now)),
         _ => None,
@@ -221,7 +221,7 @@ fn receipt_checks(
         status: CheckStatus::Pass,
         detail: format!("plan_sha256 {recorded} matches"),
     });
-    let sig_path = trust::default_signature_path(path);
+    let sig_path = crate::archive::signature_path(path);
     let check = match (std::fs::read(&sig_path), allowed) {
         (Err(_), _) => Check {
             name: "Receipt signature".into(),

@@ -54,7 +54,7 @@ pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
         None => (SignatureStatus::Unchecked, None),
     };
     let plan = plan::decode(&bytes).map_err(|e| Error::plan(&args.plan, e))?;
-    let approval_files = crate::approvals::find(&args.plan);
+    let approval_files = crate::archive::approval_files(&args.plan);
     let approvals = match (&allowed, &signer) {
         (Some(path), Some(signer)) => {
             let allowed = crate::trust::AllowedSigners::load(path)?;

@@ -38,9 +38,9 @@ pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let config = args.trust.load_config()?;
     let allowed = args.trust.require_allowed_signers(config.as_ref(), "verify")?;
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, ctx.now)?;
-    let sig_path = args.signature.clone().unwrap_or_else(|| trust::default_signature_path(&args.plan));
+    let sig_path = args.signature.clone().unwrap_or_else(|| crate::archive::signature_path(&args.plan));
     // Approvals are listed, not required: `apply` and `export` enforce `--require-approvals`.
-    let approval_files = approvals::find(&args.plan);
+    let approval_files = crate::archive::approval_files(&args.plan);
     let signer =
         approvals::PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
     let bytes = std::fs::read(&args.plan).map_err(|e| crate::Error::read(&args.plan, e))?;

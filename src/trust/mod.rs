@@ -13,7 +13,7 @@ pub mod allowed_signers;
 pub mod keys;
 pub mod sshsig;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
@@ -176,13 +176,6 @@ pub fn verify_plan(
     })
 }
 
-/// The default signature path of a file: the same name with `.sig` appended.
-pub fn default_signature_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".sig");
-    PathBuf::from(name)
-}
-
 /// Reads a plan, its signature (`sig_path`, default `<plan>.sig`) and the allowed_signers file, and runs
 /// [`verify_plan`]. A missing signature file is a bad signature (exit 10).
 pub fn verify_plan_files(
@@ -192,7 +185,7 @@ pub fn verify_plan_files(
     now: DateTime<Utc>,
 ) -> crate::Result<VerifiedPlan> {
     let bytes = std::fs::read(plan_path).map_err(|e| crate::Error::read(plan_path, e))?;
-    let sig_path = sig_path.map(Path::to_path_buf).unwrap_or_else(|| default_signature_path(plan_path));
+    let sig_path = sig_path.map(Path::to_path_buf).unwrap_or_else(|| crate::archive::signature_path(plan_path));
     let signature = match std::fs::read(&sig_path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

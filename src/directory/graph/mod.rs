@@ -18,7 +18,6 @@ use std::sync::Arc;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
-use crate::error::exit;
 use crate::http::{base_str, same_origin, Http, HttpConfig, HttpError, Sent, ServiceError};
 use crate::plan::precondition::sha256_hex;
 use crate::plan::{InputRecord, InputRole};
@@ -75,7 +74,7 @@ impl From<GraphError> for crate::Error {
         match e {
             GraphError::Http(h) => h.into(),
             GraphError::Config { location, message } => crate::Error::Input { location, message },
-            GraphError::GroupNotFound(message) => crate::Error::Gate { code: exit::GROUP_NOT_MANAGEABLE, message },
+            GraphError::GroupNotFound(message) => crate::Error::GroupNotManageable(message),
             GraphError::AmbiguousGroup(message) => crate::Error::Usage(message),
             GraphError::InvalidRequest(message) => crate::Error::Internal(message),
             other => crate::Error::Service(other.to_string()),
