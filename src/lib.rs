@@ -29,6 +29,7 @@ pub mod reconcile;
 pub mod report;
 pub mod source;
 pub mod tabular;
+pub mod terminal;
 pub mod trust;
 
 pub use error::{Error, Result};

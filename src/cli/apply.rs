@@ -209,7 +209,7 @@ pub async fn run_with<B: Backend>(args: ApplyArgs, checked: Checked, ctx: &Conte
         principal: checked.verified.principal.clone(),
         fingerprint: checked.verified.fingerprint.clone(),
     };
-    let width = crate::cli::show::terminal_width();
+    let width = crate::terminal::table_width();
     let mut review = render_review(plan, &sha256, &status, ctx.now, width);
     review.push_str(&gate_report(&prepared, &estimate, &checked.journal));
     if args.json {
@@ -274,7 +274,7 @@ pub async fn run_with<B: Backend>(args: ApplyArgs, checked: Checked, ctx: &Conte
 
 /// Writes the receipt (and its signature), prints the summary or the JSON, and maps a partial apply to exit 25.
 fn finish(args: &ApplyArgs, checked: &Checked, finished: &Finished) -> Result<()> {
-    let width = crate::cli::show::terminal_width();
+    let width = crate::terminal::table_width();
     write_receipt(&checked.receipt, &finished.receipt, checked.key.as_ref())?;
     if args.json {
         print!("{}", String::from_utf8_lossy(&finished.receipt.encode()));

@@ -64,7 +64,7 @@ pub fn run(args: AuditArgs, ctx: &Context) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
-        print!("{}", render(&args.dir, &report, crate::cli::show::terminal_width()));
+        print!("{}", render(&args.dir, &report, crate::terminal::table_width()));
     }
     if let Some(path) = &args.csv {
         crate::atomic_write::write(path, &to_csv(&report))?;

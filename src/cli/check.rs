@@ -101,7 +101,7 @@ pub fn run(args: CheckArgs, ctx: &Context) -> Result<()> {
         let value = as_json(&args, &verified, &report, &receipt, ctx);
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
-        print!("{}", render(&args, &verified, &report, &receipt, ctx, crate::cli::show::terminal_width()));
+        print!("{}", render(&args, &verified, &report, &receipt, ctx, crate::terminal::table_width()));
     }
     if let ReceiptWrite::Exists(path) = &receipt {
         eprintln!(

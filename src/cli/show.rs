@@ -70,7 +70,7 @@ pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
         }
         println!("{}", serde_json::to_string_pretty(&value).map_err(|e| Error::Internal(e.to_string()))?);
     } else {
-        print!("{}", render_review(&plan, &sha256, &status, ctx.now, terminal_width()));
+        print!("{}", render_review(&plan, &sha256, &status, ctx.now, crate::terminal::table_width()));
         print!("\n{}", crate::approvals::render_section(&approval_files, approvals.as_ref()));
     }
     match failure {
@@ -85,9 +85,4 @@ fn short_reason(error: &Error) -> String {
         Some((_, reason)) => reason.to_string(),
         None => text,
     }
-}
-
-/// The width tables are laid out for: the `COLUMNS` variable when set, else 80.
-pub fn terminal_width() -> u16 {
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).filter(|w: &u16| *w >= 60).unwrap_or(80)
 }

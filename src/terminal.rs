@@ -1,0 +1,87 @@
+//! What reaches a terminal: the width tables are laid out for, and the escaping of every string that comes from
+//! outside (a plan, an input file, Graph, PoliteMail, an error body) before it is printed.
+//!
+//! A plan is attacker-controlled text until its signature is checked, and even a signed plan carries names typed
+//! by people and services. Printed raw, a control sequence in a UPN can move the cursor, erase rows of a review
+//! table or retitle the window; a bidirectional override can make `evil` read as `live`. [`escape`] turns each
+//! such character into a visible escape, so the screen shows exactly what the bytes say.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+/// True for the characters that must never reach a terminal raw: C0 controls, DEL, C1 controls, and the
+/// bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069).
+pub fn is_unsafe(c: char) -> bool {
+    matches!(c as u32, 0x00..=0x1f | 0x7f..=0x9f | 0x202a..=0x202e | 0x2066..=0x2069)
+}
+
+/// `text` with every unsafe character ([`is_unsafe`]) replaced by a visible escape: `\n`, `\r`, `\t`, `\xNN` for
+/// the other C0 and C1 controls and DEL, `\u{NNNN}` for the bidirectional controls. Borrowed when nothing needs
+/// escaping.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !is_unsafe(c) {
+            out.push(c);
+            continue;
+        }
+        let _ = match c {
+            '\n' => out.write_str("\\n"),
+            '\r' => out.write_str("\\r"),
+            '\t' => out.write_str("\\t"),
+            c if (c as u32) < 0x100 => write!(out, "\\x{:02x}", c as u32),
+            c => write!(out, "\\u{{{:04x}}}", c as u32),
+        };
+    }
+    Cow::Owned(out)
+}
+
+/// A string shown through [`escape`] when formatted: `format!("user {}", Escaped(&upn))`.
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(self.0))
+    }
+}
+
+/// The width tables are laid out for: the `COLUMNS` variable when set, else 80.
+pub fn table_width() -> u16 {
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).filter(|w: &u16| *w >= 60).unwrap_or(80)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_borrowed() {
+        assert!(matches!(escape("bob@contoso.com Ünïcödé"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn control_sequences_become_visible() {
+        let upn = "bob@x\u{1b}[31m\u{1b}[1A\u{1b}[2K\u{1b}]0;pwned\u{7}";
+        assert_eq!(escape(upn), "bob@x\\x1b[31m\\x1b[1A\\x1b[2K\\x1b]0;pwned\\x07");
+        assert_eq!(escape("a\nb\tc\rd\u{7f}e\u{9b}f"), "a\\nb\\tc\\rd\\x7fe\\x9bf");
+    }
+
+    #[test]
+    fn bidi_overrides_become_visible() {
+        assert_eq!(escape("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
+        assert_eq!(escape("\u{2066}x\u{2069}"), "\\u{2066}x\\u{2069}");
+        assert_eq!(format!("{}", Escaped("a\u{202a}")), "a\\u{202a}");
+    }
+
+    #[test]
+    fn nothing_unsafe_survives() {
+        for c in (0u32..0x3000).filter_map(char::from_u32) {
+            let shown = escape(&c.to_string()).into_owned();
+            assert!(!shown.chars().any(is_unsafe), "{c:?} -> {shown:?}");
+        }
+    }
+}
