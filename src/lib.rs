@@ -25,6 +25,7 @@ pub mod folders;
 pub mod http;
 pub mod identity;
 pub mod plan;
+pub mod planning;
 pub mod reconcile;
 pub mod report;
 pub mod source;

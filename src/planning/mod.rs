@@ -1,0 +1,168 @@
+//! `plan` as a library operation: fully merged [`PlanRequest`] in, a signed plan on disk and its warnings out.
+//!
+//! ```text
+//! mappings ─► inputs (files | Graph | PoliteMail API) ─► reconcile ─► Plan ─► encode ─► sign ─► plan + .sig
+//! ```
+//!
+//! - [`mapping`]: the config's `[[sync]]` entries merged with the flags (pure).
+//! - [`inputs`]: reading one mapping's contacts, group, members, users and keep list.
+//! - [`pipeline`]: the streaming path when all three inputs are files (a reading thread feeds the reconciler).
+//! - [`services`]: the Graph and PoliteMail clients and the async runtime, created on first use.
+//!
+//! Nothing here reads flags, the clock or the terminal: the command line builds the request (with the time and
+//! the loaded key) and renders the result.
+
+pub mod inputs;
+pub mod mapping;
+pub mod pipeline;
+pub mod services;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
+use self::inputs::{gather, read_keep_of, UserCache};
+use self::mapping::Mapping;
+use self::services::{Endpoints, Services};
+use crate::error::{Error, Result};
+use crate::identity::ObjectId;
+use crate::plan::{self, Counts, GroupPlan, InputRecord, Plan, PlanFormat, PlanOptions};
+use crate::reconcile::{reconcile, KeepList, ReconcileOptions, Reconciliation};
+use crate::trust::keys::SigningKey;
+
+/// Everything one plan needs, already checked: no flag or config is read after this.
+pub struct PlanRequest {
+    /// The mappings, one group each, in the order the plan lists them.
+    pub mappings: Vec<Mapping>,
+    /// Where Graph, its sign-in endpoint and PoliteMail are.
+    pub endpoints: Endpoints,
+    /// JSON or CSV.
+    pub format: PlanFormat,
+    /// The new plan's id.
+    pub plan_id: uuid::Uuid,
+    /// When the plan is made (whole seconds).
+    pub created_at: DateTime<Utc>,
+    /// How long it stays valid.
+    pub expires_in: chrono::Duration,
+    /// The principal recorded as signer.
+    pub signer: String,
+    /// The planner's key.
+    pub key: SigningKey,
+    /// Where the key was read from, for messages.
+    pub key_path: PathBuf,
+    /// Where the plan goes; its signature goes beside it.
+    pub out: PathBuf,
+}
+
+/// A plan written to disk with its signature.
+pub struct WrittenPlan {
+    /// The plan.
+    pub plan: Plan,
+    /// Its encoded bytes, as written (and signed).
+    pub bytes: Vec<u8>,
+    /// The plan file.
+    pub out: PathBuf,
+    /// The signature file.
+    pub signature: PathBuf,
+    /// Things the planner should know, each prefixed with its mapping's name.
+    pub warnings: Vec<String>,
+}
+
+/// Reads every mapping's inputs, reconciles, builds the plan, signs it and writes the plan and its signature
+/// together.
+pub fn plan(request: PlanRequest) -> Result<WrittenPlan> {
+    let (plan, warnings) = build(&request)?;
+    let bytes = plan::encode(&plan, request.format);
+    let signature = request
+        .key
+        .sign(crate::trust::PLAN_NAMESPACE, &bytes)
+        .map_err(|e| Error::Internal(format!("signing with {} failed: {e}", request.key_path.display())))?;
+    let sig_path = crate::archive::signature_path(&request.out);
+    crate::atomic_write::write_together(&[(&request.out, &bytes), (&sig_path, signature.as_bytes())])?;
+    Ok(WrittenPlan { plan, bytes, out: request.out, signature: sig_path, warnings })
+}
+
+/// The plan for the request's mappings (checked by [`Plan::validate`]) and the warnings met on the way.
+pub fn build(request: &PlanRequest) -> Result<(Plan, Vec<String>)> {
+    let mut user_cache = UserCache::default();
+    let mut services = Services::new(request.endpoints.clone());
+    let mut groups = Vec::new();
+    let mut tenant_id = None;
+    let mut warnings = Vec::new();
+    for mapping in &request.mappings {
+        let planned = plan_mapping(mapping, &mut user_cache, &mut services)?;
+        let (result, records) = (planned.result, planned.records);
+        warnings.extend(planned.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
+        warnings.extend(result.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
+        if let Some(t) = planned.tenant_id {
+            tenant_id.get_or_insert(t);
+        }
+        groups.push(GroupPlan {
+            group_id: planned.group_id,
+            display_name: planned.display_name,
+            options: PlanOptions { add_only: mapping.add_only, remove_only: mapping.remove_only },
+            inputs: records,
+            precondition: result.precondition,
+            counts: Counts::tally(&result.changes, &result.not_acted_on),
+            changes: result.changes,
+            not_acted_on: result.not_acted_on,
+        });
+    }
+    // The inputs are no longer needed: free them before the plan is encoded.
+    drop(user_cache);
+    let plan = Plan {
+        format: plan::FORMAT_NAME.into(),
+        format_version: plan::FORMAT_VERSION.into(),
+        plan_id: request.plan_id,
+        created_at: request.created_at,
+        expires_at: request.created_at + request.expires_in,
+        signer: request.signer.clone(),
+        tool_version: crate::tool_version(),
+        tenant_id,
+        groups,
+    };
+    plan.validate().map_err(|e| Error::Internal(format!("the plan failed its own checks: {e}")))?;
+    Ok((plan, warnings))
+}
+
+/// One mapping's reconciliation and what the plan records about its inputs.
+pub struct MappingPlan {
+    /// The group's id.
+    pub group_id: ObjectId,
+    /// Its display name, when known.
+    pub display_name: Option<String>,
+    /// The input records (contacts, members, users, keep list).
+    pub records: Vec<InputRecord>,
+    /// The tenant, when read from Graph.
+    pub tenant_id: Option<String>,
+    /// Things the planner should know about the group.
+    pub warnings: Vec<String>,
+    /// Adds, removes, entries not acted on and the precondition.
+    pub result: Reconciliation,
+}
+
+/// Plans one mapping: streamed when all its inputs are files, otherwise gathered whole and reconciled.
+fn plan_mapping(mapping: &Mapping, user_cache: &mut UserCache, services: &mut Services) -> Result<MappingPlan> {
+    if let Some(planned) = pipeline::plan_from_files(mapping, user_cache, services)? {
+        return Ok(planned);
+    }
+    let inputs = gather(mapping, user_cache, services)?;
+    let (keep, keep_record) = read_keep_of(mapping)?;
+    let options = reconcile_options(mapping, keep);
+    let result = reconcile(&inputs.contacts.contacts, &inputs.users, &inputs.members, &options);
+    let mut records = inputs.inputs;
+    records.extend(keep_record);
+    Ok(MappingPlan {
+        group_id: inputs.group_id,
+        display_name: inputs.display_name,
+        records,
+        tenant_id: inputs.tenant_id,
+        warnings: inputs.warnings,
+        result,
+    })
+}
+
+/// The reconciler's options for a mapping.
+fn reconcile_options(mapping: &Mapping, keep: KeepList) -> ReconcileOptions {
+    ReconcileOptions { add_only: mapping.add_only, remove_only: mapping.remove_only, keep }
+}
