@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
+use std::io::IsTerminal;
 
 /// True for the characters that must never reach a terminal raw: C0 controls, DEL, C1 controls, and the
 /// bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069).
@@ -52,6 +53,19 @@ impl fmt::Display for Escaped<'_> {
 /// The width tables are laid out for: the `COLUMNS` variable when set, else 80.
 pub fn table_width() -> u16 {
     std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).filter(|w: &u16| *w >= 60).unwrap_or(80)
+}
+
+/// A progress bar of `total` steps on stderr, drawn with `template` (indicatif's syntax), when stderr is a
+/// terminal; a hidden one otherwise, so logs and pipes get no control sequences.
+pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ fn transport_error(e: GraphError) -> TransportError {
     TransportError { message: e.to_string(), retryable }
 }
 
-impl crate::cli::apply::Backend for GraphBackend {
+impl super::backend::Backend for GraphBackend {
     fn bind_base(&self) -> String {
         GraphBackend::bind_base(self)
     }

@@ -11,11 +11,13 @@
 //! [`executor`]) do no I/O. The executor talks to Graph through the small [`executor::Transport`] trait and reads
 //! through [`gates::DirectoryReads`], so both can be replaced by in-memory fakes in tests.
 
+pub mod backend;
 pub mod executor;
 pub mod gates;
 pub mod graph;
 pub mod journal;
 pub mod receipt;
+pub mod run;
 pub mod session;
 
 use serde::{Deserialize, Serialize};

@@ -22,6 +22,15 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
 }
 
+/// The system clock (the one place `apply` reads it).
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
 /// The gates' options.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GateOptions {

@@ -1,6 +1,7 @@
 //! What people read: the review of a plan (summary and tables) that `plan`, `show` and `apply` print, and the
 //! machine-readable shape of `show --json`.
 
+pub mod apply;
 pub mod html;
 pub mod review;
 

@@ -1,0 +1,282 @@
+//! `apply` as a library operation, in the order the admin's checklist reads:
+//!
+//! ```text
+//! offline checks (signature, signer, format, expiry, approvals, key) ─► connect ─► gates 4–8 (directory reads)
+//!   ─► review ─► confirm ─► execute (writes, journal) ─► receipt (signed when a key is given)
+//! ```
+//!
+//! The library neither prints nor reads the terminal: the command line passes an [`ApplyUi`] that shows the
+//! review, asks for consent, shows progress and says when to stop (Ctrl-C). The operation returns what
+//! happened; the command line renders it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::backend::Backend;
+use super::executor::{self, Estimate};
+use super::graph::GraphBackend;
+use super::receipt::{Applier, Receipt, RECEIPT_NAMESPACE};
+use super::session::{self, Finished, GateOptions, Prepared, RunInputs, SystemClock};
+use super::ChangeResult;
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::trust::{self, SigningKey, VerifiedPlan};
+
+/// Everything one apply needs, with the flags, the environment and the config already merged.
+#[derive(Debug, Clone)]
+pub struct ApplyRequest {
+    /// The signed plan file.
+    pub plan: PathBuf,
+    /// Its signature (`None`: beside the plan).
+    pub signature: Option<PathBuf>,
+    /// Whose signatures to trust.
+    pub allowed_signers: PathBuf,
+    /// How many approvals from signers other than the planner the plan needs.
+    pub require_approvals: u32,
+    /// The journal to append to.
+    pub journal: PathBuf,
+    /// The key that signs the receipt, if any.
+    pub key: Option<PathBuf>,
+    /// Strictness and removal limits.
+    pub gates: GateOptions,
+    /// Stop after the review: nothing is sent and nothing is written.
+    pub dry_run: bool,
+    /// How many PATCHes go into one `$batch` (1–20).
+    pub patches_per_batch: usize,
+    /// The most `$batch` requests in flight at once.
+    pub concurrency: usize,
+    /// How long one `$batch` may go unanswered before its items are sent again.
+    pub request_timeout: Duration,
+    /// Microsoft Graph's base URL (`None`: the default).
+    pub graph_url: Option<String>,
+    /// The Entra sign-in endpoint (`None`: the default).
+    pub login_url: Option<String>,
+    /// The time the command started, for expiry and key validity.
+    pub now: DateTime<Utc>,
+}
+
+/// What the offline checks (gates 1–3, approvals, the receipt key) produced.
+pub struct Checked {
+    /// The verified plan.
+    pub verified: VerifiedPlan,
+    /// Where the receipt goes.
+    pub receipt: PathBuf,
+    /// The receipt's signing key, loaded.
+    pub key: Option<SigningKey>,
+}
+
+/// What the review shows: the plan, its signer, and what the gates found and a run would send.
+pub struct Review<'a> {
+    /// The verified plan.
+    pub verified: &'a VerifiedPlan,
+    /// The gates' result.
+    pub prepared: &'a Prepared,
+    /// The batching arithmetic.
+    pub estimate: &'a Estimate,
+    /// The journal file.
+    pub journal: &'a Path,
+    /// PATCHes per `$batch`, for the dry run's table.
+    pub patches_per_batch: usize,
+    /// The time the command started.
+    pub now: DateTime<Utc>,
+}
+
+impl Review<'_> {
+    /// The plan under review.
+    pub fn plan(&self) -> &Plan {
+        &self.verified.plan
+    }
+}
+
+/// The parts of an apply that belong to the person at the keyboard.
+pub trait ApplyUi {
+    /// Something the person should know that is not part of the review (on stderr at a terminal).
+    fn notice(&mut self, text: &str);
+    /// The gates passed: show what will happen.
+    fn review(&mut self, review: &Review<'_>);
+    /// `--dry-run`: show what a run would send. The apply ends after this.
+    fn dry_run(&mut self, review: &Review<'_>);
+    /// Ask for consent; an error (e.g. [`Error::NotConfirmed`]) ends the apply with nothing sent.
+    fn confirm(&mut self, review: &Review<'_>) -> Result<()>;
+    /// Sending starts, for `pending` changes. Returns a signal that turns true when sending should stop.
+    fn sending(&mut self, pending: u64) -> Option<tokio::sync::watch::Receiver<bool>>;
+    /// Outcomes were journaled.
+    fn progress(&mut self, results: &[ChangeResult]);
+    /// Sending ended (done, stopped or failed).
+    fn sent(&mut self);
+}
+
+/// How an apply ended.
+#[derive(Debug)]
+pub enum ApplyOutcome {
+    /// `--dry-run`: nothing was sent or written.
+    DryRun,
+    /// The apply ran (or its receipt was rebuilt) and the receipt is written.
+    Done(Box<Done>),
+}
+
+/// A finished apply whose receipt is on disk.
+#[derive(Debug)]
+pub struct Done {
+    /// The receipt and what this run sent.
+    pub finished: Finished,
+    /// Where the receipt was written.
+    pub receipt_path: PathBuf,
+    /// True when the receipt was signed (its `.sig` is beside it).
+    pub signed: bool,
+}
+
+impl Done {
+    /// [`Error::Partial`] when some changes failed (the receipt lists each), else `Ok`.
+    pub fn check_complete(&self) -> Result<()> {
+        let counts = self.finished.receipt.counts;
+        if counts.failed > 0 {
+            return Err(Error::Partial(format!(
+                "{} of {} changes failed; {} lists each with Graph's reason. Fix the cause and make a new plan for \
+                 what is left",
+                counts.failed,
+                counts.total(),
+                self.receipt_path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Applies a plan through Microsoft Graph: the offline checks, then a Graph client, then [`run_with`].
+pub fn apply(request: &ApplyRequest, ui: &mut dyn ApplyUi) -> Result<ApplyOutcome> {
+    let checked = check(request)?;
+    let runtime = crate::http::runtime()?;
+    let backend = GraphBackend::connect(request.graph_url.as_deref(), request.login_url.as_deref())?;
+    runtime.block_on(run_with(request, checked, Arc::new(backend), ui))
+}
+
+/// Gates 1–3 (signature and signer, format, expiry), the approvals and the receipt key: everything that needs
+/// no network. Nothing is sent before these pass.
+pub fn check(request: &ApplyRequest) -> Result<Checked> {
+    // Gates 1 and 2: signature, signer, format (trust verifies the bytes before it parses them).
+    let verified =
+        trust::verify_plan_files(&request.plan, request.signature.as_deref(), &request.allowed_signers, request.now)?;
+    // Gate 3: expiry. There is no override.
+    verified.ensure_unexpired(&request.plan, request.now)?;
+    // The two-person rule: N approvals from allowed signers other than the planner (offline, before any request).
+    crate::approvals::require_for(
+        &request.plan,
+        &verified,
+        &request.allowed_signers,
+        request.require_approvals,
+        request.now,
+    )?;
+    let key = match &request.key {
+        Some(path) => Some(SigningKey::load(path).map_err(|e| Error::input(&e.path, e.problem.to_string()))?),
+        None => None,
+    };
+    Ok(Checked { verified, receipt: crate::archive::receipt_path(&request.plan), key })
+}
+
+/// Runs `apply` after the offline checks, against any backend (Graph, or a fake in tests).
+pub async fn run_with<B: Backend>(
+    request: &ApplyRequest,
+    checked: Checked,
+    backend: Arc<B>,
+    ui: &mut dyn ApplyUi,
+) -> Result<ApplyOutcome> {
+    let plan = &checked.verified.plan;
+    let sha256 = checked.verified.sha256.clone();
+    // A run killed after it sealed the journal but before the receipt was written: write the receipt now,
+    // from the journal, and send nothing.
+    if !checked.receipt.exists() {
+        if let Some(chain) = super::journal::read(&request.journal)? {
+            if let Some(receipt) = session::rebuild_receipt(plan, &sha256, &request.plan, &request.journal, &chain)? {
+                ui.notice(&format!(
+                    "plan {} had already finished (journal {}), but its receipt was missing; it was written from the \
+                     journal. Nothing was sent",
+                    plan.plan_id,
+                    request.journal.display()
+                ));
+                let finished = Finished { receipt, stats: Default::default(), settled: 0, resumed: false };
+                return finish(&checked, finished).map(|done| ApplyOutcome::Done(Box::new(done)));
+            }
+        }
+    }
+    // Gates 4–8.
+    let prepared =
+        session::prepare(backend.as_ref(), plan, &sha256, &request.journal, &checked.receipt, request.gates).await?;
+    let estimate = executor::estimate(&prepared.works, request.patches_per_batch);
+    let review = Review {
+        verified: &checked.verified,
+        prepared: &prepared,
+        estimate: &estimate,
+        journal: &request.journal,
+        patches_per_batch: request.patches_per_batch,
+        now: request.now,
+    };
+    ui.review(&review);
+    if request.dry_run {
+        ui.dry_run(&review);
+        return Ok(ApplyOutcome::DryRun);
+    }
+    if prepared.pending() > 0 || !prepared.resuming() {
+        ui.confirm(&review)?;
+    }
+    let stop = ui.sending(prepared.pending());
+    let backoff = backend.backoff();
+    let run = RunInputs {
+        journal_path: &request.journal,
+        plan_path: &request.plan,
+        plan_sha256: &sha256,
+        applier: applier(checked.key.as_ref()),
+        clock: &SystemClock,
+        config: executor::Config {
+            backoff: backoff.0,
+            max_backoff: backoff.1,
+            patches_per_batch: request.patches_per_batch,
+            max_concurrency: request.concurrency,
+            bind_base: backend.bind_base(),
+            request_timeout: Some(request.request_timeout),
+            ..executor::Config::default()
+        },
+        stop,
+    };
+    let finished = {
+        let mut on_results = |results: &[ChangeResult]| ui.progress(results);
+        session::execute(Arc::clone(&backend), plan, &prepared, run, &mut on_results).await
+    };
+    ui.sent();
+    finish(&checked, finished?).map(|done| ApplyOutcome::Done(Box::new(done)))
+}
+
+/// Who applies: the operating-system user and the receipt key's principal and fingerprint.
+fn applier(key: Option<&SigningKey>) -> Applier {
+    let os_user = ["USER", "USERNAME", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+    Applier {
+        os_user,
+        key_principal: key.map(|k| k.comment().to_string()).filter(|c| !c.is_empty()),
+        key_fingerprint: key.map(SigningKey::fingerprint),
+        tool_version: crate::tool_version(),
+    }
+}
+
+/// Writes the receipt (and its signature).
+fn finish(checked: &Checked, finished: Finished) -> Result<Done> {
+    write_receipt(&checked.receipt, &finished.receipt, checked.key.as_ref())?;
+    Ok(Done { finished, receipt_path: checked.receipt.clone(), signed: checked.key.is_some() })
+}
+
+/// Writes a receipt, and with a key its SSHSIG signature beside it (both or neither).
+pub fn write_receipt(path: &Path, receipt: &Receipt, key: Option<&SigningKey>) -> Result<()> {
+    let bytes = receipt.encode();
+    match key {
+        Some(key) => {
+            let sig = key
+                .sign(RECEIPT_NAMESPACE, &bytes)
+                .map_err(|e| Error::Internal(format!("cannot sign the receipt: {e}")))?;
+            let sig_path = crate::archive::signature_path(path);
+            crate::atomic_write::write_together(&[(path, &bytes), (&sig_path, sig.as_bytes())])
+        }
+        None => crate::atomic_write::write(path, &bytes),
+    }
+}
