@@ -271,7 +271,7 @@ impl Error {
     pub fn plan(path: &Path, err: crate::plan::PlanError) -> Error {
         match err {
             crate::plan::PlanError::Malformed(message) => Error::MalformedPlan { path: path.to_path_buf(), message },
-            e @ crate::plan::PlanError::UnsupportedVersion(_) => {
+            e @ (crate::plan::PlanError::UnsupportedVersion(_) | crate::plan::PlanError::UnknownVersion(_)) => {
                 Error::UnsupportedVersion { path: path.to_path_buf(), message: e.to_string() }
             }
         }

@@ -148,6 +148,8 @@ struct GroupDraft {
     changes: Vec<Change>,
     not_acted_on: Vec<Skipped>,
     member_ids: Vec<ObjectId>,
+    /// The metadata keys given so far (`count` per kind); each may be given once.
+    seen: std::collections::BTreeSet<String>,
 }
 
 /// Decodes and validates a CSV plan.
@@ -157,6 +159,7 @@ pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
     let mut meta: BTreeMap<String, String> = BTreeMap::new();
     let mut drafts: Vec<GroupDraft> = Vec::new();
     let mut header_seen = false;
+    let mut version: Option<super::version::Version> = None;
     let mut record = csv::StringRecord::new();
     loop {
         let line = reader.position().line();
@@ -178,8 +181,11 @@ pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
                 if first != "#writeback-plan" {
                     return Err(bad("the first line must be '#writeback-plan,<version>'".into()));
                 }
-                super::check_version(cell(&cells, 1))?;
+                version = Some(super::version::check(cell(&cells, 1))?);
             }
+            let Some(version) = version else {
+                return Err(bad("the first line must be '#writeback-plan,<version>'".into()));
+            };
             if first == "#group" {
                 let n: usize = cell(&cells, 1)
                     .parse()
@@ -189,11 +195,19 @@ pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
                 if n > drafts.len() {
                     drafts.push(GroupDraft::default());
                 }
-                group_meta(&mut drafts[n - 1], &cells[2.min(cells.len())..]).map_err(bad)?;
+                group_meta(&mut drafts[n - 1], &cells[2.min(cells.len())..])
+                    .map_err(|m| bad(format!("'#group,{n}': {m}")))?;
             } else {
                 let key = first.trim_start_matches('#').to_string();
+                if !version.has_field(&field_of(&key)) {
+                    return Err(bad(format!(
+                        "unknown metadata '#{key}': a format {} plan has no such field, and a reviewer would never \
+                         see it; the file was changed by hand or made by another program",
+                        version.as_str()
+                    )));
+                }
                 if meta.insert(key.clone(), cell(&cells, 1).to_string()).is_some() {
-                    return Err(bad(format!("'#{key}' appears twice")));
+                    return Err(bad(format!("'#{key}' appears twice; a plan says each thing once")));
                 }
             }
             continue;
@@ -255,9 +269,30 @@ fn number(value: &str, what: &str) -> Result<u64, String> {
     value.parse().map_err(|_| format!("{what} '{value}' is not a whole number"))
 }
 
+/// The top-level field a CSV metadata key stands for: `#writeback-plan` is the format version, `#group` rows
+/// are the groups, and `#x` or `#x.part` is the field `x`.
+fn field_of(key: &str) -> String {
+    match key {
+        "writeback-plan" => "format_version".into(),
+        "group" => "groups".into(),
+        other => other.split('.').next().unwrap_or(other).to_string(),
+    }
+}
+
 fn group_meta(draft: &mut GroupDraft, cells: &[&str]) -> Result<(), String> {
     let key = cell(cells, 0);
     let value = cell(cells, 1);
+    // Inputs are a list (one row each); everything else is said once, so no later row can silently win.
+    let once = match key {
+        "input" => None,
+        "count" => Some(format!("count,{value}")),
+        other => Some(other.to_string()),
+    };
+    if let Some(once) = once {
+        if !draft.seen.insert(once.clone()) {
+            return Err(format!("'{once}' appears twice; a plan says each thing once"));
+        }
+    }
     match key {
         "group_id" => draft.group_id = Some(ObjectId::parse(value).map_err(|e| e.to_string())?),
         "display_name" => draft.display_name = opt(value),
@@ -400,5 +435,50 @@ mod tests {
         assert!(matches!(decode(b"#writeback-plan,9.0\r\ngroup_id\r\n"), Err(PlanError::UnsupportedVersion(_))));
         assert!(matches!(decode(b"#writeback-plan,1.0\r\n"), Err(PlanError::Malformed(_))));
         assert!(decode(b"hello,world\n").is_err());
+    }
+
+    fn with_row_after(anchor: &str, row: &str) -> Vec<u8> {
+        let text = String::from_utf8(encode(&sample_plan())).unwrap();
+        let at = text.find(anchor).unwrap();
+        let end = at + text[at..].find("\r\n").unwrap() + 2;
+        format!("{}{row}\r\n{}", &text[..end], &text[end..]).into_bytes()
+    }
+
+    #[test]
+    fn repeated_metadata_is_refused_not_overwritten() {
+        for (anchor, row, needle) in [
+            (
+                "#group,1,group_id,",
+                "#group,1,group_id,00000000-0000-0000-0000-000000000101",
+                "'group_id' appears twice",
+            ),
+            ("#group,1,display_name,", "#group,1,display_name,Managers", "'display_name' appears twice"),
+            ("#group,1,add_only,", "#group,1,add_only,true", "'add_only' appears twice"),
+            ("#group,1,member_count,", "#group,1,member_count,2", "'member_count' appears twice"),
+            ("#group,1,members_sha256,", "#group,1,members_sha256,ab", "'members_sha256' appears twice"),
+            ("#group,1,count,add,", "#group,1,count,add,3", "'count,add' appears twice"),
+            ("#group,1,count,kept,", "#group,1,count,kept,0", "'count,kept' appears twice"),
+            ("#signer,", "#signer,someone@else", "'#signer' appears twice"),
+            ("#expires_at,", "#expires_at,2099-01-01T00:00:00Z", "'#expires_at' appears twice"),
+        ] {
+            let err = decode(&with_row_after(anchor, row)).unwrap_err();
+            assert!(matches!(&err, PlanError::Malformed(m) if m.contains(needle)), "{row}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_metadata_and_versions() {
+        let err = decode(&with_row_after("#tenant_id,", "#note,apply me")).unwrap_err();
+        assert!(
+            matches!(&err, PlanError::Malformed(m) if m.contains("unknown metadata '#note'") && m.contains("1.0")),
+            "{err}"
+        );
+        let err = decode(&with_row_after("#tenant_id,", "#entra_actor.id,x")).unwrap_err();
+        assert!(matches!(&err, PlanError::Malformed(m) if m.contains("'#entra_actor.id'")), "{err}");
+        let text = String::from_utf8(encode(&sample_plan())).unwrap();
+        let newer = text.replacen("#writeback-plan,1.0", "#writeback-plan,1.1", 1);
+        assert!(matches!(decode(newer.as_bytes()), Err(PlanError::UnsupportedVersion(_))));
+        let older = text.replacen("#writeback-plan,1.0", "#writeback-plan,0.3", 1);
+        assert!(matches!(decode(older.as_bytes()), Err(PlanError::UnknownVersion(_))));
     }
 }

@@ -8,6 +8,7 @@
 pub mod csv;
 pub mod json;
 pub mod precondition;
+pub mod version;
 
 use std::collections::BTreeMap;
 
@@ -21,13 +22,12 @@ pub use precondition::Precondition;
 
 /// The `format` marker every plan carries.
 pub const FORMAT_NAME: &str = "writeback-plan";
-/// The format version this build writes.
+/// The format version this build writes: the newest of [`version::KNOWN`].
 pub const FORMAT_VERSION: &str = "1.0";
-/// The format major version this build reads. Minor versions only add fields, so any `1.x` is read.
-pub const SUPPORTED_MAJOR: u32 = 1;
 
 /// A plan document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Plan {
     /// Always [`FORMAT_NAME`].
     pub format: String,
@@ -53,6 +53,7 @@ pub struct Plan {
 
 /// The changes for one group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GroupPlan {
     /// The group's object id.
     pub group_id: ObjectId,
@@ -74,6 +75,7 @@ pub struct GroupPlan {
 
 /// The options that shaped a group's changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanOptions {
     /// Only adds were planned (`--add-only`).
     pub add_only: bool,
@@ -83,6 +85,7 @@ pub struct PlanOptions {
 
 /// What one input was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InputRecord {
     /// What the input supplied.
     pub role: InputRole,
@@ -185,6 +188,7 @@ impl Flag {
 
 /// One add or remove.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Change {
     /// Add or remove.
     pub action: Action,
@@ -275,6 +279,7 @@ impl SkipKind {
 
 /// An entry that will not be acted on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Skipped {
     /// Why.
     pub kind: SkipKind,
@@ -294,6 +299,7 @@ pub struct Skipped {
 
 /// How many entries of each kind a group's plan holds. Readers check these against the lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Counts {
     /// Planned adds.
     pub add: u64,
@@ -404,17 +410,9 @@ impl Plan {
     }
 }
 
-/// Checks a `MAJOR.MINOR` format version against [`SUPPORTED_MAJOR`].
-pub fn check_version(version: &str) -> Result<(), PlanError> {
-    let major = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok())
-        .ok_or_else(|| PlanError::Malformed(format!("format_version '{version}' is not MAJOR.MINOR")))?;
-    if major != SUPPORTED_MAJOR {
-        return Err(PlanError::UnsupportedVersion(version.to_string()));
-    }
-    Ok(())
+/// Checks that this build reads the `MAJOR.MINOR` format version (see [`version`]).
+pub fn check_version(raw: &str) -> Result<(), PlanError> {
+    version::check(raw).map(|_| ())
 }
 
 /// What can be wrong with a plan file's content.
@@ -423,9 +421,19 @@ pub enum PlanError {
     /// The bytes are not a well-formed plan.
     #[error("{0}")]
     Malformed(String),
-    /// The plan's format version is one this build does not read.
-    #[error("format version {0} is not supported by this writeback (it reads {SUPPORTED_MAJOR}.x); upgrade writeback")]
+    /// The plan's format version is newer than any this build reads.
+    #[error("format version {0} is newer than this writeback reads (it reads up to {newest}); upgrade writeback to read it", newest = version::newest())]
     UnsupportedVersion(String),
+    /// The plan's format version is older than (or otherwise not) one this build reads.
+    #[error("format version {0} is not one this writeback reads (it reads {known}); make the plan again with this writeback", known = version::KNOWN.iter().map(|k| k.version).collect::<Vec<_>>().join(", "))]
+    UnknownVersion(String),
+}
+
+impl PlanError {
+    /// True for the two version refusals (exit 14).
+    pub fn is_version(&self) -> bool {
+        matches!(self, PlanError::UnsupportedVersion(_) | PlanError::UnknownVersion(_))
+    }
 }
 
 /// Decodes a plan from its bytes, JSON or CSV, chosen by the first non-space byte.

@@ -12,6 +12,7 @@ use crate::identity::ObjectId;
 
 /// The user membership a group's changes were computed against.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Precondition {
     /// How many user members the group had.
     pub member_count: u64,

@@ -153,7 +153,7 @@ pub fn verify_plan(
     let plan = match plan::decode(plan_bytes) {
         Ok(plan) => plan,
         Err(PlanError::Malformed(message)) => return Err(VerifyError::Malformed(message)),
-        Err(e @ PlanError::UnsupportedVersion(_)) => {
+        Err(e) => {
             allowed.authorize_any_time(sig.public_key(), PLAN_NAMESPACE)?;
             return Err(VerifyError::UnsupportedVersion(e.to_string()));
         }
@@ -163,7 +163,7 @@ pub fn verify_plan(
     // (d) The format version (decode checks it; checked again here so the order never depends on a decoder).
     plan::check_version(&plan.format_version).map_err(|e| match e {
         PlanError::Malformed(m) => VerifyError::Malformed(m),
-        e @ PlanError::UnsupportedVersion(_) => VerifyError::UnsupportedVersion(e.to_string()),
+        e => VerifyError::UnsupportedVersion(e.to_string()),
     })?;
     // (e) Expiry: reported, not refused.
     let expired = plan.is_expired(now);

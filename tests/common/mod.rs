@@ -18,9 +18,12 @@ pub fn writeback(dir: &Path, args: &[&str]) -> Output {
     command(dir).args(args).output().expect("the binary runs")
 }
 
+/// Runs the binary in `dir` with none of writeback's variables set, and with the user's folders (home, config,
+/// state, cache) in a folder of this test run, so that no test reads or writes the real user's files.
 pub fn command(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
     cmd.current_dir(dir);
+    isolate(&mut cmd);
     for var in [
         "WRITEBACK_CONFIG",
         "WRITEBACK_KEY",
@@ -33,6 +36,27 @@ pub fn command(dir: &Path) -> Command {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// Points the user's folders of `cmd` into [`test_home`]. A test that needs a user config file sets
+/// `XDG_CONFIG_HOME` after this.
+pub fn isolate(cmd: &mut Command) -> &mut Command {
+    let home = test_home();
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_STATE_HOME", home.join(".local/state"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+}
+
+/// An empty home folder for this test process, under cargo's temporary folder for tests (never the user's).
+pub fn test_home() -> &'static Path {
+    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("homes");
+        std::fs::create_dir_all(&base).unwrap();
+        tempfile::Builder::new().prefix("home-").tempdir_in(&base).unwrap().keep()
+    })
 }
 
 pub fn text(bytes: &[u8]) -> String {

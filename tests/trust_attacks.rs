@@ -1,0 +1,210 @@
+//! Issue 8, tried as an attacker would: each attack runs the real binary (against the fake Graph where a Graph
+//! is involved) and must be refused with its documented exit code, a message that says what was wrong and what
+//! to do, and not a single write reaching Graph.
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use chrono::{DateTime, Duration, Utc};
+use support::fake_graph::{FakeGraph, Seed};
+use writeback::identity::ObjectId;
+use writeback::plan::{self, Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
+use writeback::trust::SigningKey;
+
+const SIGNER: &str = "planner@contoso.example";
+
+/// A fake tenant with one group, a trusted planner key, and a folder to work in.
+struct Lab {
+    dir: tempfile::TempDir,
+    fake: FakeGraph,
+    tenant: String,
+    group: String,
+    users: Vec<String>,
+    planner: SigningKey,
+}
+
+impl Lab {
+    /// Six users; the group "Staff" holds the first three.
+    fn new() -> Lab {
+        let mut seed = Seed::new();
+        let users = seed.add_users(6);
+        let group = seed.add_group("Staff", &users[..3]);
+        let tenant = seed.tenant_id.clone();
+        let fake = FakeGraph::start(seed);
+        let planner = SigningKey::generate(SIGNER).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab { dir, fake, tenant, group, users, planner };
+        lab.trust(&format!("{SIGNER} namespaces=\"writeback-plan\" {}\n", lab.planner.public_key_openssh()));
+        lab
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Replaces the allowed_signers file.
+    fn trust(&self, lines: &str) {
+        std::fs::write(self.path("allowed_signers"), lines).unwrap();
+    }
+
+    /// A plan against the fake's membership: add the fourth user, remove the first, made `age` ago.
+    fn plan_made(&self, created_at: DateTime<Utc>, lifetime: Duration) -> Plan {
+        let members: Vec<ObjectId> = self.fake.members(&self.group).iter().map(|m| oid(m)).collect();
+        let changes = vec![change(Action::Add, &self.users[3]), change(Action::Remove, &self.users[0])];
+        Plan {
+            format: plan::FORMAT_NAME.into(),
+            format_version: plan::FORMAT_VERSION.into(),
+            plan_id: uuid::Uuid::new_v4(),
+            created_at,
+            expires_at: created_at + lifetime,
+            signer: SIGNER.into(),
+            tool_version: "writeback test".into(),
+            tenant_id: Some(self.tenant.clone()),
+            groups: vec![GroupPlan {
+                group_id: oid(&self.group),
+                display_name: Some("Staff".into()),
+                options: Default::default(),
+                inputs: vec![],
+                precondition: Precondition::from_members(&members),
+                counts: Counts::tally(&changes, &[]),
+                changes,
+                not_acted_on: vec![],
+            }],
+        }
+    }
+
+    /// A current plan: made ten minutes ago, valid for a day.
+    fn plan(&self) -> Plan {
+        let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+        self.plan_made(now - Duration::minutes(10), Duration::days(1))
+    }
+
+    /// Writes `bytes` as `name` and signs them with the planner key into `name.sig`.
+    fn sign_bytes(&self, bytes: &[u8], name: &str) -> PathBuf {
+        self.sign_with(&self.planner, bytes, name)
+    }
+
+    fn sign_with(&self, key: &SigningKey, bytes: &[u8], name: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(self.path(&format!("{name}.sig")), key.sign("writeback-plan", bytes).unwrap()).unwrap();
+        path
+    }
+
+    /// The binary in the lab's folder, pointed at the fake, with the user's folders isolated.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = common::command(self.dir.path());
+        cmd.args(args)
+            .envs(self.fake.env())
+            .env("WRITEBACK_RETRY_BASE_MS", "5")
+            .env("WRITEBACK_RETRY_MAX_SECONDS", "5")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `apply PLAN --allowed-signers allowed_signers --yes` plus `extra`.
+    fn apply(&self, plan: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", plan.to_str().unwrap(), "--allowed-signers", "allowed_signers", "--yes"];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// Asserts that Graph never saw a write: no PATCH, POST, PUT or DELETE, plain or in a `$batch`.
+    fn assert_no_writes(&self) {
+        let writes: Vec<String> = self
+            .fake
+            .requests()
+            .iter()
+            .filter(|r| r.is_write() || r.is_batch())
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        assert!(writes.is_empty(), "Graph received writes: {writes:?}");
+    }
+}
+
+fn oid(s: &str) -> ObjectId {
+    ObjectId::parse(s).unwrap()
+}
+
+fn change(action: Action, id: &str) -> Change {
+    Change {
+        action,
+        user_id: oid(id),
+        upn: format!("{id}@contoso.example"),
+        mail: None,
+        display_name: Some(format!("User {id}")),
+        source_line: None,
+        reason: "test".into(),
+        flags: vec![],
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the exit code and that stderr holds every needle; returns stderr.
+fn refused(out: &Output, code: i32, needles: &[&str]) -> String {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stdout:\n{}\nstderr:\n{stderr}", text(&out.stdout));
+    for needle in needles {
+        assert!(stderr.contains(needle), "missing {needle:?} in stderr:\n{stderr}");
+    }
+    stderr
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// §10 Plans have no hidden content.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_json_plan_with_a_field_no_reviewer_sees_is_refused_with_zero_writes() {
+    let lab = Lab::new();
+    let text = String::from_utf8(plan::encode(&lab.plan(), PlanFormat::Json)).unwrap();
+    let hidden = text.replacen("\"plan_id\"", "\"also_apply_to\": \"Managers\",\n  \"plan_id\"", 1);
+    let path = lab.sign_bytes(hidden.as_bytes(), "plan.json");
+    let verify = lab.run(&["verify", "plan.json", "--allowed-signers", "allowed_signers"]);
+    refused(&verify, 13, &["unknown field 'also_apply_to'", "format 1.0"]);
+    let apply = lab.apply(&path, &[]);
+    refused(&apply, 13, &["unknown field 'also_apply_to'"]);
+    // Deeper inside, too.
+    let nested = text.replacen("\"action\"", "\"group_id\": \"x\", \"action\"", 1);
+    let path = lab.sign_bytes(nested.as_bytes(), "nested.json");
+    refused(&lab.apply(&path, &[]), 13, &["unknown field `group_id`"]);
+    lab.assert_no_writes();
+}
+
+#[test]
+fn a_csv_plan_whose_group_row_is_repeated_is_refused_with_zero_writes() {
+    let lab = Lab::new();
+    let text = String::from_utf8(plan::encode(&lab.plan(), PlanFormat::Csv)).unwrap();
+    // A second `#group,1,display_name` row: today the last one would win, and the review would show it.
+    let at = text.find("#group,1,display_name,").unwrap();
+    let end = at + text[at..].find("\r\n").unwrap() + 2;
+    let twice = format!("{}#group,1,display_name,Newsletter subscribers\r\n{}", &text[..end], &text[end..]);
+    let path = lab.sign_bytes(twice.as_bytes(), "plan.csv");
+    refused(
+        &lab.run(&["show", "plan.csv", "--allowed-signers", "allowed_signers"]),
+        13,
+        &["'display_name' appears twice"],
+    );
+    refused(&lab.apply(&path, &[]), 13, &["line", "'display_name' appears twice"]);
+    lab.assert_no_writes();
+}
+
+#[test]
+fn a_plan_of_a_newer_format_asks_for_an_upgrade_with_zero_writes() {
+    let lab = Lab::new();
+    let text = String::from_utf8(plan::encode(&lab.plan(), PlanFormat::Json)).unwrap();
+    let newer = text.replacen("\"format_version\": \"1.0\"", "\"format_version\": \"1.9\"", 1);
+    let path = lab.sign_bytes(newer.as_bytes(), "plan.json");
+    refused(&lab.apply(&path, &[]), 14, &["1.9", "upgrade writeback"]);
+    lab.assert_no_writes();
+}
