@@ -523,7 +523,7 @@ fn a_torn_journal_line_is_cut_off_and_the_run_resumes() {
                 plan_id: plan.plan_id,
                 plan_sha256: writeback::plan::precondition::sha256_hex(&std::fs::read(&path).unwrap()),
                 tenant_id: Some(e.tenant.clone()),
-                applier: writeback::apply::receipt::Applier {
+                applier: writeback::apply::Applier {
                     os_user: None,
                     key_principal: None,
                     key_fingerprint: None,

@@ -285,7 +285,7 @@ pub fn check_thresholds(works: &[GroupWork], limits: Thresholds) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::journal::FinishStatus;
+    use crate::apply::FinishStatus;
     use crate::error::exit;
     use crate::plan::{Change, Counts, Precondition};
     use chrono::DateTime;

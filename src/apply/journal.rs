@@ -21,8 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::receipt::Applier;
-use super::{ChangeResult, OutcomeCounts};
+use super::{Applier, ChangeResult, FinishStatus, OutcomeCounts};
 use crate::error::{Error, Result};
 use crate::identity::ObjectId;
 use crate::plan::precondition::sha256_hex;
@@ -45,26 +44,6 @@ pub struct Header {
     pub created_at: DateTime<Utc>,
     /// The writeback that created it.
     pub tool_version: String,
-}
-
-/// How a plan's apply ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FinishStatus {
-    /// Every change is applied, or was not needed.
-    Complete,
-    /// Some changes failed; the receipt lists them.
-    Partial,
-}
-
-impl FinishStatus {
-    /// `complete` or `partial`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishStatus::Complete => "complete",
-            FinishStatus::Partial => "partial",
-        }
-    }
 }
 
 /// One journal event.

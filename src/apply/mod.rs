@@ -142,3 +142,48 @@ impl OutcomeCounts {
         self.applied + self.already_member + self.already_absent + self.failed
     }
 }
+
+/// How a plan's apply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinishStatus {
+    /// Every change is applied, or was not needed.
+    Complete,
+    /// Some changes failed; the receipt lists them.
+    Partial,
+}
+
+impl FinishStatus {
+    /// `complete` or `partial`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishStatus::Complete => "complete",
+            FinishStatus::Partial => "partial",
+        }
+    }
+}
+
+/// Who ran the apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applier {
+    /// The operating-system account that ran writeback.
+    pub os_user: Option<String>,
+    /// The principal of the `--key` that signs the receipt, when given.
+    pub key_principal: Option<String>,
+    /// The SHA256 fingerprint of that key.
+    pub key_fingerprint: Option<String>,
+    /// The writeback that applied the plan.
+    pub tool_version: String,
+}
+
+impl Applier {
+    /// One line for the journal: `os_user` and, when known, the key.
+    pub fn label(&self) -> String {
+        let user = self.os_user.clone().unwrap_or_else(|| "unknown user".into());
+        match (&self.key_principal, &self.key_fingerprint) {
+            (Some(p), Some(f)) => format!("{user} (key {p} {f})"),
+            (None, Some(f)) => format!("{user} (key {f})"),
+            _ => user,
+        }
+    }
+}

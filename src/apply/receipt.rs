@@ -11,8 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::journal::FinishStatus;
-use super::{ChangeResult, GraphFailure, Outcome, OutcomeCounts};
+use super::{Applier, ChangeResult, FinishStatus, GraphFailure, Outcome, OutcomeCounts};
 use crate::identity::ObjectId;
 use crate::plan::{timestamp, Action, Plan};
 
@@ -88,31 +87,6 @@ impl ReceiptMode {
         match self {
             ReceiptMode::Apply => "apply",
             ReceiptMode::ManualVerified => "manual-verified",
-        }
-    }
-}
-
-/// Who ran the apply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applier {
-    /// The operating-system account that ran writeback.
-    pub os_user: Option<String>,
-    /// The principal of the `--key` that signs the receipt, when given.
-    pub key_principal: Option<String>,
-    /// The SHA256 fingerprint of that key.
-    pub key_fingerprint: Option<String>,
-    /// The writeback that applied the plan.
-    pub tool_version: String,
-}
-
-impl Applier {
-    /// One line for the journal: `os_user` and, when known, the key.
-    pub fn label(&self) -> String {
-        let user = self.os_user.clone().unwrap_or_else(|| "unknown user".into());
-        match (&self.key_principal, &self.key_fingerprint) {
-            (Some(p), Some(f)) => format!("{user} (key {p} {f})"),
-            (None, Some(f)) => format!("{user} (key {f})"),
-            _ => user,
         }
     }
 }

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::apply::receipt::{Applier, JournalAnchor, Receipt, ReceiptInput, ReceiptMode, Unaccounted};
+use crate::apply::receipt::{JournalAnchor, Receipt, ReceiptInput, ReceiptMode, Unaccounted};
+use crate::apply::Applier;
 use crate::apply::{ChangeResult, Outcome};
 use crate::directory::{GroupMember, MemberKind};
 use crate::identity::ObjectId;

@@ -610,8 +610,9 @@ fn check_receipt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::journal::{entry_line, header_line, link, Entry, FinishStatus, Header};
-    use crate::apply::receipt::{Applier, JournalAnchor, ReceiptInput};
+    use crate::apply::journal::{entry_line, header_line, link, Entry, Header};
+    use crate::apply::receipt::{JournalAnchor, ReceiptInput};
+    use crate::apply::{Applier, FinishStatus};
     use crate::apply::{ChangeResult, Outcome};
     use crate::trust::SigningKey;
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use comfy_table::{presets, ContentArrangement, Table};
 use serde_json::json;
 
-use crate::apply::receipt::{Applier, Receipt, RECEIPT_NAMESPACE};
+use crate::apply::receipt::{Receipt, RECEIPT_NAMESPACE};
+use crate::apply::Applier;
 use crate::audit::effect::{self, CheckReport, GroupCheck, ManualReceiptInput};
 use crate::cli::Context;
 use crate::directory::graph::GraphClient;
