@@ -16,6 +16,12 @@
 //! ```
 //!
 //! Command-line flags override the file.
+//!
+//! Which file is read ([`discover`]): `--config F` / `WRITEBACK_CONFIG` when given, otherwise, for `plan` only,
+//! `./writeback.toml`, otherwise the user's own file ([`crate::folders::user_config_file`]). Exactly one file,
+//! never two merged. Every command except `plan` ignores a `writeback.toml` in the working folder or beside the
+//! plan: that folder is where plans are handed over, and whoever can drop a file there must not be able to
+//! choose the sign-in endpoint, the allowed_signers file or the removal limits of the admin's commands.
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +30,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::plan::PlanFormat;
 
-/// The name `writeback` looks for in the current folder when `--config` is not given.
-pub const DEFAULT_FILE: &str = "writeback.toml";
+/// The name of the config file: the one `plan` looks for in the working folder when `--config` is not given,
+/// and the one every other command ignores there.
+pub const DEFAULT_FILE: &str = crate::folders::CONFIG_FILE_NAME;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -127,15 +134,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Loads `explicit`, or `./writeback.toml` when it exists, or nothing.
-    pub fn discover(explicit: Option<&Path>) -> Result<Option<Config>> {
-        match explicit {
-            Some(path) => Config::load(path).map(Some),
-            None if Path::new(DEFAULT_FILE).is_file() => Config::load(Path::new(DEFAULT_FILE)).map(Some),
-            None => Ok(None),
-        }
-    }
-
     fn resolve_paths(&mut self) {
         let base = self.base_dir.clone();
         let fix = |p: &mut Option<PathBuf>| {
@@ -156,6 +154,109 @@ impl Config {
             fix(&mut sync.keep);
         }
     }
+}
+
+/// Which commands a config is discovered for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `writeback plan`: the planner's own folder, so `./writeback.toml` is read when no file is given.
+    Planner,
+    /// Every other command: only `--config F` / `WRITEBACK_CONFIG`, else the user's own config file.
+    Other,
+}
+
+/// Where the config in use came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `--config FILE` or `WRITEBACK_CONFIG`.
+    Given(PathBuf),
+    /// The user's own config file ([`crate::folders::user_config_file`]).
+    User(PathBuf),
+    /// `./writeback.toml` (`plan` only).
+    WorkingFolder(PathBuf),
+}
+
+impl ConfigSource {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigSource::Given(p) | ConfigSource::User(p) | ConfigSource::WorkingFolder(p) => p,
+        }
+    }
+
+    /// How it was chosen, for people: "given with --config or WRITEBACK_CONFIG", …
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ConfigSource::Given(_) => "given with --config or WRITEBACK_CONFIG",
+            ConfigSource::User(_) => "the user's own config file",
+            ConfigSource::WorkingFolder(_) => "writeback.toml in the working folder (plan only)",
+        }
+    }
+}
+
+/// What discovery found: the config in use (if any), where it came from, and the `writeback.toml` files it saw
+/// and did not read.
+#[derive(Debug, Clone, Default)]
+pub struct Discovered {
+    /// The config in use.
+    pub config: Option<Config>,
+    /// Where it came from.
+    pub source: Option<ConfigSource>,
+    /// `writeback.toml` files in the working folder or beside the plan that were seen and not read.
+    pub ignored: Vec<PathBuf>,
+}
+
+/// Finds the one config file a command reads (never two merged):
+/// - `explicit` (`--config F` / `WRITEBACK_CONFIG`) when given;
+/// - for [`Scope::Planner`], else `./writeback.toml` when it exists;
+/// - else the user's own file ([`crate::folders::user_config_file`]) when it exists;
+/// - else none.
+///
+/// For [`Scope::Other`] a `writeback.toml` in the working folder or in `beside` (the plan's or archive's folder)
+/// is never read: it is listed in [`Discovered::ignored`], so the command can say so.
+pub fn discover(scope: Scope, explicit: Option<&Path>, beside: Option<&Path>) -> Result<Discovered> {
+    let user = crate::folders::user_config_file();
+    discover_in(scope, explicit, beside, Path::new("."), user.as_deref())
+}
+
+/// [`discover`] with the working folder and the user's file given (tests).
+fn discover_in(
+    scope: Scope,
+    explicit: Option<&Path>,
+    beside: Option<&Path>,
+    working: &Path,
+    user: Option<&Path>,
+) -> Result<Discovered> {
+    let here = if working == Path::new(".") { PathBuf::from(DEFAULT_FILE) } else { working.join(DEFAULT_FILE) };
+    let here = here.as_path();
+    let source = match (explicit, scope) {
+        (Some(path), _) => Some(ConfigSource::Given(path.to_path_buf())),
+        (None, Scope::Planner) if here.is_file() => Some(ConfigSource::WorkingFolder(here.to_path_buf())),
+        (None, _) => user.filter(|p| p.is_file()).map(|p| ConfigSource::User(p.to_path_buf())),
+    };
+    let config = source.as_ref().map(|s| Config::load(s.path())).transpose()?;
+    let mut ignored = Vec::new();
+    if scope == Scope::Other {
+        let in_use = source.as_ref().and_then(|s| s.path().canonicalize().ok());
+        let mut candidates = vec![here.to_path_buf()];
+        if let Some(dir) = beside {
+            candidates.push(dir.join(DEFAULT_FILE));
+        }
+        for candidate in candidates {
+            let Ok(real) = candidate.canonicalize() else { continue };
+            if !real.is_file() || in_use.as_ref() == Some(&real) {
+                continue;
+            }
+            if !ignored.iter().any(|p: &PathBuf| p.canonicalize().ok().as_ref() == Some(&real)) {
+                ignored.push(if candidate.is_relative() && !candidate.starts_with(".") {
+                    Path::new(".").join(candidate)
+                } else {
+                    candidate
+                });
+            }
+        }
+    }
+    Ok(Discovered { config, source, ignored })
 }
 
 /// Parses a duration such as `7d`, `36h`, `90m`, `2w` or `3600s`.
@@ -214,5 +315,49 @@ mod tests {
         std::fs::write(&path, "[defaults]\nkey = \"k\"\nexpires = \"3d\"\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("writeback.toml:3"), "{err}");
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn only_plan_reads_the_working_folder_and_nothing_is_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("handoff");
+        let user = dir.path().join("home/.config/writeback/writeback.toml");
+        let given = dir.path().join("given.toml");
+        write(&work.join(DEFAULT_FILE), "[defaults]\nlogin_url = \"http://decoy\"\n");
+        write(&user, "[defaults]\nmax_removals = 7\n");
+        write(&given, "[defaults]\nmax_removals = 9\n");
+
+        let d = discover_in(Scope::Other, None, Some(&work), &work, Some(&user)).unwrap();
+        assert_eq!(d.source, Some(ConfigSource::User(user.clone())));
+        let config = d.config.unwrap();
+        assert_eq!((config.defaults.max_removals, config.defaults.login_url), (Some(7), None));
+        // Seen twice (working folder and beside the plan), listed once.
+        assert_eq!(d.ignored, vec![work.join(DEFAULT_FILE)]);
+
+        let d = discover_in(Scope::Other, Some(&given), None, &work, Some(&user)).unwrap();
+        assert_eq!(d.source, Some(ConfigSource::Given(given.clone())));
+        assert_eq!(d.config.unwrap().defaults.max_removals, Some(9));
+        assert_eq!(d.ignored.len(), 1);
+
+        // Given explicitly, the working folder's file is the one in use, not ignored.
+        let d = discover_in(Scope::Other, Some(&work.join(DEFAULT_FILE)), None, &work, Some(&user)).unwrap();
+        assert!(d.ignored.is_empty());
+
+        let d = discover_in(Scope::Planner, None, None, &work, Some(&user)).unwrap();
+        assert_eq!(d.source, Some(ConfigSource::WorkingFolder(work.join(DEFAULT_FILE))));
+        assert!(d.ignored.is_empty());
+
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let d = discover_in(Scope::Planner, None, None, &empty, Some(&user)).unwrap();
+        assert_eq!(d.source, Some(ConfigSource::User(user.clone())));
+        let d = discover_in(Scope::Other, None, Some(&work), &empty, Some(&dir.path().join("none.toml"))).unwrap();
+        assert!(d.config.is_none() && d.source.is_none());
+        assert_eq!(d.ignored, vec![work.join(DEFAULT_FILE)]);
     }
 }

@@ -27,11 +27,11 @@ struct Lab {
 }
 
 impl Lab {
-    /// Six users; the group "Staff" holds the first three.
+    /// Twelve users; the group "Staff" holds the first eight.
     fn new() -> Lab {
         let mut seed = Seed::new();
-        let users = seed.add_users(6);
-        let group = seed.add_group("Staff", &users[..3]);
+        let users = seed.add_users(12);
+        let group = seed.add_group("Staff", &users[..8]);
         let tenant = seed.tenant_id.clone();
         let fake = FakeGraph::start(seed);
         let planner = SigningKey::generate(SIGNER).unwrap();
@@ -50,10 +50,11 @@ impl Lab {
         std::fs::write(self.path("allowed_signers"), lines).unwrap();
     }
 
-    /// A plan against the fake's membership: add the fourth user, remove the first, made `age` ago.
-    fn plan_made(&self, created_at: DateTime<Utc>, lifetime: Duration) -> Plan {
+    /// A plan against the fake's membership that adds `adds` and removes `removes` (indexes into `users`).
+    fn plan_of(&self, adds: &[usize], removes: &[usize], created_at: DateTime<Utc>, lifetime: Duration) -> Plan {
         let members: Vec<ObjectId> = self.fake.members(&self.group).iter().map(|m| oid(m)).collect();
-        let changes = vec![change(Action::Add, &self.users[3]), change(Action::Remove, &self.users[0])];
+        let mut changes: Vec<Change> = adds.iter().map(|&i| change(Action::Add, &self.users[i])).collect();
+        changes.extend(removes.iter().map(|&i| change(Action::Remove, &self.users[i])));
         Plan {
             format: plan::FORMAT_NAME.into(),
             format_version: plan::FORMAT_VERSION.into(),
@@ -76,10 +77,22 @@ impl Lab {
         }
     }
 
+    /// A plan made at `created_at` that lives `lifetime`: add the ninth user, remove the first (within the
+    /// default removal limits).
+    fn plan_made(&self, created_at: DateTime<Utc>, lifetime: Duration) -> Plan {
+        self.plan_of(&[8], &[0], created_at, lifetime)
+    }
+
     /// A current plan: made ten minutes ago, valid for a day.
     fn plan(&self) -> Plan {
-        let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
-        self.plan_made(now - Duration::minutes(10), Duration::days(1))
+        self.plan_made(ten_minutes_ago(), Duration::days(1))
+    }
+
+    /// Writes the user's own config file (`$XDG_CONFIG_HOME/writeback/writeback.toml`) of the lab's runs.
+    fn user_config(&self, text: &str) {
+        let path = self.path("xdg-config/writeback/writeback.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
 
     /// Writes `bytes` as `name` and signs them with the planner key into `name.sig`.
@@ -101,6 +114,7 @@ impl Lab {
             .envs(self.fake.env())
             .env("WRITEBACK_RETRY_BASE_MS", "5")
             .env("WRITEBACK_RETRY_MAX_SECONDS", "5")
+            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
             .stdin(Stdio::null());
         cmd
     }
@@ -127,6 +141,10 @@ impl Lab {
             .collect();
         assert!(writes.is_empty(), "Graph received writes: {writes:?}");
     }
+}
+
+fn ten_minutes_ago() -> DateTime<Utc> {
+    chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap() - Duration::minutes(10)
 }
 
 fn oid(s: &str) -> ObjectId {
@@ -207,4 +225,98 @@ fn a_plan_of_a_newer_format_asks_for_an_upgrade_with_zero_writes() {
     let path = lab.sign_bytes(newer.as_bytes(), "plan.json");
     refused(&lab.apply(&path, &[]), 14, &["1.9", "upgrade writeback"]);
     lab.assert_no_writes();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// §1 No settings from the working directory on the admin side.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The URL a fake's environment gives for `name`.
+fn fake_url(fake: &FakeGraph, name: &str) -> String {
+    fake.env().into_iter().find(|(k, _)| *k == name).map(|(_, v)| v).unwrap()
+}
+
+#[test]
+fn a_writeback_toml_beside_the_plan_cannot_send_the_secret_to_a_decoy() {
+    let lab = Lab::new();
+    let decoy = FakeGraph::start(Seed::new());
+    // The admin's own config names the real endpoints; the planner's hand-off folder (also the working folder)
+    // holds a writeback.toml that names the decoy's.
+    lab.user_config(&format!(
+        "[defaults]\ngraph_url = \"{}\"\nlogin_url = \"{}\"\n",
+        fake_url(&lab.fake, "WRITEBACK_GRAPH_URL"),
+        fake_url(&lab.fake, "WRITEBACK_LOGIN_URL")
+    ));
+    std::fs::write(
+        lab.path("writeback.toml"),
+        format!(
+            "[defaults]\ngraph_url = \"{}\"\nlogin_url = \"{}\"\n",
+            fake_url(&decoy, "WRITEBACK_GRAPH_URL"),
+            fake_url(&decoy, "WRITEBACK_LOGIN_URL")
+        ),
+    )
+    .unwrap();
+    let path = lab.sign_bytes(&plan::encode(&lab.plan(), PlanFormat::Json), "plan.json");
+    for dry_run in [true, false] {
+        let mut cmd = lab.command(&["apply", path.to_str().unwrap(), "--allowed-signers", "allowed_signers", "--yes"]);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd.env_remove("WRITEBACK_GRAPH_URL").env_remove("WRITEBACK_LOGIN_URL").output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{}\n{stderr}", text(&out.stdout));
+        assert!(stderr.contains("note: ignoring ./writeback.toml"), "{stderr}");
+        assert!(stderr.contains("only `writeback plan` reads a writeback.toml"), "{stderr}");
+        assert_eq!(decoy.requests().len(), 0, "the decoy was asked: {:?}", decoy.requests());
+    }
+    // The real apply went to the real endpoints.
+    assert!(lab.fake.is_member(&lab.group, &lab.users[8]));
+}
+
+#[test]
+fn a_writeback_toml_beside_the_plan_cannot_replace_allowed_signers() {
+    let lab = Lab::new();
+    lab.user_config(&format!("[defaults]\nallowed_signers = \"{}\"\n", lab.path("allowed_signers").display()));
+    let mallory = SigningKey::generate(SIGNER).unwrap();
+    std::fs::write(
+        lab.path("evil_signers"),
+        format!("{SIGNER} namespaces=\"writeback-plan\" {}\n", mallory.public_key_openssh()),
+    )
+    .unwrap();
+    std::fs::write(lab.path("writeback.toml"), "[defaults]\nallowed_signers = \"evil_signers\"\n").unwrap();
+    let path = lab.sign_with(&mallory, &plan::encode(&lab.plan(), PlanFormat::Json), "plan.json");
+    let verify = lab.run(&["verify", "plan.json"]);
+    refused(&verify, 11, &["note: ignoring ./writeback.toml", "is not in", "allowed_signers"]);
+    assert!(!text(&verify.stdout).contains("good"), "{}", text(&verify.stdout));
+    refused(&lab.run(&["apply", path.to_str().unwrap(), "--yes"]), 11, &["is not in"]);
+    lab.assert_no_writes();
+}
+
+#[test]
+fn a_writeback_toml_beside_the_plan_cannot_raise_the_removal_limits() {
+    let lab = Lab::new();
+    std::fs::write(lab.path("writeback.toml"), "[defaults]\nmax_removals = 1000\nmax_removal_percent = 100\n").unwrap();
+    // Half the group: over the default 20%.
+    let plan = lab.plan_of(&[], &[0, 1, 2, 3], ten_minutes_ago(), Duration::days(1));
+    let path = lab.sign_bytes(&plan::encode(&plan, PlanFormat::Json), "plan.json");
+    refused(&lab.apply(&path, &[]), 24, &["note: ignoring ./writeback.toml", "20"]);
+    lab.assert_no_writes();
+    // The admin's own config may raise them.
+    lab.user_config("[defaults]\nmax_removal_percent = 60\n");
+    let out = lab.apply(&path, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    lab.assert_no_writes();
+}
+
+#[test]
+fn the_note_names_a_writeback_toml_in_the_plans_folder_too() {
+    let lab = Lab::new();
+    std::fs::create_dir_all(lab.path("handoff")).unwrap();
+    std::fs::write(lab.path("handoff/writeback.toml"), "[defaults]\nallowed_signers = \"x\"\n").unwrap();
+    lab.sign_bytes(&plan::encode(&lab.plan(), PlanFormat::Json), "handoff/plan.json");
+    let out = lab.run(&["verify", "handoff/plan.json", "--allowed-signers", "allowed_signers"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("note: ignoring ./handoff/writeback.toml"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

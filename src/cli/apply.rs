@@ -106,7 +106,7 @@ pub fn run(args: ApplyArgs, ctx: &Context) -> Result<()> {
 /// The flags, the environment and the config merged into a request; the arguments are checked here, before
 /// anything is read.
 fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
-    let config = args.trust.load_config()?;
+    let config = args.trust.load_config(args.plan.parent())?;
     let config = config.as_ref();
     let (graph_url, login_url) = args.graph.resolve(config);
     let allowed_signers = args.trust.require_allowed_signers(config, "apply")?;

@@ -36,7 +36,7 @@ pub struct ApproveArgs {
 
 /// Runs `writeback approve`.
 pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
-    let config = args.trust.load_config()?;
+    let config = args.trust.load_config(args.plan.parent())?;
     let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "approve")?;
     // The plan first: never approve a plan that is forged, untrusted or expired.
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_path, ctx.now)?;

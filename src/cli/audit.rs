@@ -38,7 +38,7 @@ const READ: [&str; 4] = ["json", "csv", "jsonl", "sig"];
 
 /// Runs `writeback audit`. Exit 0 when the archive adds up, 31 on any finding.
 pub fn run(args: AuditArgs, ctx: &Context) -> Result<()> {
-    let config = args.trust.load_config()?;
+    let config = args.trust.load_config(Some(&args.dir))?;
     let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "audit")?;
     let allowed = AllowedSigners::load(&allowed_path)?;
     if !args.dir.is_dir() {

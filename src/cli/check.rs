@@ -60,7 +60,7 @@ enum ReceiptWrite {
 
 /// Runs `writeback check`. Exit 0 when every change is in effect, 30 otherwise.
 pub fn run(args: CheckArgs, ctx: &Context) -> Result<()> {
-    let config = args.trust.load_config()?;
+    let config = args.trust.load_config(args.plan.parent())?;
     let allowed = args.trust.require_allowed_signers(config.as_ref(), "check")?;
     let (graph_url, login_url) = args.graph.resolve(config.as_ref());
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, ctx.now)?;

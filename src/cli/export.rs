@@ -46,7 +46,7 @@ pub struct ExportArgs {
 
 /// Runs `writeback export`.
 pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
-    let config = args.trust.load_config()?;
+    let config = args.trust.load_config(args.plan.parent())?;
     let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "export")?;
     let defaults = config.map(|c| c.defaults).unwrap_or_default();
     let required = args.require_approvals.or(defaults.require_approvals).unwrap_or(0);

@@ -1,8 +1,8 @@
 //! Options several subcommands share, defined once so that every command spells and documents them alike.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{self, Config, Scope};
 use crate::error::{Error, Result};
 
 /// Who is trusted: the allowed_signers file, with the config file as fallback.
@@ -13,15 +13,21 @@ pub struct TrustOptions {
     #[arg(long, env = "WRITEBACK_ALLOWED_SIGNERS", value_name = "FILE")]
     pub allowed_signers: Option<PathBuf>,
 
-    /// The config file, for its defaults [default: ./writeback.toml when it exists].
+    /// The config file, for its defaults [default: the user's own, ~/.config/writeback/writeback.toml; a
+    /// writeback.toml in the working folder or beside the plan is never read].
     #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
 impl TrustOptions {
-    /// Reads the config file, if there is one.
-    pub fn load_config(&self) -> Result<Option<Config>> {
-        Config::discover(self.config.as_deref())
+    /// Reads the one config file this command may use (see [`config::discover`]), and says in one line on stderr
+    /// which `writeback.toml` files in the working folder or in `beside` (the plan's folder) it ignored.
+    pub fn load_config(&self, beside: Option<&Path>) -> Result<Option<Config>> {
+        let found = config::discover(Scope::Other, self.config.as_deref(), beside)?;
+        if !found.ignored.is_empty() {
+            eprintln!("{}", ignored_note(&found.ignored));
+        }
+        Ok(found.config)
     }
 
     /// The allowed_signers file from the flag, the environment or the config, if any.
@@ -34,7 +40,8 @@ impl TrustOptions {
         self.allowed_signers(config).ok_or_else(|| {
             Error::Usage(format!(
                 "{command} needs --allowed-signers FILE (or WRITEBACK_ALLOWED_SIGNERS, or allowed_signers in \
-                 writeback.toml): it says whose signatures to trust"
+                 the config file: --config FILE, or your own {}): it says whose signatures to trust",
+                user_config_display()
             ))
         })
     }
@@ -61,4 +68,23 @@ impl GraphOptions {
             self.login_url.clone().or_else(|| defaults.and_then(|d| d.login_url.clone())),
         )
     }
+}
+
+/// The user's own config file as people should read it, e.g. `~/.config/writeback/writeback.toml`.
+pub fn user_config_display() -> String {
+    match crate::folders::user_config_file() {
+        Some(path) => path.display().to_string(),
+        None => "~/.config/writeback/writeback.toml".into(),
+    }
+}
+
+/// The one line that says which `writeback.toml` files were seen and not read.
+fn ignored_note(ignored: &[PathBuf]) -> String {
+    let names: Vec<String> = ignored.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "note: ignoring {}: only `writeback plan` reads a writeback.toml from the working folder; this command reads \
+         --config FILE, WRITEBACK_CONFIG or {}",
+        names.join(" and "),
+        user_config_display()
+    )
 }

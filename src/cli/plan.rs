@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::cli::Context;
-use crate::config::{parse_duration, Config};
+use crate::config::{self, parse_duration, Scope};
 use crate::error::{Error, Result};
 use crate::plan::{self, Plan, PlanFormat};
 use crate::planning::mapping::{self, MappingFlags};
@@ -16,7 +16,8 @@ use crate::trust::keys::SigningKey;
 /// Arguments of `writeback plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The config file (default: ./writeback.toml when it exists).
+    /// The config file [default: ./writeback.toml when it exists, else the user's own,
+    /// ~/.config/writeback/writeback.toml].
     #[arg(long, env = "WRITEBACK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -107,7 +108,7 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
 /// Merges the flags, the environment and the config into a request, checking every argument (and loading the
 /// key) before any input is read.
 fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
-    let config = Config::discover(args.config.as_deref())?;
+    let config = config::discover(Scope::Planner, args.config.as_deref(), None)?.config;
     let defaults = config.as_ref().map(|c| c.defaults.clone()).unwrap_or_default();
     let mappings = mapping::merge(&mapping_flags(args), config.as_ref())?;
     let (graph_url, login_url) = args.graph.resolve(config.as_ref());

@@ -53,7 +53,7 @@ fn reason(error: &Error) -> String {
 /// Runs `writeback report`. The page is written even when a check fails (it says so, for the archive); the
 /// command then exits with that check's code.
 pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
-    let allowed_path = args.trust.allowed_signers(args.trust.load_config()?.as_ref());
+    let allowed_path = args.trust.allowed_signers(args.trust.load_config(args.plan.parent())?.as_ref());
     let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
     let sha256 = plan::precondition::sha256_hex(&bytes);
     let allowed = allowed_path.as_deref().map(AllowedSigners::load).transpose()?;

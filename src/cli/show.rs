@@ -31,7 +31,7 @@ pub struct ShowArgs {
 /// Runs `writeback show`. Expired plans are shown (with the expiry called out) and exit 0; a signature that was
 /// checked and failed is shown as such, then the command exits with the verification's code.
 pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
-    let allowed = args.trust.allowed_signers(args.trust.load_config()?.as_ref());
+    let allowed = args.trust.allowed_signers(args.trust.load_config(args.plan.parent())?.as_ref());
     let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
     let sha256 = plan::precondition::sha256_hex(&bytes);
     let mut signer = None;

@@ -35,7 +35,7 @@ pub struct VerifyArgs {
 /// Runs `writeback verify`. Exit 0 only for a valid, unexpired plan; an expired plan is described, then
 /// exits 12.
 pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
-    let config = args.trust.load_config()?;
+    let config = args.trust.load_config(args.plan.parent())?;
     let allowed = args.trust.require_allowed_signers(config.as_ref(), "verify")?;
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, ctx.now)?;
     let sig_path = args.signature.clone().unwrap_or_else(|| crate::archive::signature_path(&args.plan));
