@@ -11,21 +11,26 @@
 //!
 //! A crash can leave a last line without its line feed. [`verify_chain`] reports it as a torn tail (it is not
 //! part of the chain), and [`Journal::open`] cuts it off before appending, saying so.
+//!
+//! This file is the chain itself, pure: the lines, their links, verification and what a chain says about a plan
+//! ([`PlanProgress`]). The file on disk (open, append, fsync, cutting a torn tail) is the small [`file`] module.
+
+pub mod file;
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Applier, ChangeResult, FinishStatus, OutcomeCounts};
-use crate::error::{Error, Result};
+use crate::error::Error;
+
 use crate::identity::ObjectId;
 use crate::plan::precondition::sha256_hex;
 use crate::plan::timestamp;
+pub use file::{read, Journal, Opened};
 
 /// The `format` marker of the header line.
 pub const JOURNAL_FORMAT: &str = "writeback-journal";
@@ -125,6 +130,46 @@ pub fn entry_line(entry: &Entry) -> Vec<u8> {
     serde_json::to_vec(entry).unwrap_or_default()
 }
 
+/// The header a new journal starts with.
+pub fn new_header(now: DateTime<Utc>) -> Header {
+    Header {
+        format: JOURNAL_FORMAT.into(),
+        format_version: JOURNAL_VERSION.into(),
+        created_at: now,
+        tool_version: crate::tool_version(),
+    }
+}
+
+/// The end of a chain: what the next line links to. Appending is pure: [`Tip::next_line`] makes the bytes, the
+/// file only writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tip {
+    /// The link to the last line (the `prev` the next line carries).
+    pub head: String,
+    /// The `seq` of the last event (0 right after the header).
+    pub seq: u64,
+}
+
+impl Tip {
+    /// The first line of a new journal (with its line feed) and the tip after it.
+    pub fn start(header: &Header) -> (Tip, Vec<u8>) {
+        let mut line = header_line(header);
+        let tip = Tip { head: link(&line), seq: 0 };
+        line.push(b'\n');
+        (tip, line)
+    }
+
+    /// The line (with its line feed) that records `event` at `ts` after this tip; the tip moves past it.
+    pub fn next_line(&mut self, ts: DateTime<Utc>, event: Event) -> Vec<u8> {
+        let entry = Entry { seq: self.seq + 1, ts, prev: self.head.clone(), event };
+        let mut line = entry_line(&entry);
+        self.head = link(&line);
+        self.seq = entry.seq;
+        line.push(b'\n');
+        line
+    }
+}
+
 /// Where a journal's chain breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
@@ -161,6 +206,18 @@ pub struct Chain {
     pub links: Vec<String>,
     /// An incomplete last line, if there was one. It is not part of the chain.
     pub torn_tail: Option<TornTail>,
+}
+
+impl Chain {
+    /// Where the next line attaches.
+    pub fn tip(&self) -> Tip {
+        Tip { head: self.head.clone(), seq: self.seq }
+    }
+
+    /// An empty chain: a journal with only its header.
+    pub fn empty(header: Header, tip: &Tip) -> Chain {
+        Chain { header, entries: Vec::new(), head: tip.head.clone(), seq: tip.seq, links: Vec::new(), torn_tail: None }
+    }
 }
 
 /// Recomputes the chain of a journal's bytes. Returns the first broken line, if any.
@@ -295,40 +352,6 @@ impl PlanProgress {
     }
 }
 
-/// A journal file opened for appending.
-#[derive(Debug)]
-pub struct Journal {
-    path: PathBuf,
-    file: File,
-    head: String,
-    seq: u64,
-}
-
-/// What [`Journal::open`] found.
-#[derive(Debug)]
-pub struct Opened {
-    /// The journal, ready to append.
-    pub journal: Journal,
-    /// The verified chain as it was on disk.
-    pub chain: Chain,
-    /// True when the file did not exist (or was empty) and was created.
-    pub created: bool,
-}
-
-/// Reads and verifies a journal file. A missing file is `Ok(None)`. The torn tail is reported, not removed.
-pub fn read(path: &Path) -> Result<Option<Chain>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::read(path, e)),
-    };
-    if bytes.is_empty() || !bytes.contains(&b'\n') {
-        // Empty, or a header torn before its line feed: nothing was ever recorded.
-        return Ok(None);
-    }
-    verify_chain(&bytes).map(Some).map_err(|e| chain_error(path, e))
-}
-
 /// The user-facing error for a broken journal.
 pub fn chain_error(path: &Path, e: ChainError) -> Error {
     Error::input_at(
@@ -336,108 +359,6 @@ pub fn chain_error(path: &Path, e: ChainError) -> Error {
         e.line,
         format!("{}; the journal does not verify, so writeback will not append to it. Keep it for the audit and ask for a new plan, or point --journal at the right file", e.message),
     )
-}
-
-impl Journal {
-    /// Opens (or creates, with a header) a journal for appending. A torn last line is cut off first; the
-    /// returned chain's `torn_tail` says whether that happened, so the caller can tell the admin.
-    pub fn open(path: &Path, now: DateTime<Utc>) -> Result<Opened> {
-        let existing = match std::fs::read(path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::read(path, e)),
-        };
-        let usable = existing.as_ref().filter(|b| b.contains(&b'\n'));
-        match usable {
-            Some(bytes) => {
-                let chain = verify_chain(bytes).map_err(|e| chain_error(path, e))?;
-                let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::write(path, e))?;
-                if let Some(torn) = &chain.torn_tail {
-                    file.set_len(torn.offset).map_err(|e| Error::write(path, e))?;
-                    file.sync_all().map_err(|e| Error::write(path, e))?;
-                }
-                drop(file);
-                let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::write(path, e))?;
-                let journal = Journal { path: path.to_path_buf(), file, head: chain.head.clone(), seq: chain.seq };
-                Ok(Opened { journal, chain, created: false })
-            }
-            None => {
-                let header = Header {
-                    format: JOURNAL_FORMAT.into(),
-                    format_version: JOURNAL_VERSION.into(),
-                    created_at: now,
-                    tool_version: crate::tool_version(),
-                };
-                let mut line = header_line(&header);
-                let head = link(&line);
-                line.push(b'\n');
-                // An empty file or a torn header holds nothing; start it afresh.
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .open(path)
-                    .map_err(|e| Error::write(path, e))?;
-                file.write_all(&line).map_err(|e| Error::write(path, e))?;
-                file.sync_all().map_err(|e| Error::write(path, e))?;
-                sync_parent(path);
-                drop(file);
-                let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::write(path, e))?;
-                let chain = Chain {
-                    header,
-                    entries: Vec::new(),
-                    head: head.clone(),
-                    seq: 0,
-                    links: Vec::new(),
-                    torn_tail: None,
-                };
-                Ok(Opened { journal: Journal { path: path.to_path_buf(), file, head, seq: 0 }, chain, created: true })
-            }
-        }
-    }
-
-    /// Appends one event as one `write` of the line and its line feed. Call [`Journal::sync`] to make it
-    /// durable.
-    pub fn append(&mut self, ts: DateTime<Utc>, event: Event) -> Result<()> {
-        let entry = Entry { seq: self.seq + 1, ts, prev: self.head.clone(), event };
-        let mut line = entry_line(&entry);
-        let next_head = link(&line);
-        line.push(b'\n');
-        self.file.write_all(&line).map_err(|e| Error::write(&self.path, e))?;
-        self.head = next_head;
-        self.seq = entry.seq;
-        Ok(())
-    }
-
-    /// Flushes everything appended so far to disk (fsync).
-    pub fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::write(&self.path, e))
-    }
-
-    /// The link to the last line written.
-    pub fn head(&self) -> &str {
-        &self.head
-    }
-
-    /// The `seq` of the last line written.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-fn sync_parent(path: &Path) {
-    #[cfg(unix)]
-    if let Some(parent) = path.parent() {
-        let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-        if let Ok(handle) = File::open(dir) {
-            let _ = handle.sync_all();
-        }
-    }
 }
 
 /// RFC 3339 timestamps with milliseconds, for journal lines.
@@ -465,7 +386,7 @@ mod tests {
         ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
     }
 
-    fn t(s: u32) -> DateTime<Utc> {
+    pub(super) fn t(s: u32) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + i64::from(s), 0).unwrap()
     }
 
@@ -473,7 +394,7 @@ mod tests {
         Uuid::from_u128(7)
     }
 
-    fn outcome(user: u8, outcome: Outcome) -> Event {
+    pub(super) fn outcome(user: u8, outcome: Outcome) -> Event {
         Event::ChangeOutcome {
             plan_id: plan(),
             result: ChangeResult {
@@ -503,20 +424,35 @@ mod tests {
         }
     }
 
-    fn write_sample(path: &Path) {
-        let mut j = Journal::open(path, t(0)).unwrap().journal;
-        j.append(t(1), started()).unwrap();
-        j.append(t(2), outcome(1, Outcome::Applied)).unwrap();
-        j.append(t(3), outcome(2, Outcome::AlreadyMember)).unwrap();
-        j.sync().unwrap();
+    /// The sample's events: a start and two outcomes, at t(1) to t(3).
+    pub(super) fn sample_events() -> Vec<(DateTime<Utc>, Event)> {
+        vec![(t(1), started()), (t(2), outcome(1, Outcome::Applied)), (t(3), outcome(2, Outcome::AlreadyMember))]
+    }
+
+    /// A journal's bytes, made without a file: the header, then `events`.
+    pub(super) fn bytes_of(events: Vec<(DateTime<Utc>, Event)>) -> Vec<u8> {
+        let (mut tip, mut bytes) = Tip::start(&new_header(t(0)));
+        for (ts, event) in events {
+            bytes.extend(tip.next_line(ts, event));
+        }
+        bytes
+    }
+
+    fn sample() -> Vec<u8> {
+        bytes_of(sample_events())
+    }
+
+    fn finished() -> Event {
+        Event::ApplyFinished {
+            plan_id: plan(),
+            status: FinishStatus::Complete,
+            counts: OutcomeCounts { applied: 1, already_member: 1, ..Default::default() },
+        }
     }
 
     #[test]
     fn chain_round_trips_and_links_each_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        write_sample(&path);
-        let bytes = std::fs::read(&path).unwrap();
+        let bytes = sample();
         let chain = verify_chain(&bytes).unwrap();
         assert_eq!(chain.seq, 3);
         assert_eq!(chain.entries.len(), 3);
@@ -524,6 +460,8 @@ mod tests {
         assert_eq!(chain.entries[0].prev, link(lines[0]));
         assert_eq!(chain.entries[2].prev, link(lines[2]));
         assert_eq!(chain.head, link(lines[3]));
+        assert_eq!(chain.links, vec![link(lines[1]), link(lines[2]), link(lines[3])]);
+        assert_eq!(chain.tip(), Tip { head: link(lines[3]), seq: 3 });
         assert!(chain.torn_tail.is_none());
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.lines().nth(1).unwrap().starts_with(r#"{"seq":1,"ts":"#), "{text}");
@@ -532,11 +470,17 @@ mod tests {
     }
 
     #[test]
+    fn the_tip_of_a_verified_chain_continues_it() {
+        let mut bytes = sample();
+        let mut tip = verify_chain(&bytes).unwrap().tip();
+        bytes.extend(tip.next_line(t(4), finished()));
+        let chain = verify_chain(&bytes).unwrap();
+        assert_eq!((chain.seq, chain.head.clone()), (4, tip.head));
+    }
+
+    #[test]
     fn an_edited_line_breaks_the_chain_at_the_next_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        write_sample(&path);
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = String::from_utf8(sample()).unwrap();
         let edited = text.replacen(r#""outcome":"applied""#, r#""outcome":"failed""#, 1);
         assert_ne!(text, edited);
         let err = verify_chain(edited.as_bytes()).unwrap_err();
@@ -546,10 +490,7 @@ mod tests {
 
     #[test]
     fn a_deleted_line_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        write_sample(&path);
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = String::from_utf8(sample()).unwrap();
         let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| l).collect();
         let err = verify_chain(format!("{}\n", kept.join("\n")).as_bytes()).unwrap_err();
         assert_eq!(err.line, 3);
@@ -557,61 +498,25 @@ mod tests {
 
     #[test]
     fn a_blank_line_in_the_middle_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        write_sample(&path);
-        let text = std::fs::read_to_string(&path).unwrap().replacen('\n', "\n\n", 1);
+        let text = String::from_utf8(sample()).unwrap().replacen('\n', "\n\n", 1);
         assert_eq!(verify_chain(text.as_bytes()).unwrap_err().line, 2);
     }
 
     #[test]
-    fn torn_tail_is_reported_then_cut_off_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        write_sample(&path);
-        let good_len = std::fs::metadata(&path).unwrap().len();
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"seq":4,"ts":"2023-"#).unwrap();
-        drop(f);
-        let chain = verify_chain(&std::fs::read(&path).unwrap()).unwrap();
+    fn a_torn_tail_is_reported_and_not_part_of_the_chain() {
+        let mut bytes = sample();
+        let good_len = bytes.len() as u64;
+        bytes.extend_from_slice(br#"{"seq":4,"ts":"2023-"#);
+        let chain = verify_chain(&bytes).unwrap();
         assert_eq!(chain.torn_tail, Some(TornTail { offset: good_len, len: 20, line: 5 }));
-        let opened = Journal::open(&path, t(9)).unwrap();
-        assert!(opened.chain.torn_tail.is_some());
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
-        let mut j = opened.journal;
-        j.append(t(10), outcome(3, Outcome::Applied)).unwrap();
-        let chain = verify_chain(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(chain.seq, 4);
-        assert!(chain.torn_tail.is_none());
-    }
-
-    #[test]
-    fn a_torn_header_starts_a_fresh_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        std::fs::write(&path, br#"{"format":"writeback-jou"#).unwrap();
-        assert!(read(&path).unwrap().is_none());
-        let opened = Journal::open(&path, t(0)).unwrap();
-        assert!(opened.created);
-        assert_eq!(verify_chain(&std::fs::read(&path).unwrap()).unwrap().seq, 0);
+        assert_eq!(chain.seq, 3);
     }
 
     #[test]
     fn progress_collects_outcomes_and_finish() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        write_sample(&path);
-        let mut j = Journal::open(&path, t(5)).unwrap().journal;
-        j.append(
-            t(6),
-            Event::ApplyFinished {
-                plan_id: plan(),
-                status: FinishStatus::Complete,
-                counts: OutcomeCounts { applied: 1, already_member: 1, ..Default::default() },
-            },
-        )
-        .unwrap();
-        let chain = read(&path).unwrap().unwrap();
+        let mut events = sample_events();
+        events.push((t(6), finished()));
+        let chain = verify_chain(&bytes_of(events)).unwrap();
         let progress = PlanProgress::of(&chain, plan()).unwrap();
         assert_eq!(progress.runs, 1);
         assert_eq!(progress.outcomes.len(), 2);
@@ -623,12 +528,9 @@ mod tests {
 
     #[test]
     fn a_second_outcome_for_a_change_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        write_sample(&path);
-        let mut j = Journal::open(&path, t(5)).unwrap().journal;
-        j.append(t(6), outcome(1, Outcome::Failed)).unwrap();
-        let chain = read(&path).unwrap().unwrap();
+        let mut events = sample_events();
+        events.push((t(6), outcome(1, Outcome::Failed)));
+        let chain = verify_chain(&bytes_of(events)).unwrap();
         let err = PlanProgress::of(&chain, plan()).unwrap_err();
         assert_eq!(err.line, 5);
     }
