@@ -3,6 +3,7 @@
 //! Every successful run ends with the fake's membership equal to the plan's target, and with the receipt and
 //! the journal accounting for every change exactly once. Every refusal leaves the fake without a single write.
 
+mod common;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -119,6 +120,7 @@ impl Env {
             .env_remove("WRITEBACK_ALLOWED_SIGNERS")
             .env_remove("WRITEBACK_ACCESS_TOKEN")
             .stdin(Stdio::null());
+        common::isolate(&mut cmd, self.dir.path());
         cmd
     }
 
