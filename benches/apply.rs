@@ -123,6 +123,9 @@ fn apply(w: &World, dir: &Path, plan: &Path, allowed: &Path) -> Run {
         .arg("--allowed-signers")
         .arg(allowed)
         .args(["--yes", "--max-removals", "1000000", "--max-removal-percent", "100"])
+        // The bench's own ledger: never the user's state folder.
+        .arg("--ledger")
+        .arg(dir.join("ledger"))
         .current_dir(dir)
         .envs(w.fake.env())
         .env_remove("WRITEBACK_CONFIG")

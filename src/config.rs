@@ -82,6 +82,10 @@ pub struct Defaults {
     pub login_url: Option<String>,
     /// The PoliteMail OData endpoint.
     pub politemail_url: Option<String>,
+    /// `apply`'s ledger of started, finished and cancelled plans (default: the user's state folder).
+    pub ledger: Option<PathBuf>,
+    /// `apply`'s drift limit, as a percentage of the group's members when planned (default 20).
+    pub max_drift_percent: Option<f64>,
 }
 
 /// `[[sync]]`: one list to one group.
@@ -147,6 +151,7 @@ impl Config {
         fix(&mut self.defaults.out);
         fix(&mut self.defaults.users);
         fix(&mut self.defaults.allowed_signers);
+        fix(&mut self.defaults.ledger);
         for sync in &mut self.sync {
             fix(&mut sync.contacts);
             fix(&mut sync.members);

@@ -24,6 +24,7 @@ pub mod export;
 pub mod folders;
 pub mod http;
 pub mod identity;
+pub mod ledger;
 pub mod plan;
 pub mod planning;
 pub mod reconcile;

@@ -8,6 +8,9 @@
 //! | 2 | format version known (and the file is a well-formed plan) | 14, 13 |
 //! | 3 | not expired | 12 |
 //! | 3b | enough approvals (`--require-approvals`; [`crate::approvals::require_for`]) | 15 |
+//! | 3c | the ledger: not finished (wherever the file sits), not cancelled ([`check_ledger`]) | 22, 28 |
+//! | 3d | a plan started with this ledger resumes only with its own journal ([`check_ledger_journal`]) | 22 |
+//! | 3e | no other apply of the plan is running (the ledger's lock, [`crate::ledger::lock`]) | 29 |
 //! | 4 | tenant matches the token's tenant | 20 |
 //! | 5 | each group exists and is manageable | 21 |
 //! | 6 | the plan id has not finished in the journal (replay) | 22 |
@@ -19,6 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -26,7 +30,9 @@ use super::journal::PlanProgress;
 use super::{ChangeResult, Outcome};
 use crate::error::{Error, Result};
 use crate::identity::ObjectId;
-use crate::plan::{Action, GroupPlan, Plan};
+use crate::ledger::cancel::Cancellation;
+use crate::ledger::Record;
+use crate::plan::{timestamp, Action, GroupPlan, Plan};
 
 /// The directory reads the gates need. Implemented for the Graph client, and by fakes in tests.
 pub trait DirectoryReads: Send + Sync {
@@ -45,6 +51,100 @@ pub struct GroupState {
     pub display_name: Option<String>,
     /// Why Graph cannot change its membership (dynamic, mail-enabled, synced from on-premises…), if so.
     pub not_manageable: Option<String>,
+}
+
+/// Gate 3c, the ledger: a plan the ledger has as finished is refused wherever its file sits now (22), and a
+/// cancelled plan is refused (28). `cancellation` is the cancellation file found in the ledger and the result of
+/// verifying it: one that does not verify still stops the plan (someone wanted it stopped), and the message says
+/// how to proceed if it is not genuine. `rebuilding` is `Some` for the run that only writes a missing receipt
+/// from the plan's own finished journal: it sends nothing, so a finished record does not stop it.
+pub fn check_ledger(
+    plan: &Plan,
+    plan_sha256: &str,
+    ledger_dir: &Path,
+    record: Option<&Record>,
+    cancellation: Option<&(PathBuf, std::result::Result<Cancellation, String>)>,
+    rebuilding: Option<()>,
+) -> Result<()> {
+    if let Some(record) = record {
+        if record.plan_sha256 != plan_sha256 {
+            return Err(Error::Replay(format!(
+                "the ledger {} has plan id {} for a file with other contents (sha256 {}); refusing a second \
+                 document under the same id. Ask for a new plan",
+                ledger_dir.display(),
+                plan.plan_id,
+                record.plan_sha256
+            )));
+        }
+        if let Some(finished) = record.finished.as_ref().filter(|_| rebuilding.is_none()) {
+            return Err(Error::Replay(format!(
+                "plan {} was already applied: it finished ({}) at {}, started by {} from {} (ledger {}; receipt \
+                 {}). A plan is applied once, wherever its file is copied; to make more changes, make a new plan",
+                plan.plan_id,
+                finished.status.as_str(),
+                timestamp::format(&finished.at),
+                crate::terminal::escape(&record.started.by),
+                crate::terminal::escape(&record.started.plan_file),
+                ledger_dir.display(),
+                crate::terminal::escape(&finished.receipt)
+            )));
+        }
+    }
+    match cancellation {
+        None => Ok(()),
+        Some((_, Ok(c))) => Err(Error::Cancelled(format!(
+            "plan {} was cancelled by {} at {}{}; apply refuses a cancelled plan and sent nothing. Ask for a new \
+             plan",
+            plan.plan_id,
+            crate::terminal::escape(&c.cancelled_by),
+            timestamp::format(&c.cancelled_at),
+            c.reason.as_deref().map(|r| format!(" (reason: {})", crate::terminal::escape(r))).unwrap_or_default()
+        ))),
+        Some((path, Err(problem))) => Err(Error::Cancelled(format!(
+            "the ledger holds a cancellation of plan {} ({}), but it does not verify: {}. apply stops and sent \
+             nothing. If that cancellation is not genuine, find out who wrote it; once you are sure, remove it and \
+             run again",
+            plan.plan_id,
+            path.display(),
+            crate::terminal::escape(problem)
+        ))),
+    }
+}
+
+/// Gate 3d: a plan the ledger has as started (and not finished) resumes only with the journal it was started
+/// with: `journal` (absolute) must be that file, and must record the start (22 otherwise). This is what stops a
+/// copy of a half-applied plan, in another folder with a fresh journal, from being applied a second time.
+pub fn check_ledger_journal(
+    plan: &Plan,
+    record: Option<&Record>,
+    journal: &Path,
+    progress: &PlanProgress,
+) -> Result<()> {
+    let Some(record) = record.filter(|r| r.finished.is_none()) else { return Ok(()) };
+    let started = &record.started;
+    if Path::new(&started.journal) != journal {
+        return Err(Error::Replay(format!(
+            "plan {} was started at {} by {} with the journal {}; it resumes only with that journal, not {}. Run \
+             the same command with --journal {}",
+            plan.plan_id,
+            timestamp::format(&started.at),
+            crate::terminal::escape(&started.by),
+            crate::terminal::escape(&started.journal),
+            journal.display(),
+            crate::terminal::escape(&started.journal)
+        )));
+    }
+    if progress.runs == 0 {
+        return Err(Error::Replay(format!(
+            "plan {} was started at {} by {}, but its journal {} no longer records that start (it was replaced or \
+             emptied). Keep what is left of it for the audit, and ask for a new plan",
+            plan.plan_id,
+            timestamp::format(&started.at),
+            crate::terminal::escape(&started.by),
+            journal.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Gate 4: the plan's tenant is the token's tenant. A plan made from exports names no tenant; then the group
@@ -446,5 +546,79 @@ mod tests {
         let dynamic = GroupState { display_name: None, not_manageable: Some("dynamic membership".into()) };
         assert!(check_group(&g, Some(&dynamic)).unwrap_err().to_string().contains("dynamic"));
         assert!(check_group(&g, Some(&GroupState { display_name: None, not_manageable: None })).is_ok());
+    }
+
+    fn bare_plan() -> Plan {
+        Plan {
+            format: crate::plan::FORMAT_NAME.into(),
+            format_version: "1.0".into(),
+            plan_id: uuid::Uuid::nil(),
+            created_at: DateTime::from_timestamp(0, 0).unwrap(),
+            expires_at: DateTime::from_timestamp(10, 0).unwrap(),
+            signer: "a".into(),
+            tool_version: "t".into(),
+            tenant_id: None,
+            groups: vec![],
+        }
+    }
+
+    fn record(finished: bool) -> Record {
+        let started = crate::ledger::Started {
+            at: DateTime::from_timestamp(1, 0).unwrap(),
+            by: "admin@box".into(),
+            plan_file: "plan.json".into(),
+            journal: "/a/plan.json.journal.jsonl".into(),
+        };
+        let mut r = Record::started(uuid::Uuid::nil(), "aa", started);
+        if finished {
+            r.finished = Some(crate::ledger::Finished {
+                at: DateTime::from_timestamp(2, 0).unwrap(),
+                status: FinishStatus::Complete,
+                receipt: "/a/plan.json.receipt.json".into(),
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn ledger_gate() {
+        let plan = bare_plan();
+        let dir = Path::new("/ledger");
+        assert!(check_ledger(&plan, "aa", dir, None, None, None).is_ok());
+        assert!(check_ledger(&plan, "aa", dir, Some(&record(false)), None, None).is_ok());
+        let err = check_ledger(&plan, "aa", dir, Some(&record(true)), None, None).unwrap_err();
+        assert_eq!(err.exit_code(), exit::REPLAY);
+        assert!(err.to_string().contains("already applied"), "{err}");
+        // Only writing a missing receipt from the plan's own journal is let through.
+        assert!(check_ledger(&plan, "aa", dir, Some(&record(true)), None, Some(())).is_ok());
+        // Another document under the same id.
+        assert_eq!(
+            check_ledger(&plan, "bb", dir, Some(&record(false)), None, None).unwrap_err().exit_code(),
+            exit::REPLAY
+        );
+        let c = Cancellation::new(uuid::Uuid::nil(), "aa", "approver@x", DateTime::from_timestamp(3, 0).unwrap(), None);
+        let cancelled = (PathBuf::from("/ledger/x.cancel.json"), Ok(c));
+        let err = check_ledger(&plan, "aa", dir, None, Some(&cancelled), None).unwrap_err();
+        assert_eq!(err.exit_code(), exit::CANCELLED);
+        assert!(err.to_string().contains("approver@x"), "{err}");
+        let forged = (PathBuf::from("/ledger/x.cancel.json"), Err("bad signature".to_string()));
+        let err = check_ledger(&plan, "aa", dir, None, Some(&forged), None).unwrap_err();
+        assert_eq!(err.exit_code(), exit::CANCELLED);
+        assert!(err.to_string().contains("does not verify"), "{err}");
+    }
+
+    #[test]
+    fn a_started_plan_resumes_only_with_its_own_journal() {
+        let plan = bare_plan();
+        let started = PlanProgress { runs: 1, ..Default::default() };
+        let own = Path::new("/a/plan.json.journal.jsonl");
+        assert!(check_ledger_journal(&plan, None, Path::new("/b/j"), &PlanProgress::default()).is_ok());
+        assert!(check_ledger_journal(&plan, Some(&record(false)), own, &started).is_ok());
+        let err =
+            check_ledger_journal(&plan, Some(&record(false)), Path::new("/b/j"), &PlanProgress::default()).unwrap_err();
+        assert_eq!(err.exit_code(), exit::REPLAY);
+        assert!(err.to_string().contains("--journal /a/plan.json.journal.jsonl"), "{err}");
+        let err = check_ledger_journal(&plan, Some(&record(false)), own, &PlanProgress::default()).unwrap_err();
+        assert!(err.to_string().contains("no longer records"), "{err}");
     }
 }

@@ -16,6 +16,7 @@ pub mod executor;
 pub mod gates;
 pub mod graph;
 pub mod journal;
+pub mod once;
 pub mod receipt;
 pub mod run;
 pub mod session;

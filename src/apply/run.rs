@@ -1,7 +1,8 @@
 //! `apply` as a library operation, in the order the admin's checklist reads:
 //!
 //! ```text
-//! offline checks (signature, signer, format, expiry, approvals, key) ─► connect ─► gates 4–8 (directory reads)
+//! offline checks (signature, signer, format, expiry, approvals, ledger, key) ─► lock ─► connect
+//!   ─► gates 4–8 (directory reads)
 //!   ─► review ─► confirm ─► execute (writes, journal) ─► receipt (signed when a key is given)
 //! ```
 //!
@@ -18,6 +19,8 @@ use chrono::{DateTime, Utc};
 use super::backend::Backend;
 use super::executor::{self, Estimate};
 use super::graph::GraphBackend;
+use super::journal::PlanProgress;
+use super::once::Once;
 use super::receipt::{Receipt, RECEIPT_NAMESPACE};
 use super::session::{self, Finished, GateOptions, Prepared, RunInputs, SystemClock};
 use super::{Applier, ChangeResult};
@@ -38,6 +41,8 @@ pub struct ApplyRequest {
     pub require_approvals: u32,
     /// The journal to append to.
     pub journal: PathBuf,
+    /// The ledger folder.
+    pub ledger: PathBuf,
     /// The key that signs the receipt, if any.
     pub key: Option<PathBuf>,
     /// Strictness and removal limits.
@@ -66,6 +71,8 @@ pub struct Checked {
     pub receipt: PathBuf,
     /// The receipt's signing key, loaded.
     pub key: Option<SigningKey>,
+    /// The ledger, after its gates.
+    pub once: Once,
 }
 
 /// What the review shows: the plan, its signer, and what the gates found and a run would send.
@@ -170,11 +177,26 @@ pub fn check(request: &ApplyRequest) -> Result<Checked> {
         request.require_approvals,
         request.now,
     )?;
+    // The ledger: not finished anywhere, not cancelled, and a started plan only with its own journal.
+    let journal = &request.journal;
+    let progress = match super::journal::read(journal)? {
+        Some(chain) => {
+            PlanProgress::of(&chain, verified.plan.plan_id).map_err(|e| super::journal::chain_error(journal, e))?
+        }
+        None => PlanProgress::default(),
+    };
+    let receipt = crate::archive::receipt_path(&request.plan);
+    // A journal that finished the plan but no receipt beside it: the run writes the receipt from the journal
+    // and sends nothing, even though the ledger has the plan as finished.
+    let rebuilding = progress.finished.is_some() && !receipt.exists();
+    let allowed = crate::trust::AllowedSigners::load(&request.allowed_signers)?;
+    let once = Once::check(&request.ledger, &verified.plan, &verified.sha256, &allowed, request.now, rebuilding)?;
+    once.check_journal(&verified.plan, journal, &progress)?;
     let key = match &request.key {
         Some(path) => Some(SigningKey::load(path).map_err(|e| Error::input(&e.path, e.problem.to_string()))?),
         None => None,
     };
-    Ok(Checked { verified, receipt: crate::archive::receipt_path(&request.plan), key })
+    Ok(Checked { verified, receipt, key, once })
 }
 
 /// Runs `apply` after the offline checks, against any backend (Graph, or a fake in tests).
@@ -186,11 +208,17 @@ pub async fn run_with<B: Backend>(
 ) -> Result<ApplyOutcome> {
     let plan = &checked.verified.plan;
     let sha256 = checked.verified.sha256.clone();
+    if let Some(warning) = checked.once.warning() {
+        ui.notice(&warning);
+    }
     // A run killed after it sealed the journal but before the receipt was written: write the receipt now,
-    // from the journal, and send nothing.
-    if !checked.receipt.exists() {
-        if let Some(chain) = super::journal::read(&request.journal)? {
-            if let Some(receipt) = session::rebuild_receipt(plan, &sha256, &request.plan, &request.journal, &chain)? {
+    // from the journal, and send nothing. A plan the journal has as finished is recorded in the ledger too.
+    if let Some(chain) = super::journal::read(&request.journal)? {
+        if let Some(receipt) = session::rebuild_receipt(plan, &sha256, &request.plan, &request.journal, &chain)? {
+            if !request.dry_run {
+                checked.once.record_finished(&receipt, &checked.receipt, &request.journal)?;
+            }
+            if !checked.receipt.exists() {
                 ui.notice(&format!(
                     "plan {} had already finished (journal {}), but its receipt was missing; it was written from the \
                      journal. Nothing was sent",
@@ -198,9 +226,19 @@ pub async fn run_with<B: Backend>(
                     request.journal.display()
                 ));
                 let finished = Finished { receipt, stats: Default::default(), settled: 0, resumed: false };
-                return finish(&checked, finished).map(|done| ApplyOutcome::Done(Box::new(done)));
+                return finish(request, &checked, finished).map(|done| ApplyOutcome::Done(Box::new(done)));
             }
         }
+    }
+    // Gate 3e: one apply of a plan at a time (a dry run writes nothing, not even the lock).
+    let lock = if request.dry_run { None } else { Some(checked.once.lock(plan, request.now)?) };
+    if let Some(previous) = lock.as_ref().and_then(|l| l.taken_over.as_ref()) {
+        ui.notice(&format!(
+            "note: took over the lock of plan {} left by an apply that ended without releasing it ({}); that \
+             process is gone. The journal says what it did; this run resumes from there",
+            plan.plan_id,
+            previous.describe()
+        ));
     }
     // Gates 4–8.
     let prepared =
@@ -223,6 +261,8 @@ pub async fn run_with<B: Backend>(
         ui.confirm(&review)?;
     }
     let stop = ui.sending(prepared.pending());
+    let on_started =
+        |at: DateTime<Utc>| checked.once.record_started(plan, &sha256, &request.plan, &request.journal, at);
     let backoff = backend.backoff();
     let run = RunInputs {
         journal_path: &request.journal,
@@ -240,13 +280,16 @@ pub async fn run_with<B: Backend>(
             ..executor::Config::default()
         },
         stop,
+        on_started: Some(&on_started),
     };
     let finished = {
         let mut on_results = |results: &[ChangeResult]| ui.progress(results);
         session::execute(Arc::clone(&backend), plan, &prepared, run, &mut on_results).await
     };
     ui.sent();
-    finish(&checked, finished?).map(|done| ApplyOutcome::Done(Box::new(done)))
+    let done = finish(request, &checked, finished?).map(|done| ApplyOutcome::Done(Box::new(done)));
+    drop(lock);
+    done
 }
 
 /// Who applies: the operating-system user and the receipt key's principal and fingerprint.
@@ -260,9 +303,10 @@ fn applier(key: Option<&SigningKey>) -> Applier {
     }
 }
 
-/// Writes the receipt (and its signature).
-fn finish(checked: &Checked, finished: Finished) -> Result<Done> {
+/// Writes the receipt (and its signature), then marks the plan finished in the ledger.
+fn finish(request: &ApplyRequest, checked: &Checked, finished: Finished) -> Result<Done> {
     write_receipt(&checked.receipt, &finished.receipt, checked.key.as_ref())?;
+    checked.once.record_finished(&finished.receipt, &checked.receipt, &request.journal)?;
     Ok(Done { finished, receipt_path: checked.receipt.clone(), signed: checked.key.is_some() })
 }
 

@@ -159,6 +159,9 @@ pub struct RunInputs<'a> {
     pub config: Config,
     /// Set to true to stop sending (Ctrl-C); the run then ends with the journal up to date.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Called with the run's start time once its `apply-started` line is synced to the journal, before the
+    /// first write: the ledger records the start there.
+    pub on_started: Option<&'a (dyn Fn(DateTime<Utc>) -> Result<()> + Sync)>,
 }
 
 /// Sends the writes, journals every outcome and builds the receipt.
@@ -202,6 +205,9 @@ pub async fn execute<T: Transport>(
         },
     )?;
     journal.sync()?;
+    if let Some(on_started) = run.on_started {
+        on_started(this_start)?;
+    }
     let started_at = prepared.progress.first_started.unwrap_or(this_start);
     let mut outcomes = prepared.progress.outcomes.clone();
     let settled: Vec<ChangeResult> = prepared.works.iter().flat_map(|w| w.settled.iter().cloned()).collect();

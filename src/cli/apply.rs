@@ -60,6 +60,11 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "P")]
     pub max_removal_percent: Option<f64>,
 
+    /// The ledger of started, finished and cancelled plans [default: ledger in the config, else the user's state
+    /// folder, ~/.local/state/writeback/ledger on Linux].
+    #[arg(long, value_name = "DIR")]
+    pub ledger: Option<PathBuf>,
+
     /// Sign the receipt with this key (SSHSIG, namespace writeback-receipt) into RECEIPT.sig.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
@@ -136,6 +141,7 @@ fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
             .or_else(|| config.and_then(|c| c.defaults.require_approvals))
             .unwrap_or(0),
         journal: args.journal.clone().unwrap_or_else(|| crate::archive::journal_path(&args.plan)),
+        ledger: crate::ledger::resolve_dir(args.ledger.as_deref(), config)?,
         key: args.key.clone(),
         gates: GateOptions { strict: args.strict, thresholds },
         dry_run: args.dry_run,

@@ -5,9 +5,11 @@
 pub mod apply;
 pub mod approve;
 pub mod audit;
+pub mod cancel;
 pub mod check;
 pub mod export;
 pub mod keygen;
+pub mod ledger;
 pub mod options;
 pub mod plan;
 pub mod report;
@@ -57,6 +59,10 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Write a self-contained HTML report of a plan and its outcome.
     Report(report::ReportArgs),
+    /// Record a signed cancellation of a plan in the ledger, so that apply refuses it.
+    Cancel(cancel::CancelArgs),
+    /// List the plans the ledger has as cancelled, finished or started.
+    Ledger(ledger::LedgerArgs),
 }
 
 /// What every command gets from the process: verbosity and the current time (passed in, so the library never
@@ -102,6 +108,8 @@ fn dispatch(command: Command, ctx: &Context) -> Result<()> {
         Command::Approve(args) => approve::run(args, ctx),
         Command::Audit(args) => audit::run(args, ctx),
         Command::Report(args) => report::run(args, ctx),
+        Command::Cancel(args) => cancel::run(args, ctx),
+        Command::Ledger(args) => ledger::run(args, ctx),
     }
 }
 

@@ -7,6 +7,12 @@
 //! connections, slow answers and short-lived tokens. Every request is recorded so tests can count calls and
 //! read the resulting membership back.
 //!
+//! Users that are deleted (`DELETE /users/{id}`, [`FakeGraph::delete_object`], or seeded as `deletedUsers`) move
+//! to the deleted items, as in Entra ID: `GET /directory/deletedItems/{id}` returns them with their
+//! `@odata.type`, and 404 for anything else. `$filter` takes at most 15 values in an `in (…)` list, as Graph.
+//! [`FakeGraph::hold_requests`] makes Graph requests wait (the token endpoint still answers) until
+//! [`FakeGraph::release_requests`], so a test can catch a client between two requests without sleeping.
+//!
 //! Self-contained on purpose: it does not use the `writeback` library, so it checks the real client
 //! independently.
 #![allow(dead_code)]
@@ -52,6 +58,9 @@ pub struct Seed {
     /// Other directory objects (devices, contacts, service principals) that can be members.
     #[serde(default, rename = "directoryObjects")]
     pub directory_objects: Vec<SeedObject>,
+    /// Users deleted before the fake starts: only `GET /directory/deletedItems/{id}` finds them.
+    #[serde(default, rename = "deletedUsers", skip_serializing_if = "Vec::is_empty")]
+    pub deleted_users: Vec<SeedUser>,
 }
 
 /// A user in the seed.
@@ -182,6 +191,7 @@ impl Seed {
             users: vec![],
             groups: vec![],
             directory_objects: vec![],
+            deleted_users: vec![],
         }
     }
 
@@ -466,6 +476,8 @@ impl Group {
 #[derive(Default)]
 struct Directory {
     users: HashMap<String, SeedUser>,
+    /// Deleted users (the tenant's deleted items), by id.
+    deleted: HashMap<String, SeedUser>,
     user_order: BTreeMap<u64, String>,
     user_seq: HashMap<String, u64>,
     groups: HashMap<String, Group>,
@@ -496,6 +508,15 @@ impl Directory {
             let mut u = u.clone();
             u.id = id.clone();
             d.insert_user(u);
+        }
+        for u in &seed.deleted_users {
+            let id = checked_id(&u.id, "deleted user")?;
+            if !seen.insert(id.clone()) {
+                return Err(format!("duplicate object id {id} (deleted user {})", u.user_principal_name));
+            }
+            let mut u = u.clone();
+            u.id = id.clone();
+            d.deleted.insert(id, u);
         }
         for o in &seed.directory_objects {
             let id = checked_id(&o.id, "directory object")?;
@@ -570,10 +591,11 @@ impl Directory {
     }
 
     fn delete_object(&mut self, id: &str) -> bool {
-        let found = if self.users.remove(id).is_some() {
+        let found = if let Some(user) = self.users.remove(id) {
             if let Some(k) = self.user_seq.remove(id) {
                 self.user_order.remove(&k);
             }
+            self.deleted.insert(id.to_string(), user);
             true
         } else {
             self.objects.remove(id).is_some()
@@ -728,6 +750,20 @@ struct State {
     log: Vec<Recorded>,
     seq: u64,
     misuses: Vec<String>,
+    hold: Arc<Hold>,
+}
+
+/// Holds Graph requests on demand (see [`FakeGraph::hold_requests`]).
+#[derive(Default)]
+struct Hold {
+    /// Requests arriving now wait.
+    on: std::sync::atomic::AtomicBool,
+    /// Only requests that are not GETs wait (`$batch` envelopes, writes).
+    writes_only: std::sync::atomic::AtomicBool,
+    /// How many requests arrived while holding.
+    arrived: Mutex<u64>,
+    arrivals: std::sync::Condvar,
+    release: tokio::sync::Notify,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -803,6 +839,7 @@ impl FakeGraph {
             log: vec![],
             seq: 0,
             misuses: vec![],
+            hold: Arc::new(Hold::default()),
         }));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let st = state.clone();
@@ -910,6 +947,49 @@ impl FakeGraph {
     /// Deletes a user (or other object) directly, also from every group.
     pub fn delete_object(&self, object_id: &str) -> bool {
         self.st().dir.delete_object(&object_id.to_ascii_lowercase())
+    }
+
+    /// From now on, Graph requests (not the token endpoint) wait before they are handled, until
+    /// [`FakeGraph::release_requests`]. Each is counted as it arrives ([`FakeGraph::wait_for_held`]).
+    pub fn hold_requests(&self) {
+        self.hold(false);
+    }
+
+    /// Like [`FakeGraph::hold_requests`], for the requests that are not GETs only (a `$batch` of writes, a
+    /// PATCH, a DELETE): reads are answered, the first write waits.
+    pub fn hold_writes(&self) {
+        self.hold(true);
+    }
+
+    fn hold(&self, writes_only: bool) {
+        let hold = self.st().hold.clone();
+        *hold.arrived.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        hold.writes_only.store(writes_only, std::sync::atomic::Ordering::SeqCst);
+        hold.on.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Blocks until `n` requests are waiting (or were held) since [`FakeGraph::hold_requests`]. Panics after a
+    /// minute, so a client that never comes fails the test instead of hanging it.
+    pub fn wait_for_held(&self, n: u64) {
+        let hold = self.st().hold.clone();
+        let guard = hold.arrived.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, timeout) = hold
+            .arrivals
+            .wait_timeout_while(guard, Duration::from_secs(60), |arrived| *arrived < n)
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(!timeout.timed_out(), "fake Graph: {} of {n} held requests arrived", *guard);
+    }
+
+    /// Lets the held requests (and every later one) through.
+    pub fn release_requests(&self) {
+        let hold = self.st().hold.clone();
+        hold.on.store(false, std::sync::atomic::Ordering::SeqCst);
+        hold.release.notify_waiters();
+    }
+
+    /// Whether a user with this id is in the deleted items.
+    pub fn is_deleted(&self, id: &str) -> bool {
+        self.st().dir.deleted.contains_key(&id.to_ascii_lowercase())
     }
 
     /// Whether a user with this id exists.
@@ -1092,10 +1172,24 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
         return Ok(to_response(ans, &ctx, false));
     }
 
-    let (base, delay) = {
+    let (base, delay, hold) = {
         let st = lock(&state);
-        (st.cfg.base_path.clone(), st.faults.delay)
+        (st.cfg.base_path.clone(), st.faults.delay, st.hold.clone())
     };
+    let holds_this = method != Method::GET || !hold.writes_only.load(std::sync::atomic::Ordering::SeqCst);
+    if holds_this && hold.on.load(std::sync::atomic::Ordering::SeqCst) {
+        let released = hold.release.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        {
+            let mut arrived = hold.arrived.lock().unwrap_or_else(|e| e.into_inner());
+            *arrived += 1;
+            hold.arrivals.notify_all();
+        }
+        if hold.on.load(std::sync::atomic::Ordering::SeqCst) {
+            released.await;
+        }
+    }
     let Some(rel) = strip_base(&path, &base) else {
         let ans = graph_error(&ctx, 404, "NotFound", &format!("No service at '{path}'."));
         return Ok(to_response(ans, &ctx, false));
@@ -1605,6 +1699,7 @@ fn operation(
             }
             None => not_found(ctx, &segs[1]),
         },
+        ("GET", ["directory", "deleteditems", id]) => deleted_item(st, ctx, id, &q),
         ("GET", ["directoryobjects", id]) => match st.dir.kind(id) {
             Some(_) => entity(st, ctx, id, &q, "directoryObjects"),
             None => not_found(ctx, id),
@@ -1637,6 +1732,7 @@ fn operation(
             }
         }
         (_, ["organization"] | ["users"] | ["users", _] | ["groups"] | ["groups", _] | ["groups", _, "members"])
+        | (_, ["directory", "deleteditems", _])
         | (_, ["groups", _, "members", "$ref"] | ["groups", _, "members", _, "$ref"]) => not_allowed(),
         (_, [first, ..]) => graph_error(
             ctx,
@@ -1645,6 +1741,39 @@ fn operation(
             &format!("Resource not found for the segment '{}'.", segs.first().map(String::as_str).unwrap_or(first)),
         ),
         (_, []) => graph_error(ctx, 400, "BadRequest", "Invalid request."),
+    }
+}
+
+/// `GET /directory/deletedItems/{id}`: a deleted user (User.Read.All suffices), else 404 as Graph answers for an
+/// id that is not in the deleted items.
+fn deleted_item(st: &State, ctx: &Ctx, id: &str, q: &Query) -> Answer {
+    if !st.cfg.user_read_all {
+        return graph_error(
+            ctx,
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        );
+    }
+    let Some(u) = st.dir.deleted.get(id) else { return not_found(ctx, id) };
+    let mut all = Map::new();
+    all.insert("id".into(), json!(u.id));
+    all.insert("displayName".into(), json!(u.display_name));
+    all.insert("mail".into(), json!(u.mail));
+    all.insert("userPrincipalName".into(), json!(u.user_principal_name));
+    all.insert("accountEnabled".into(), json!(u.account_enabled));
+    all.insert("userType".into(), json!(u.user_type));
+    all.insert("deletedDateTime".into(), json!("2024-06-01T00:00:00Z"));
+    let default = &["id", "displayName", "mail", "userPrincipalName", "deletedDateTime"];
+    match project(ctx, &all, default, q.select.as_deref(), "user", true) {
+        Ok(m) => {
+            let mut o = Map::new();
+            o.insert("@odata.context".into(), json!(format!("{}/$metadata#directoryObjects/$entity", st.base_url())));
+            o.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+            o.extend(m);
+            Answer::json(200, Value::Object(o))
+        }
+        Err(a) => a,
     }
 }
 
@@ -2346,8 +2475,16 @@ fn parse_filter(s: &str) -> Result<Filter, String> {
     if p.i != p.toks.len() {
         return Err("Invalid filter clause: unexpected text after the expression.".into());
     }
+    if let Some(n) = f.longest_in().filter(|n| *n > MAX_IN_VALUES) {
+        return Err(format!(
+            "Too many child clauses specified in search filter expression containing 'OR' operators: {n}. Max allowed: {MAX_IN_VALUES}."
+        ));
+    }
     Ok(f)
 }
+
+/// The most values Graph takes in one `in (…)` list.
+const MAX_IN_VALUES: usize = 15;
 
 struct Parser {
     toks: Vec<Tok>,
@@ -2493,6 +2630,14 @@ impl Filter {
             }
             Filter::Eq(p, l) | Filter::Any(p, l) if indexed(p) => Some(vec![text(l)?]),
             Filter::In(p, ls) if indexed(p) => ls.iter().map(text).collect(),
+            _ => None,
+        }
+    }
+
+    fn longest_in(&self) -> Option<usize> {
+        match self {
+            Filter::Or(v) | Filter::And(v) => v.iter().filter_map(Filter::longest_in).max(),
+            Filter::In(_, ls) => Some(ls.len()),
             _ => None,
         }
     }
