@@ -120,7 +120,7 @@ impl Env {
             .env_remove("WRITEBACK_ALLOWED_SIGNERS")
             .env_remove("WRITEBACK_ACCESS_TOKEN")
             .stdin(Stdio::null());
-        common::isolate(&mut cmd, self.dir.path());
+        common::isolate(&mut cmd);
         cmd
     }
 

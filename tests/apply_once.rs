@@ -114,9 +114,11 @@ impl Env {
         path
     }
 
-    /// `writeback ARGS…` in the workspace, pointed at the fake, with the workspace's private home.
+    /// `writeback ARGS…` in the workspace, pointed at the fake, with the workspace's own state folder.
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = common::command(self.dir.path());
+        // The workspace's own state folder: the default ledger, fresh for each test.
+        cmd.env("XDG_STATE_HOME", self.path(".state"));
         cmd.args(args)
             .arg("--allowed-signers")
             .arg(self.path("allowed_signers"))

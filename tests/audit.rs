@@ -42,7 +42,7 @@ fn writeback(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
         cmd.env_remove(var);
     }
     cmd.env("COLUMNS", "160");
-    common::isolate(&mut cmd, dir);
+    common::isolate(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
