@@ -39,7 +39,7 @@ pub struct CancelArgs {
 
 /// Runs `writeback cancel`.
 pub fn run(args: CancelArgs, ctx: &Context) -> Result<()> {
-    let config = args.trust.load_config()?;
+    let config = args.trust.load_config(args.plan.parent())?;
     let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "cancel")?;
     // The plan must be a genuine signed plan (expired or not): the cancellation records its SHA-256.
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_path, ctx.now)?;

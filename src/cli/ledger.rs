@@ -29,7 +29,7 @@ pub struct LedgerArgs {
 
 /// Runs `writeback ledger`.
 pub fn run(args: LedgerArgs, ctx: &Context) -> Result<()> {
-    let config = args.trust.load_config()?;
+    let config = args.trust.load_config(None)?;
     let dir = crate::ledger::resolve_dir(args.ledger.as_deref(), config.as_ref())?;
     let allowed = match args.trust.allowed_signers(config.as_ref()) {
         Some(path) => Some(crate::trust::AllowedSigners::load(&path)?),
