@@ -10,6 +10,9 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Output goes through `terminal::write_stdout`/`write_stderr` (the `out!`/`outln!`/`eout!`/`eoutln!` macros),
+// which stop quietly on a closed pipe where `println!` panics.
+#![cfg_attr(not(test), warn(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod apply;
 pub mod approvals;

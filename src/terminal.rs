@@ -1,5 +1,11 @@
-//! What reaches a terminal: the width tables are laid out for, and the escaping of every string that comes from
-//! outside (a plan, an input file, Graph, PoliteMail, an error body) before it is printed.
+//! What reaches a terminal: the one path output takes to stdout and stderr, the width tables are laid out for,
+//! and the escaping of every string that comes from outside (a plan, an input file, Graph, PoliteMail, an error
+//! body) before it is printed.
+//!
+//! Output goes through [`out!`](crate::out)/[`outln!`](crate::outln) (stdout) and
+//! [`eout!`](crate::eout)/[`eoutln!`](crate::eoutln) (stderr), never `crate::outln!`: those panic when the reader
+//! has gone away (`writeback show plan.json | head -1`). Here a closed pipe only stops the output: the command
+//! finishes what it was doing (an apply still journals its writes) and exits quietly.
 //!
 //! A plan is attacker-controlled text until its signature is checked, and even a signed plan carries names typed
 //! by people and services. Printed raw, a control sequence in a UPN can move the cursor, erase rows of a review
@@ -8,7 +14,79 @@
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+static STDERR_CLOSED: AtomicBool = AtomicBool::new(false);
+static STDOUT_FAILED: Mutex<Option<String>> = Mutex::new(None);
+
+/// Writes to stdout through [`write_stdout`]; `print!` that never panics.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::terminal::write_stdout(format_args!($($arg)*)) };
+}
+
+/// Writes a line to stdout through [`write_stdout`]; `crate::outln!` that never panics.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::terminal::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::terminal::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to stderr through [`write_stderr`]; `eprint!` that never panics.
+#[macro_export]
+macro_rules! eout {
+    ($($arg:tt)*) => { $crate::terminal::write_stderr(format_args!($($arg)*)) };
+}
+
+/// Writes a line to stderr through [`write_stderr`]; `crate::eoutln!` that never panics.
+#[macro_export]
+macro_rules! eoutln {
+    () => { $crate::terminal::write_stderr(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::terminal::write_stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes `args` to stdout and flushes. When the reader has closed the pipe, this and every later write is
+/// dropped quietly ([`stdout_closed`] turns true); any other failure (a full disk) is kept for
+/// [`stdout_failure`] and later writes are dropped too.
+pub fn write_stdout(args: fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            if let Ok(mut failed) = STDOUT_FAILED.lock() {
+                failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Writes `args` to stderr; a closed or failing stderr drops this and every later write quietly.
+pub fn write_stderr(args: fmt::Arguments<'_>) {
+    if STDERR_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    if err.write_fmt(args).and_then(|()| err.flush()).is_err() {
+        STDERR_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// True once a write to stdout failed (the reader closed the pipe, or worse); later output is dropped.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Why writing to stdout failed, when it was not a closed pipe (that one is not a failure: the reader has read
+/// what it wanted).
+pub fn stdout_failure() -> Option<String> {
+    STDOUT_FAILED.lock().ok().and_then(|failed| failed.clone())
+}
 
 /// True for the characters that must never reach a terminal raw: C0 controls, DEL, C1 controls, and the
 /// bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069).

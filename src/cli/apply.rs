@@ -98,10 +98,10 @@ pub fn run(args: ApplyArgs, ctx: &Context) -> Result<()> {
         ApplyOutcome::DryRun => Ok(()),
         ApplyOutcome::Done(done) => {
             if args.json {
-                print!("{}", String::from_utf8_lossy(&done.finished.receipt.encode()));
+                crate::out!("{}", String::from_utf8_lossy(&done.finished.receipt.encode()));
             } else {
                 let width = crate::terminal::table_width();
-                print!("{}", summary(&done.finished, &done.receipt_path, done.signed, width));
+                crate::out!("{}", summary(&done.finished, &done.receipt_path, done.signed, width));
             }
             done.check_complete()
         }
@@ -166,16 +166,16 @@ impl Terminal {
     /// Text for people: on stdout, or on stderr when stdout carries JSON.
     fn say(&self, text: &str) {
         if self.json {
-            eprint!("{text}");
+            crate::eout!("{text}");
         } else {
-            print!("{text}");
+            crate::out!("{text}");
         }
     }
 }
 
 impl ApplyUi for Terminal {
     fn notice(&mut self, text: &str) {
-        eprintln!("{text}");
+        crate::eoutln!("{text}");
     }
 
     fn review(&mut self, review: &Review<'_>) {
@@ -186,7 +186,7 @@ impl ApplyUi for Terminal {
         self.say(&dry_run_report(review.prepared, review.estimate, review.patches_per_batch));
         if self.json {
             let json = DryRunJson::new(review.prepared, review.estimate);
-            println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
+            crate::outln!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
         }
     }
 
@@ -201,7 +201,7 @@ impl ApplyUi for Terminal {
                     .into(),
             ));
         }
-        eprint!("{}", confirm_question(review));
+        crate::eout!("{}", confirm_question(review));
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         std::io::stdin()
@@ -225,7 +225,7 @@ impl ApplyUi for Terminal {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nstopping: waiting for the requests in flight (Ctrl-C again to quit at once)…");
+                crate::eoutln!("\nstopping: waiting for the requests in flight (Ctrl-C again to quit at once)…");
                 let _ = stop_tx.send(true);
                 if tokio::signal::ctrl_c().await.is_ok() {
                     std::process::exit(130);

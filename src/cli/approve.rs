@@ -95,22 +95,23 @@ pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
         false
     };
     if already {
-        println!("{} already holds your approval of this plan; nothing to do.", path.display());
+        crate::outln!("{} already holds your approval of this plan; nothing to do.", path.display());
     } else {
         let signature = key
             .sign(APPROVAL_NAMESPACE, &bytes)
             .map_err(|e| Error::Internal(format!("signing with {} failed: {e}", args.key.display())))?;
         crate::atomic_write::write(&path, signature.as_bytes())?;
-        println!("Wrote {}", path.display());
+        crate::outln!("Wrote {}", path.display());
     }
-    println!(
+    crate::outln!(
         "Approved plan {} (SHA-256 {}) as {principal}, key {fingerprint}.",
-        verified.plan.plan_id, verified.sha256
+        verified.plan.plan_id,
+        verified.sha256
     );
 
     let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
     let files = crate::archive::approval_files(&args.plan);
     let report = approvals::evaluate(&bytes, &signer, &files, &allowed, ctx.now);
-    print!("{}", approvals::render_section(&files, Some(&report)));
+    crate::out!("{}", approvals::render_section(&files, Some(&report)));
     Ok(())
 }

@@ -62,14 +62,14 @@ pub fn run(args: AuditArgs, ctx: &Context) -> Result<()> {
                 "file": f.file, "line": f.line, "seq": f.seq, "message": f.message, "text": f.to_string(),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
-        print!("{}", render(&args.dir, &report, crate::terminal::table_width()));
+        crate::out!("{}", render(&args.dir, &report, crate::terminal::table_width()));
     }
     if let Some(path) = &args.csv {
         crate::atomic_write::write(path, &to_csv(&report))?;
         if !args.json {
-            println!("CSV written to {}", path.display());
+            crate::outln!("CSV written to {}", path.display());
         }
     }
     if report.findings.is_empty() {

@@ -100,12 +100,12 @@ pub fn run(args: CheckArgs, ctx: &Context) -> Result<()> {
 
     if args.json {
         let value = as_json(&args, &verified, &report, &receipt, ctx);
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
-        print!("{}", render(&args, &verified, &report, &receipt, ctx, crate::terminal::table_width()));
+        crate::out!("{}", render(&args, &verified, &report, &receipt, ctx, crate::terminal::table_width()));
     }
     if let ReceiptWrite::Exists(path) = &receipt {
-        eprintln!(
+        crate::eoutln!(
             "note: no receipt written: {} exists already (give --receipt-out FILE to write one elsewhere)",
             path.display()
         );

@@ -89,7 +89,7 @@ pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
         paths.iter().zip(&out.files).map(|(p, f)| (p.as_path(), f.bytes.as_slice())).collect();
     crate::atomic_write::write_together(&writes)?;
 
-    println!(
+    crate::outln!(
         "Plan {} (SHA-256 {}) signed by {}, valid until {}; {} valid approval{} ({} required).",
         plan.plan_id,
         verified.sha256,
@@ -101,15 +101,15 @@ pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
     );
     for (path, file) in paths.iter().zip(&out.files) {
         match &file.group {
-            Some(group) => println!("Wrote {} ({} members, {group})", path.display(), file.changes),
-            None => println!("Wrote {} ({} changes)", path.display(), file.changes),
+            Some(group) => crate::outln!("Wrote {} ({} members, {group})", path.display(), file.changes),
+            None => crate::outln!("Wrote {} ({} changes)", path.display(), file.changes),
         }
     }
     for note in &out.notes {
-        println!("{note}");
+        crate::outln!("{note}");
     }
     if out.files.is_empty() {
-        println!("Nothing written: the plan has no changes of this kind.");
+        crate::outln!("Nothing written: the plan has no changes of this kind.");
     }
     Ok(())
 }

@@ -60,15 +60,15 @@ pub fn run(args: KeygenArgs, _ctx: &Context) -> Result<()> {
     set_mode(&args.out, 0o600)?;
     set_mode(&pub_path, 0o644)?;
 
-    eprintln!(
+    crate::eoutln!(
         "Wrote the private key to {} ({}) and the public key to {}.",
         args.out.display(),
         if passphrase.is_some() { "encrypted with the passphrase" } else { "not encrypted" },
         pub_path.display()
     );
-    eprintln!("Key fingerprint: {}", key.fingerprint());
-    eprintln!("Add this line to the allowed_signers file that verifiers use:");
-    println!("{}", line_for(&principal, key.public_key(), &ALL_NAMESPACES));
+    crate::eoutln!("Key fingerprint: {}", key.fingerprint());
+    crate::eoutln!("Add this line to the allowed_signers file that verifiers use:");
+    crate::outln!("{}", line_for(&principal, key.public_key(), &ALL_NAMESPACES));
     Ok(())
 }
 

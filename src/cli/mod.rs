@@ -87,10 +87,16 @@ pub fn run() -> i32 {
     };
     init_logging(cli.verbose);
     let ctx = Context { verbose: cli.verbose, now: Utc::now() };
-    match dispatch(cli.command, &ctx) {
+    let result = dispatch(cli.command, &ctx);
+    // A reader that closed the pipe early (`| head`) is not a failure; a disk that refused the output is.
+    let result = match (result, crate::terminal::stdout_failure()) {
+        (Ok(()), Some(why)) => Err(crate::Error::Internal(format!("cannot write the output: {why}"))),
+        (result, _) => result,
+    };
+    match result {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::eoutln!("error: {e}");
             e.exit_code()
         }
     }

@@ -99,7 +99,7 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
     let request = request(&args, ctx)?;
     let written = planning::plan(request)?;
     for warning in &written.warnings {
-        eprintln!("warning: {warning}");
+        crate::eoutln!("warning: {warning}");
     }
     print_result(&written.plan, &written.out, &written.signature, &written.bytes, args.json);
     Ok(())
@@ -187,18 +187,18 @@ fn print_result(plan: &Plan, out: &Path, sig: &Path, bytes: &[u8], json: bool) {
             "expires_at": crate::plan::timestamp::format(&plan.expires_at),
             "groups": groups,
         });
-        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
         return;
     }
     let (adds, removes) = plan.totals();
-    println!("Wrote {} and {}", out.display(), sig.display());
-    println!(
+    crate::outln!("Wrote {} and {}", out.display(), sig.display());
+    crate::outln!(
         "Plan {}: {adds} adds, {removes} removes, signed by {}, valid until {}",
         plan.plan_id,
         plan.signer,
         plan.expires_at.format("%Y-%m-%d %H:%M UTC")
     );
-    println!("{}", crate::report::summary_table(plan, 80));
+    crate::outln!("{}", crate::report::summary_table(plan, 80));
     let skipped: u64 = plan.groups.iter().map(|g| g.counts.not_acted_on_total()).sum();
     if skipped > 0 {
         let by_kind: Vec<String> = crate::plan::SkipKind::ALL
@@ -208,8 +208,8 @@ fn print_result(plan: &Plan, out: &Path, sig: &Path, bytes: &[u8], json: bool) {
                 (n > 0).then(|| format!("{n} {}", kind.label()))
             })
             .collect();
-        println!("{skipped} entries will not be acted on: {}.", by_kind.join(", "));
+        crate::outln!("{skipped} entries will not be acted on: {}.", by_kind.join(", "));
     }
-    println!("Review it with: writeback show {}", out.display());
-    println!("Then hand {} and {} to your IT admin.", out.display(), sig.display());
+    crate::outln!("Review it with: writeback show {}", out.display());
+    crate::outln!("Then hand {} and {} to your IT admin.", out.display(), sig.display());
 }

@@ -173,7 +173,7 @@ pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
         generated_at: ctx.now,
     });
     crate::atomic_write::write(&args.out, page.as_bytes())?;
-    println!("Wrote {}", args.out.display());
+    crate::outln!("Wrote {}", args.out.display());
     for check in &checks {
         let label = match check.status {
             CheckStatus::Pass => "pass",
@@ -181,7 +181,7 @@ pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
             CheckStatus::Warn => "note",
             CheckStatus::NotChecked => "not checked",
         };
-        println!("  {:<28} {label}: {}", check.name, check.detail);
+        crate::outln!("  {:<28} {label}: {}", check.name, check.detail);
     }
     match failure {
         Some(e) => Err(e),

@@ -68,10 +68,10 @@ pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
         if let (Some(map), Some(report)) = (value.as_object_mut(), &approvals) {
             map.insert("approvals".into(), serde_json::to_value(report).map_err(|e| Error::Internal(e.to_string()))?);
         }
-        println!("{}", serde_json::to_string_pretty(&value).map_err(|e| Error::Internal(e.to_string()))?);
+        crate::outln!("{}", serde_json::to_string_pretty(&value).map_err(|e| Error::Internal(e.to_string()))?);
     } else {
-        print!("{}", render_review(&plan, &sha256, &status, ctx.now, crate::terminal::table_width()));
-        print!("\n{}", crate::approvals::render_section(&approval_files, approvals.as_ref()));
+        crate::out!("{}", render_review(&plan, &sha256, &status, ctx.now, crate::terminal::table_width()));
+        crate::out!("\n{}", crate::approvals::render_section(&approval_files, approvals.as_ref()));
     }
     match failure {
         Some(e) => Err(e),

@@ -51,10 +51,10 @@ pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
         if let Some(map) = value.as_object_mut() {
             map.insert("approvals".into(), serde_json::to_value(&report).unwrap_or_default());
         }
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
         print_text(&args, &allowed, &sig_path, &verified, ctx.now);
-        print!("{}", approvals::render_section(&approval_files, Some(&report)));
+        crate::out!("{}", approvals::render_section(&approval_files, Some(&report)));
     }
     verified.ensure_unexpired(&args.plan, ctx.now)
 }
@@ -103,32 +103,32 @@ fn print_text(
     now: DateTime<Utc>,
 ) {
     let (adds, removes) = v.plan.totals();
-    println!("Plan:        {}", args.plan.display());
-    println!("Signature:   good ({}, namespace {})", sig_path.display(), trust::PLAN_NAMESPACE);
-    println!("Signed by:   {} (key {})", v.principal, v.fingerprint);
-    println!("Trusted by:  {}", allowed.display());
-    println!("Plan id:     {}", v.plan.plan_id);
-    println!("SHA-256:     {}", v.sha256);
-    println!("Format:      {} ({})", v.plan.format_version, v.plan.tool_version);
+    crate::outln!("Plan:        {}", args.plan.display());
+    crate::outln!("Signature:   good ({}, namespace {})", sig_path.display(), trust::PLAN_NAMESPACE);
+    crate::outln!("Signed by:   {} (key {})", v.principal, v.fingerprint);
+    crate::outln!("Trusted by:  {}", allowed.display());
+    crate::outln!("Plan id:     {}", v.plan.plan_id);
+    crate::outln!("SHA-256:     {}", v.sha256);
+    crate::outln!("Format:      {} ({})", v.plan.format_version, v.plan.tool_version);
     if let Some(tenant) = &v.plan.tenant_id {
-        println!("Tenant:      {tenant}");
+        crate::outln!("Tenant:      {tenant}");
     }
-    println!("Created:     {}", timestamp::format(&v.plan.created_at));
+    crate::outln!("Created:     {}", timestamp::format(&v.plan.created_at));
     let status = if v.expired {
         format!("EXPIRED {} ago", human(now - v.plan.expires_at))
     } else {
         format!("valid for {} more", human(v.plan.expires_at - now))
     };
-    println!("Expires:     {} ({status})", timestamp::format(&v.plan.expires_at));
-    println!("Groups:      {}", v.plan.groups.len());
+    crate::outln!("Expires:     {} ({status})", timestamp::format(&v.plan.expires_at));
+    crate::outln!("Groups:      {}", v.plan.groups.len());
     for g in &v.plan.groups {
-        println!("  {}: {} to add, {} to remove", g.label(), g.counts.add, g.counts.remove);
+        crate::outln!("  {}: {} to add, {} to remove", g.label(), g.counts.add, g.counts.remove);
     }
-    println!("Changes:     {adds} to add, {removes} to remove");
+    crate::outln!("Changes:     {adds} to add, {removes} to remove");
     if v.expired {
-        println!("Result:      the signature is good but the plan has EXPIRED; it cannot be applied");
+        crate::outln!("Result:      the signature is good but the plan has EXPIRED; it cannot be applied");
     } else {
-        println!("Result:      OK, the plan is signed by a trusted signer and has not expired");
+        crate::outln!("Result:      OK, the plan is signed by a trusted signer and has not expired");
     }
 }
 

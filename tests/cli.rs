@@ -1,0 +1,46 @@
+//! End-to-end tests of the command line's habits: closed pipes, shell completions and man pages, table widths,
+//! `verify --json` on failure, words.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{sample_plan, text, workspace, writeback};
+
+/// Runs the binary with a stdout whose reader has already gone away, so the first write meets a closed pipe.
+fn run_into_closed_pipe(dir: &Path, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    common::command(dir).args(args).stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped()).output().unwrap()
+}
+
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    let dir = workspace();
+    sample_plan(dir.path());
+    let cases: [(&[&str], i32); 6] = [
+        (&["show", "plan.json"], 0),
+        (&["show", "plan.json", "--json"], 0),
+        (&["show", "plan.json", "--allowed-signers", "keys/allowed_signers"], 0),
+        (&["verify", "plan.json", "--allowed-signers", "keys/allowed_signers"], 0),
+        (&["verify", "plan.json", "--allowed-signers", "keys/allowed_signers", "--json"], 0),
+        (&["--help"], 0),
+    ];
+    for (args, code) in cases {
+        // Each run meets the closed pipe at its first write; repeat to leave no room for luck.
+        for _ in 0..10 {
+            let run = run_into_closed_pipe(dir.path(), args);
+            assert_eq!(run.status.code(), Some(code), "{args:?}: {}", text(&run.stderr));
+            assert_eq!(text(&run.stderr), "", "{args:?} must stop quietly");
+        }
+    }
+    // The verdict still comes through: a plan signed by nobody trusted fails the same with or without a reader.
+    std::fs::write(dir.path().join("nobody"), "").unwrap();
+    let run = run_into_closed_pipe(dir.path(), &["verify", "plan.json", "--allowed-signers", "nobody"]);
+    assert_eq!(
+        run.status.code(),
+        writeback(dir.path(), &["verify", "plan.json", "--allowed-signers", "nobody"]).status.code()
+    );
+    assert!(!text(&run.stderr).contains("panicked"), "{}", text(&run.stderr));
+}
