@@ -25,7 +25,7 @@ impl TrustOptions {
     pub fn load_config(&self, beside: Option<&Path>) -> Result<Option<Config>> {
         let found = config::discover(Scope::Other, self.config.as_deref(), beside)?;
         if !found.ignored.is_empty() {
-            eprintln!("{}", ignored_note(&found.ignored));
+            crate::eoutln!("{}", ignored_note(&found.ignored));
         }
         Ok(found.config)
     }
