@@ -47,14 +47,14 @@ pub fn run(args: CancelArgs, ctx: &Context) -> Result<()> {
     let key = SigningKey::load(&args.key)?;
     let ledger = Ledger::open(&crate::ledger::resolve_dir(args.ledger.as_deref(), config.as_ref())?)?;
     match cancel::cancel(&ledger, &verified, &key, &args.key, &allowed, args.reason.clone(), ctx.now)? {
-        Cancelled::Written(path, c) => println!(
+        Cancelled::Written(path, c) => crate::outln!(
             "Cancelled plan {} (SHA-256 {}) as {}; recorded in {}. apply now refuses this plan (exit 28).",
             c.plan_id,
             c.plan_sha256,
             crate::terminal::escape(&c.cancelled_by),
             path.display()
         ),
-        Cancelled::Already(path, c) => println!(
+        Cancelled::Already(path, c) => crate::outln!(
             "Plan {} was already cancelled by {} at {} ({}); nothing to do.",
             c.plan_id,
             crate::terminal::escape(&c.cancelled_by),

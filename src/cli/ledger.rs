@@ -38,10 +38,10 @@ pub fn run(args: LedgerArgs, ctx: &Context) -> Result<()> {
     let ledger = Ledger::open_existing(&dir)?;
     let listed = ledger.list(allowed.as_ref(), ctx.now)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&listed).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&listed).unwrap_or_default());
         return Ok(());
     }
-    println!("Ledger {}: {} plan(s)", ledger.dir().display(), listed.len());
+    crate::outln!("Ledger {}: {} plan(s)", ledger.dir().display(), listed.len());
     if listed.is_empty() {
         return Ok(());
     }
@@ -61,7 +61,7 @@ pub fn run(args: LedgerArgs, ctx: &Context) -> Result<()> {
             Cell::new(detail),
         ]);
     }
-    println!("{table}");
+    crate::outln!("{table}");
     Ok(())
 }
 
