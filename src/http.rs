@@ -1,13 +1,14 @@
 //! HTTP plumbing shared by the Graph and PoliteMail clients: endpoint checks, timeouts, retries, and the
 //! errors a remote service gives back.
 //!
-//! Every request goes through [`Http::send`], which
+//! Every request goes through [`Http::send`] (or [`Http::send_paced`]), which
 //! - sends a fresh `client-request-id` (a UUID v4) on each attempt,
-//! - retries 429 and 503 after the server's `Retry-After` (seconds, possibly fractional, or an HTTP-date),
-//! - retries 500, 502, 503 and 504, connection failures, resets and timeouts with exponential backoff and full
-//!   jitter,
+//! - retries what [`crate::retry`] says to retry (429, 5xx, connection failures, resets and timeouts), after the
+//!   wait it says (the server's `Retry-After`, else exponential backoff with jitter),
 //! - stops after [`RetryPolicy::max_attempts`] attempts or when the next wait would pass
-//!   [`RetryPolicy::max_total`], and then hands the last response back to the caller.
+//!   [`RetryPolicy::max_total`], and then hands the last response back to the caller,
+//! - with a [`Pacer`], waits for its turn before each attempt and tells the pacer what came back, so that reads
+//!   slow down to the rate the service allows once it throttles.
 //!
 //! With `-v` each retry is logged (method, path, status, wait, request-id). Headers are never logged, so tokens
 //! and passwords cannot leak through the log.
@@ -17,9 +18,12 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rand_core::{OsRng, RngCore};
 use reqwest::header::HeaderMap;
-use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, Response, Url};
+
+use crate::pacing::{Observation, Pacer};
+use crate::retry::{classify, Verdict};
+pub use crate::retry::{parse_retry_after, retry_after, RetryPolicy};
 
 /// The header carrying the id the client gives each request.
 pub const CLIENT_REQUEST_ID: &str = "client-request-id";
@@ -150,7 +154,7 @@ impl ServiceError {
         let status = response.status().as_u16();
         let path = response.url().path().to_string();
         let header_id = request_id_from_headers(response.headers());
-        let retry_after = retry_after(response.headers(), wall_clock());
+        let retry_after = retry_after(response.headers(), wall_clock().into());
         let body = response.bytes().await.unwrap_or_default();
         let parsed = parse_error_body(&body);
         ServiceError {
@@ -239,109 +243,6 @@ pub fn wall_clock() -> DateTime<Utc> {
     Utc::now()
 }
 
-/// Reads `Retry-After` from response headers. See [`parse_retry_after`]. An HTTP-date is measured from the
-/// response's `Date` header when there is one (the server's clock), else from `now`.
-pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let raw = headers.get("retry-after")?.to_str().ok()?;
-    let server_now = headers
-        .get("date")
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| DateTime::parse_from_rfc2822(d.trim()).ok())
-        .map(|d| d.with_timezone(&Utc))
-        .unwrap_or(now);
-    parse_retry_after(raw, server_now)
-}
-
-/// Parses a `Retry-After` value: seconds (`2`, or fractional as Graph sends, `2.128`) or an HTTP-date
-/// (`Wed, 21 Oct 2015 07:28:00 GMT`), measured from `now`. A date in the past gives zero. Negative, non-finite
-/// or unreadable values give `None`.
-pub fn parse_retry_after(raw: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let raw = raw.trim();
-    if let Ok(seconds) = raw.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Duration::try_from_secs_f64(seconds).ok();
-        }
-        return None;
-    }
-    let date = DateTime::parse_from_rfc2822(raw).ok()?.with_timezone(&Utc);
-    Some((date - now).to_std().unwrap_or(Duration::ZERO))
-}
-
-/// When and how often to retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// The most attempts for one request, the first included (at least 1).
-    pub max_attempts: u32,
-    /// The most time from the first attempt to the start of the last one: no retry waits past it.
-    pub max_total: Duration,
-    /// The first backoff ceiling; it doubles with each retry (full jitter picks a wait between 0 and it).
-    pub base_delay: Duration,
-    /// The highest backoff ceiling.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            max_total: Duration::from_secs(300),
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The default policy, changed by `WRITEBACK_RETRY_MAX_ATTEMPTS`, `WRITEBACK_RETRY_MAX_SECONDS` (total time)
-    /// and `WRITEBACK_RETRY_BASE_MS` (first backoff ceiling) when set.
-    pub fn from_env() -> Result<RetryPolicy, HttpError> {
-        let mut policy = RetryPolicy::default();
-        let read = |name: &str| -> Result<Option<f64>, HttpError> {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => v
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|n| n.is_finite() && *n >= 0.0)
-                    .map(Some)
-                    .ok_or_else(|| HttpError::Endpoint(format!("{name}='{v}' is not a non-negative number"))),
-                _ => Ok(None),
-            }
-        };
-        if let Some(n) = read("WRITEBACK_RETRY_MAX_ATTEMPTS")? {
-            policy.max_attempts = (n as u32).max(1);
-        }
-        if let Some(n) = read("WRITEBACK_RETRY_MAX_SECONDS")? {
-            policy.max_total = Duration::from_secs_f64(n);
-        }
-        if let Some(n) = read("WRITEBACK_RETRY_BASE_MS")? {
-            policy.base_delay = Duration::from_secs_f64(n / 1000.0);
-        }
-        Ok(policy)
-    }
-
-    /// A policy with tiny delays, for tests.
-    pub fn for_tests() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 4,
-            max_total: Duration::from_secs(5),
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-        }
-    }
-
-    /// The backoff before retry number `retry` (0 for the first retry): a uniformly random wait between zero and
-    /// `min(max_delay, base_delay * 2^retry)` ("full jitter").
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let ceiling = self.base_delay.saturating_mul(1u32 << retry.min(20)).min(self.max_delay);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        if nanos == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(OsRng.next_u64() % (nanos + 1))
-    }
-}
-
 /// Connection settings shared by the Graph and PoliteMail clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
@@ -366,7 +267,8 @@ impl Default for HttpConfig {
 impl HttpConfig {
     /// The defaults, with the retry policy from the environment ([`RetryPolicy::from_env`]).
     pub fn from_env() -> Result<HttpConfig, HttpError> {
-        Ok(HttpConfig { retry: RetryPolicy::from_env()?, ..HttpConfig::default() })
+        let retry = RetryPolicy::from_env().map_err(|e| HttpError::Endpoint(e.to_string()))?;
+        Ok(HttpConfig { retry, ..HttpConfig::default() })
     }
 
     /// Short timeouts and tiny retry delays, for tests.
@@ -514,7 +416,48 @@ impl Http {
     }
 
     /// [`Http::send`] for a builder that needs async work per attempt (a token refresh).
-    pub async fn send_with<F, Fut>(&self, method: &Method, url: &Url, mut build: F) -> Result<Sent, HttpError>
+    pub async fn send_with<F, Fut>(&self, method: &Method, url: &Url, build: F) -> Result<Sent, HttpError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<RequestBuilder, HttpError>>,
+    {
+        self.attempts(&self.retry, None, method, url, build).await
+    }
+
+    /// [`Http::send_with`], each attempt waiting for its turn with `paced` and telling it what came back.
+    pub async fn send_paced<F, Fut>(
+        &self,
+        paced: Paced<'_>,
+        method: &Method,
+        url: &Url,
+        build: F,
+    ) -> Result<Sent, HttpError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<RequestBuilder, HttpError>>,
+    {
+        self.attempts(&self.retry, Some(paced), method, url, build).await
+    }
+
+    /// One attempt, no retries: for a caller that retries by itself with the same policy (the apply executor,
+    /// which must know every `Retry-After` each of its writes was given).
+    pub async fn send_once<F, Fut>(&self, method: &Method, url: &Url, build: F) -> Result<Sent, HttpError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<RequestBuilder, HttpError>>,
+    {
+        let once = RetryPolicy { max_attempts: 1, ..self.retry.clone() };
+        self.attempts(&once, None, method, url, build).await
+    }
+
+    async fn attempts<F, Fut>(
+        &self,
+        policy: &RetryPolicy,
+        paced: Option<Paced<'_>>,
+        method: &Method,
+        url: &Url,
+        mut build: F,
+    ) -> Result<Sent, HttpError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<RequestBuilder, HttpError>>,
@@ -523,29 +466,37 @@ impl Http {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            if let Some(p) = &paced {
+                p.pacer.turn(p.cost).await;
+            }
             let client_request_id = uuid::Uuid::new_v4().to_string();
             let request = build().await?.header(CLIENT_REQUEST_ID, &client_request_id);
+            let sent_at = Instant::now();
             let outcome = request.send().await;
-            let can_retry = attempt < self.retry.max_attempts.max(1);
             let (wait, why, request_id) = match outcome {
                 Ok(response) => {
-                    let status = response.status();
-                    let Some(wait) = self.retry_wait(status, response.headers(), attempt) else {
+                    let status = response.status().as_u16();
+                    let after = retry_after(response.headers(), wall_clock().into());
+                    if let Some(p) = &paced {
+                        p.observe(status, response.headers(), after, sent_at.elapsed());
+                    }
+                    let wait = match classify(status) {
+                        Verdict::Final => None,
+                        _ => policy.next_wait(attempt, started.elapsed(), after),
+                    };
+                    let Some(wait) = wait else {
                         return Ok(Sent { response, client_request_id, attempts: attempt });
                     };
-                    if !can_retry || started.elapsed() + wait > self.retry.max_total {
-                        return Ok(Sent { response, client_request_id, attempts: attempt });
-                    }
                     let request_id = request_id_from_headers(response.headers());
                     // Drain the body so the connection can be reused.
                     let _ = response.bytes().await;
-                    (wait, status.as_u16().to_string(), request_id)
+                    (wait, status.to_string(), request_id)
                 }
                 Err(e) => {
                     let retryable = e.is_timeout() || e.is_connect() || e.is_request();
                     let reason = transport_reason(&e);
-                    let wait = self.retry.backoff(attempt - 1);
-                    if !retryable || !can_retry || started.elapsed() + wait > self.retry.max_total {
+                    let wait = policy.next_wait(attempt, started.elapsed(), None).filter(|_| retryable);
+                    let Some(wait) = wait else {
                         return Err(HttpError::Transport {
                             service: self.service,
                             method: method.to_string(),
@@ -554,7 +505,7 @@ impl Http {
                             reason,
                             client_request_id,
                         });
-                    }
+                    };
                     (wait, reason, None)
                 }
             };
@@ -566,23 +517,48 @@ impl Http {
                 why,
                 wait.as_secs_f64(),
                 attempt + 1,
-                self.retry.max_attempts,
+                policy.max_attempts,
                 request_id.as_deref().unwrap_or("-"),
                 client_request_id,
             );
             tokio::time::sleep(wait).await;
         }
     }
+}
 
-    /// How long to wait before retrying a response with `status`, or `None` when it is not retried.
-    fn retry_wait(&self, status: StatusCode, headers: &HeaderMap, attempt: u32) -> Option<Duration> {
-        match status.as_u16() {
-            429 | 503 => Some(retry_after(headers, wall_clock()).unwrap_or_else(|| self.retry.backoff(attempt - 1))),
-            500 | 502 | 504 => Some(self.retry.backoff(attempt - 1)),
-            _ => None,
+/// A pacer for [`Http::send_paced`], and what one request costs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Paced<'a> {
+    /// The pacer.
+    pub pacer: &'a Pacer,
+    /// Operations one request counts for (1, or the items of a `$batch`).
+    pub cost: u32,
+    /// True for a `$batch` whose items the caller reports to the pacer itself: then only a refusal of the whole
+    /// request is reported here.
+    pub items_reported_by_caller: bool,
+}
+
+impl Paced<'_> {
+    fn observe(&self, status: u16, headers: &HeaderMap, after: Option<Duration>, round_trip: Duration) {
+        if self.items_reported_by_caller && (200..300).contains(&status) {
+            return;
+        }
+        let mut seen = Observation { sent: self.cost, retry_after: after, round_trip, ..Observation::default() };
+        if status == 429 {
+            if headers.contains_key(THROTTLE_INFORMATION) {
+                seen.throttled_quota = self.cost;
+            } else {
+                seen.throttled_other = self.cost;
+            }
+        }
+        if let Some(change) = self.pacer.observe(seen) {
+            tracing::info!("pacing reads: {change:?}");
         }
     }
 }
+
+/// The header in which Graph says why it throttled (e.g. `WriteLimitExceeded`).
+pub const THROTTLE_INFORMATION: &str = "x-ms-throttle-information";
 
 /// The future [`Http::send`]'s builder returns.
 pub type BuildFuture = std::future::Ready<Result<RequestBuilder, HttpError>>;
@@ -621,6 +597,7 @@ mod tests {
     use axum::http::HeaderMap as AxumHeaders;
     use axum::response::IntoResponse;
     use axum::routing::get;
+    use reqwest::StatusCode;
 
     #[test]
     fn endpoints_need_https_except_loopback() {
@@ -642,30 +619,6 @@ mod tests {
             "not a url",
         ] {
             assert!(parse_endpoint(bad, "x").is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(parse_retry_after("2.128", now), Some(Duration::from_millis(2128)));
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(60)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:20:00 GMT", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("-1", now), None);
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[test]
-    fn backoff_stays_under_its_ceiling() {
-        let p = RetryPolicy {
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            ..RetryPolicy::default()
-        };
-        for retry in 0..40 {
-            let ceiling = Duration::from_millis(100 * (1u64 << retry.min(20))).min(Duration::from_secs(1));
-            assert!(p.backoff(retry) <= ceiling);
         }
     }
 

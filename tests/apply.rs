@@ -18,6 +18,7 @@ use writeback::apply::receipt::Receipt;
 use writeback::apply::Outcome;
 use writeback::identity::ObjectId;
 use writeback::plan::{Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
+
 use writeback::trust::SigningKey;
 
 const SIGNER: &str = "planner@contoso.example";
@@ -314,6 +315,107 @@ fn bursts_of_503() {
         }),
     );
     through_faults(&e, &[]);
+    assert_eq!(e.fake.count(|r| r.status == 503), 4, "the 503s fired");
+    assert_eq!(e.fake.count(|r| r.status == 500), 1, "the 500 fired");
+    assert!(e.fake.faults().server_errors.is_empty());
+}
+
+/// The key of a write, the same whether read from a `$batch` item's record or from a `$batch` body.
+fn write_key(method: &str, url: &str, body: Option<&serde_json::Value>) -> String {
+    let url = url.find("/groups/").map_or(url, |i| &url[i..]);
+    format!("{method} {url} {}", body.map(|b| b.to_string()).unwrap_or_default())
+}
+
+fn seconds(retry_after: &str) -> Duration {
+    Duration::from_secs_f64(retry_after.trim().parse::<f64>().expect("Retry-After in seconds"))
+}
+
+/// Checks, from the fake's log, that no write was sent again before a `Retry-After` it had been given ended: a
+/// `$batch` item's own, or one given to the whole `$batch` that carried it. (A Retry-After in an answer that
+/// was lost with its connection never reached writeback, so it does not count.)
+fn assert_no_resend_before_retry_after(fake: &FakeGraph) -> usize {
+    let log = fake.requests();
+    let batches: BTreeMap<u64, &support::fake_graph::Recorded> =
+        log.iter().filter(|r| r.is_batch()).map(|r| (r.seq, r)).collect();
+    let mut sends: Vec<(String, Instant)> = Vec::new();
+    let mut holds: Vec<(String, Instant, Instant)> = Vec::new();
+    for item in log.iter().filter(|r| r.is_write()) {
+        let Some((batch_seq, _)) = &item.batch_item else { continue };
+        let batch = batches[batch_seq];
+        let key = write_key(&item.method, &item.path, item.body.as_ref());
+        sends.push((key.clone(), batch.arrived));
+        if let (Some(after), true) = (&item.retry_after, batch.status != 0) {
+            holds.push((key, batch.arrived, batch.arrived + seconds(after)));
+        }
+    }
+    for batch in batches.values() {
+        let (Some(after), true) = (&batch.retry_after, batch.status != 0) else { continue };
+        let requests = batch.body.as_ref().and_then(|b| b["requests"].as_array().cloned()).unwrap_or_default();
+        for r in &requests {
+            let key = write_key(r["method"].as_str().unwrap(), r["url"].as_str().unwrap(), r.get("body"));
+            holds.push((key, batch.arrived, batch.arrived + seconds(after)));
+        }
+    }
+    for (key, answered, until) in &holds {
+        for (_, at) in sends.iter().filter(|(k, t)| k == key && t > answered) {
+            assert!(at >= until, "{key} was sent again {:?} before its Retry-After ended", *until - *at);
+        }
+    }
+    holds.len()
+}
+
+#[test]
+fn a_resend_waits_for_every_retry_after_under_combined_faults() {
+    // The writes meet a dropped connection, then two 503s on the whole $batch with Retry-After 0.3 s (more than
+    // a client that gives up on a request after 0.5 s would wait for), and 429s with Retry-After 0.3 s on items.
+    let e = env(120, 40, faulty(Faults { delay: Some(Duration::from_millis(100)), ..Faults::default() }));
+    let plan = e.plan(&slice(&e.users, 40..105), &slice(&e.users, 0..25));
+    let path = e.write(&plan, "plan.json");
+    let mut cmd = e.command(&path, &["--yes", "--concurrency", "1", "--max-removal-percent", "100"]);
+    let child = cmd.env("WRITEBACK_RETRY_MAX_SECONDS", "0.5").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let child = child.unwrap();
+    after_member_read(&e, |f| {
+        f.update_faults(|x| {
+            x.drop_before = 1;
+            x.server_errors = vec![503, 503];
+            x.server_error_retry_after = true;
+            x.retry_after = RetryAfter::Seconds(0.3);
+            x.throttle_every = Some(7);
+            x.delay = None;
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    ok(&out);
+    assert_eq!(e.members(), Env::target(&plan));
+    let outcomes = e.accounted(&plan, &path);
+    assert!(outcomes.values().all(|o| *o == Outcome::Applied));
+    assert!(e.fake.count(|r| r.is_batch() && r.status == 0) >= 1, "the dropped connection fired");
+    assert_eq!(e.fake.count(|r| r.is_batch() && r.status == 503), 2, "the 503s fired");
+    assert!(e.fake.count(|r| r.is_write() && r.status == 429) >= 1, "the 429s fired");
+    assert!(assert_no_resend_before_retry_after(&e.fake) >= 3);
+    assert_journal_names_each_request(&e, &plan, &path);
+}
+
+/// Every change written through Graph has, in the journal, the `client-request-id` of a `$batch` writeback sent
+/// and a `request-id` the fake gave, and the time.
+fn assert_journal_names_each_request(e: &Env, plan: &Plan, plan_path: &Path) {
+    let log = e.fake.requests();
+    let sent: BTreeSet<String> =
+        log.iter().filter(|r| r.is_batch()).filter_map(|r| r.header("client-request-id").map(str::to_string)).collect();
+    let given: BTreeSet<String> = log.iter().map(|r| r.request_id.clone()).collect();
+    let journal_path = PathBuf::from(format!("{}.journal.jsonl", plan_path.display()));
+    let chain = journal::verify_chain(&std::fs::read(&journal_path).unwrap()).unwrap();
+    let mut written = 0;
+    for entry in &chain.entries {
+        let journal::Event::ChangeOutcome { plan_id, request, .. } = &entry.event else { continue };
+        assert_eq!(*plan_id, plan.plan_id);
+        let request = request.as_ref().expect("a change written through Graph names its request");
+        assert!(sent.contains(&request.client_request_id), "{request:?}");
+        assert!(request.request_id.as_ref().is_some_and(|id| given.contains(id)), "{request:?}");
+        assert!(request.at <= entry.ts && entry.ts - request.at < chrono::Duration::seconds(5));
+        written += 1;
+    }
+    assert_eq!(written, plan.groups[0].changes.len());
 }
 
 #[test]

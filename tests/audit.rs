@@ -282,7 +282,9 @@ fn archive() -> (tempfile::TempDir, PathBuf) {
             detail: None,
             error: None,
         };
-        journal.append(now, Event::ChangeOutcome { plan_id: plan.plan_id, result: result.clone() }).unwrap();
+        journal
+            .append(now, Event::ChangeOutcome { plan_id: plan.plan_id, result: result.clone(), request: None })
+            .unwrap();
         outcomes.insert((g.group_id.clone(), c.user_id.clone()), result);
     }
     let counts = OutcomeCounts::tally(outcomes.values().map(|r| &r.outcome));

@@ -1,8 +1,6 @@
 //! What `apply` needs from Microsoft Graph, as one trait: the gates' reads and the `$batch` transport, plus the
-//! two facts the executor needs from the client. [`super::graph::GraphBackend`] is the real one; tests use
-//! in-memory fakes.
-
-use std::time::Duration;
+//! two facts the executor needs from the client (where member references point, and the retry policy).
+//! [`super::graph::GraphBackend`] is the real one; tests use in-memory fakes.
 
 use super::executor::Transport;
 use super::gates::DirectoryReads;
@@ -12,8 +10,8 @@ pub trait Backend: DirectoryReads + Transport {
     /// The Graph base URL that `members@odata.bind` references point at.
     fn bind_base(&self) -> String;
 
-    /// The first and the longest back-off for items Graph asks to send again without saying when.
-    fn backoff(&self) -> (Duration, Duration) {
-        (Duration::from_secs(1), Duration::from_secs(60))
+    /// The retry policy for the writes: the client's, from the environment ([`crate::retry`]).
+    fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy::default()
     }
 }

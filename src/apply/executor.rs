@@ -1,25 +1,33 @@
-//! The executor: turns the work list into `$batch` requests and reads every item's answer.
+//! The executor: turns the work list into `$batch` requests, sends them at the pace Graph allows, and reads
+//! every item's answer.
 //!
 //! - Adds go as `PATCH /groups/{id}` with `members@odata.bind`, at most 20 members each.
 //! - Removes go as `DELETE /groups/{gid}/members/{uid}/$ref`, one user each. A DELETE without `/$ref` would
 //!   delete the user object itself; [`Write`] is the only way to make a request, and it cannot spell one.
 //! - A `$batch` holds at most 20 items, of which at most `patches_per_batch` are PATCHes; the rest of the
 //!   batch is filled with DELETEs.
-//! - Several batches are in flight at once, up to a limit that halves when Graph throttles and grows back by one
-//!   after a run of clean batches.
+//! - Batches go out at the rate [`crate::pacing::Pace`] learns from Graph's answers (not limited until the first
+//!   429), and several may be in flight at once, up to a limit that halves when Graph fails (5xx, no answer)
+//!   and grows back by one after a run of clean batches.
+//! - Waits come from [`crate::retry`]: a write is never sent again before every `Retry-After` it was given has
+//!   ended, whatever failure (429, 5xx, a dropped connection) sends it again; and after a 429 with a
+//!   `Retry-After`, nothing at all is sent until it ends.
 //!
 //! Each item's answer decides its fate:
 //!
 //! | answer | add (PATCH of n) | remove (DELETE `$ref`) |
 //! |---|---|---|
 //! | 2xx | applied | applied |
-//! | 429 | everything waits for the longest Retry-After, then the item is sent again | same |
+//! | 429 | sent again after its Retry-After (or a back-off); nothing is sent before that Retry-After ends | same |
 //! | 5xx, 424, no answer | sent again after Retry-After or an exponential back-off | same |
 //! | 400 "already exist", n > 1 | split into n single-member PATCHes | – |
 //! | 400 "already exist", n = 1 | already-member | – |
 //! | other 4xx, n > 1 | split (one bad member fails the whole PATCH) | – |
 //! | 404 / 400 "do(es) not exist", n = 1 | failed: the user no longer exists | already-absent |
 //! | anything else | failed, with Graph's code, message and request-id | failed |
+//!
+//! Every outcome carries the ids of the request that settled it (Graph's `request-id`, the `client-request-id`
+//! writeback sent), for the journal.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -31,9 +39,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::gates::GroupWork;
-use super::{ChangeResult, GraphFailure, Outcome};
+use super::{ChangeResult, GraphFailure, Outcome, RequestIds};
 use crate::identity::ObjectId;
+use crate::pacing::{Observation, Pace};
 use crate::plan::Action;
+use crate::retry::RetryPolicy;
 
 /// The most requests Graph accepts in one `$batch`.
 pub const MAX_BATCH_ITEMS: usize = 20;
@@ -165,9 +175,38 @@ pub struct ItemResponse {
     pub retry_after: Option<Duration>,
     /// The error body, when there is one.
     pub error: Option<GraphFailure>,
+    /// Graph's `request-id` for this item, when it gave one of its own.
+    pub request_id: Option<String>,
+    /// Why Graph throttled it (`x-ms-throttle-information`, e.g. `WriteLimitExceeded`), when it said.
+    pub throttle_information: Option<String>,
 }
 
-/// A `$batch` request that got no usable answer (after the client's own retries).
+impl ItemResponse {
+    /// An answer with just a status (no Retry-After, error body or ids).
+    pub fn with_status(id: impl Into<String>, status: u16) -> ItemResponse {
+        ItemResponse {
+            id: id.into(),
+            status,
+            retry_after: None,
+            error: None,
+            request_id: None,
+            throttle_information: None,
+        }
+    }
+}
+
+/// Graph's answer to one `$batch` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchAnswer {
+    /// The answers to the items, in any order.
+    pub items: Vec<ItemResponse>,
+    /// The `client-request-id` writeback sent with the `$batch`.
+    pub client_request_id: String,
+    /// Graph's `request-id` of the `$batch`.
+    pub request_id: Option<String>,
+}
+
+/// A `$batch` request that got no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct TransportError {
@@ -175,18 +214,38 @@ pub struct TransportError {
     pub message: String,
     /// False when sending again cannot help (for example, the credentials were refused).
     pub retryable: bool,
+    /// The HTTP status of the whole request, when an answer came (429, 503…).
+    pub status: Option<u16>,
+    /// The whole request's Retry-After, when it had one.
+    pub retry_after: Option<Duration>,
+}
+
+impl TransportError {
+    /// A request that got no answer at all (a dropped connection, a timeout).
+    pub fn no_answer(message: impl Into<String>) -> TransportError {
+        TransportError { message: message.into(), retryable: true, status: None, retry_after: None }
+    }
 }
 
 /// Sends one `$batch`. Implemented for the Graph client, and by in-memory fakes in tests.
 pub trait Transport: Send + Sync + 'static {
-    /// Sends the items as one `$batch` request and returns the answers, in any order.
-    fn send(&self, items: Vec<Request>) -> impl Future<Output = Result<Vec<ItemResponse>, TransportError>> + Send;
+    /// Sends the items as one `$batch` request, once (the executor does the retrying), and returns the answers.
+    fn send(&self, items: Vec<Request>) -> impl Future<Output = Result<BatchAnswer, TransportError>> + Send;
+}
+
+/// One change's outcome and the request that settled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The outcome.
+    pub result: ChangeResult,
+    /// The ids of the `$batch` request whose answer settled it (`None` for a change settled without a request).
+    pub request: Option<RequestIds>,
 }
 
 /// Receives the outcomes as they arrive (the journal, the progress bar).
 pub trait Sink {
     /// Records the outcomes of one batch. An error stops the run.
-    fn record(&mut self, results: &[ChangeResult]) -> crate::Result<()>;
+    fn record(&mut self, written: &[Written]) -> crate::Result<()>;
 }
 
 /// The executor's tunables.
@@ -196,18 +255,17 @@ pub struct Config {
     pub patches_per_batch: usize,
     /// The most `$batch` requests in flight at once.
     pub max_concurrency: usize,
-    /// How often an item is sent after 5xx or transport failures before it counts as failed.
-    pub max_attempts: u32,
-    /// How often an item may be throttled (429) before it counts as failed.
+    /// The waits between attempts, and how often a write is sent after 5xx or no answer before it counts as
+    /// failed (`max_attempts`).
+    pub retry: RetryPolicy,
+    /// How often a write may be throttled (429) before it counts as failed.
     pub max_throttles: u32,
     /// The Graph base URL for `members@odata.bind` references.
     pub bind_base: String,
-    /// The first back-off when Graph gives no Retry-After; it doubles per attempt.
-    pub backoff: Duration,
-    /// The longest back-off.
-    pub max_backoff: Duration,
     /// How long one `$batch` may take before it is abandoned and its items are sent again.
     pub request_timeout: Option<Duration>,
+    /// How the sending rate is learned.
+    pub pacing: crate::pacing::Settings,
 }
 
 impl Default for Config {
@@ -215,12 +273,11 @@ impl Default for Config {
         Config {
             patches_per_batch: MAX_BATCH_ITEMS,
             max_concurrency: 4,
-            max_attempts: 8,
+            retry: RetryPolicy::default(),
             max_throttles: 500,
             bind_base: "https://graph.microsoft.com/v1.0".into(),
-            backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
             request_timeout: None,
+            pacing: crate::pacing::Settings::default(),
         }
     }
 }
@@ -228,7 +285,7 @@ impl Default for Config {
 /// What the executor sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
-    /// `$batch` requests sent (the client's own resends not counted).
+    /// `$batch` requests sent.
     pub requests: u64,
     /// PATCH items sent.
     pub patches: u64,
@@ -296,22 +353,6 @@ pub fn estimate(works: &[GroupWork], patches_per_batch: usize) -> Estimate {
     e
 }
 
-#[derive(Debug, Clone)]
-struct Task {
-    write: Write,
-    attempts: u32,
-    throttles: u32,
-    not_before: Option<Instant>,
-    /// The PATCH this task was split from, for the outcome's detail.
-    split_from: Option<usize>,
-}
-
-impl Task {
-    fn new(write: Write) -> Task {
-        Task { write, attempts: 0, throttles: 0, not_before: None, split_from: None }
-    }
-}
-
 /// The work list as writes: adds in PATCHes of up to 20 members, removes one DELETE each.
 pub fn writes_for(works: &[GroupWork]) -> Vec<Write> {
     let mut writes = Vec::new();
@@ -326,6 +367,30 @@ pub fn writes_for(works: &[GroupWork]) -> Vec<Write> {
         }
     }
     writes
+}
+
+#[derive(Debug, Clone)]
+struct Task {
+    write: Write,
+    /// Sends that ended in 5xx or no answer.
+    attempts: u32,
+    /// Sends that ended in 429.
+    throttles: u32,
+    /// Not before this: every Retry-After the write was given, and its back-off. It never moves earlier.
+    not_before: Option<Instant>,
+    /// The PATCH this task was split from, for the outcome's detail.
+    split_from: Option<usize>,
+}
+
+impl Task {
+    fn new(write: Write) -> Task {
+        Task { write, attempts: 0, throttles: 0, not_before: None, split_from: None }
+    }
+
+    /// Holds the task until `at` at the earliest. A hold that ends sooner never shortens one that ends later.
+    fn hold_until(&mut self, at: Instant) {
+        self.not_before = Some(self.not_before.map_or(at, |n| n.max(at)));
+    }
 }
 
 enum Fate {
@@ -355,16 +420,21 @@ fn result(
     }
 }
 
+/// Every user of `write` failed, with `detail` and Graph's error.
+fn failed(write: &Write, detail: &str, failure: &GraphFailure) -> Vec<ChangeResult> {
+    write
+        .users()
+        .into_iter()
+        .map(|u| result(write, u, Outcome::Failed, Some(detail.into()), Some(failure.clone())))
+        .collect()
+}
+
 fn failure_of(resp: &ItemResponse) -> GraphFailure {
     resp.error.clone().unwrap_or(GraphFailure { status: resp.status, code: None, message: None, request_id: None })
 }
 
 fn message_has(failure: &GraphFailure, needle: &str) -> bool {
     failure.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains(needle))
-}
-
-fn is_transient(status: u16) -> bool {
-    matches!(status, 0 | 424 | 500 | 502 | 503 | 504)
 }
 
 fn classify(task: &Task, resp: &ItemResponse) -> Fate {
@@ -378,11 +448,10 @@ fn classify(task: &Task, resp: &ItemResponse) -> Fate {
             users.into_iter().map(|u| result(write, u, Outcome::Applied, detail.clone(), None)).collect(),
         );
     }
-    if status == 429 {
-        return Fate::Throttled(resp.retry_after);
-    }
-    if is_transient(status) {
-        return Fate::Transient(resp.retry_after, failure);
+    match crate::retry::classify(status) {
+        crate::retry::Verdict::Throttled => return Fate::Throttled(resp.retry_after),
+        crate::retry::Verdict::Transient => return Fate::Transient(resp.retry_after, failure),
+        crate::retry::Verdict::Final => {}
     }
     let not_exist = status == 404 || message_has(&failure, "do not exist") || message_has(&failure, "does not exist");
     match write.method() {
@@ -417,18 +486,25 @@ fn classify(task: &Task, resp: &ItemResponse) -> Fate {
     }
 }
 
-fn backoff(cfg: &Config, attempts: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempts.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
-    cfg.backoff.saturating_mul(factor).min(cfg.max_backoff)
-}
-
 struct Queues {
     patches: VecDeque<Task>,
     deletes: VecDeque<Task>,
+    /// Tasks held until their `not_before`.
     delayed: Vec<Task>,
 }
 
 impl Queues {
+    fn new(works: &[GroupWork]) -> Queues {
+        let mut queues = Queues { patches: VecDeque::new(), deletes: VecDeque::new(), delayed: Vec::new() };
+        for write in writes_for(works) {
+            match write.method() {
+                Method::Patch => queues.patches.push_back(Task::new(write)),
+                Method::Delete => queues.deletes.push_back(Task::new(write)),
+            }
+        }
+        queues
+    }
+
     fn push_front(&mut self, task: Task) {
         match task.write.method() {
             Method::Patch => self.patches.push_front(task),
@@ -436,6 +512,7 @@ impl Queues {
         }
     }
 
+    /// Moves the held tasks whose time has come to the front of their queue.
     fn promote(&mut self, now: Instant) {
         let (ready, waiting): (Vec<Task>, Vec<Task>) =
             std::mem::take(&mut self.delayed).into_iter().partition(|t| t.not_before.is_none_or(|at| at <= now));
@@ -449,8 +526,18 @@ impl Queues {
         !self.patches.is_empty() || !self.deletes.is_empty()
     }
 
+    fn is_empty(&self) -> bool {
+        !self.ready() && self.delayed.is_empty()
+    }
+
     fn next_due(&self) -> Option<Instant> {
         self.delayed.iter().filter_map(|t| t.not_before).min()
+    }
+
+    /// How many items [`Queues::take_batch`] would take.
+    fn batch_len(&self, ppb: usize) -> usize {
+        let patches = self.patches.len().min(ppb.min(MAX_BATCH_ITEMS));
+        (patches + self.deletes.len()).min(MAX_BATCH_ITEMS)
     }
 
     fn take_batch(&mut self, ppb: usize) -> Vec<Task> {
@@ -471,7 +558,257 @@ impl Queues {
     }
 }
 
-type Flight = (Vec<Task>, Result<Vec<ItemResponse>, TransportError>);
+/// A `$batch` on its way: its tasks, when it left, and the answer.
+type Flight = (Vec<Task>, Instant, Result<BatchAnswer, TransportError>);
+
+/// What one batch's answers did, besides outcomes.
+#[derive(Default)]
+struct Tally {
+    seen: Observation,
+    /// Some item failed with 5xx or no answer.
+    troubled: bool,
+    /// A PATCH came back 503 or 504 (too many PATCHes in one batch for Graph).
+    unavailable_patch: bool,
+}
+
+/// One run of the executor: the queues, the pace, the requests in flight.
+struct Run<'a, T: Transport> {
+    transport: Arc<T>,
+    cfg: &'a Config,
+    queues: Queues,
+    pace: Pace,
+    stats: Stats,
+    in_flight: JoinSet<Flight>,
+    abort: Option<ExecError>,
+    limit: usize,
+    clean_streak: usize,
+    ppb: usize,
+    ppb_floor: usize,
+}
+
+impl<'a, T: Transport> Run<'a, T> {
+    fn new(transport: Arc<T>, works: &[GroupWork], cfg: &'a Config) -> Run<'a, T> {
+        let ppb = cfg.patches_per_batch.clamp(1, MAX_BATCH_ITEMS);
+        Run {
+            transport,
+            cfg,
+            queues: Queues::new(works),
+            pace: Pace::new(cfg.pacing.clone()),
+            stats: Stats::default(),
+            in_flight: JoinSet::new(),
+            abort: None,
+            limit: cfg.max_concurrency.max(1),
+            clean_streak: 0,
+            ppb,
+            ppb_floor: ppb.min(5),
+        }
+    }
+
+    fn interrupt(&mut self) {
+        self.abort.get_or_insert(ExecError::Interrupted);
+    }
+
+    /// Sends every batch the pace and the concurrency limit allow now. Returns when to look again (the pace's
+    /// next turn, or the next held task), or `None` to wait for an answer.
+    fn launch(&mut self, now: Instant) -> Option<Instant> {
+        while self.abort.is_none() && self.in_flight.len() < self.limit && self.queues.ready() {
+            let cost = self.queues.batch_len(self.ppb) as u32;
+            let at = self.pace.ready_at(now, cost);
+            if at > now {
+                return Some(at);
+            }
+            self.pace.take(now, cost);
+            let tasks = self.queues.take_batch(self.ppb);
+            self.send(tasks, now);
+        }
+        if self.abort.is_none() && self.in_flight.len() < self.limit {
+            self.queues.next_due()
+        } else {
+            None
+        }
+    }
+
+    fn send(&mut self, tasks: Vec<Task>, now: Instant) {
+        let requests: Vec<Request> =
+            tasks.iter().enumerate().map(|(i, t)| t.write.request((i + 1).to_string(), &self.cfg.bind_base)).collect();
+        self.stats.requests += 1;
+        for t in &tasks {
+            match t.write.method() {
+                Method::Patch => self.stats.patches += 1,
+                Method::Delete => self.stats.deletes += 1,
+            }
+        }
+        let transport = Arc::clone(&self.transport);
+        let timeout = self.cfg.request_timeout;
+        self.in_flight.spawn(async move {
+            let answer = match timeout {
+                Some(limit) => tokio::time::timeout(limit, transport.send(requests)).await.unwrap_or_else(|_| {
+                    Err(TransportError::no_answer(format!("no answer to a $batch within {:.1} s", limit.as_secs_f64())))
+                }),
+                None => transport.send(requests).await,
+            };
+            (tasks, now, answer)
+        });
+    }
+
+    /// Reads one batch's answer at `now`; returns the outcomes it settled.
+    fn settle(&mut self, (tasks, sent_at, answer): Flight, now: Instant) -> Vec<Written> {
+        match answer {
+            Err(err) => {
+                self.failed_request(tasks, &err, sent_at, now);
+                Vec::new()
+            }
+            Ok(answer) => self.answered(tasks, answer, sent_at, now),
+        }
+    }
+
+    /// The whole `$batch` failed (no answer, or an error status for the request): every task is sent again
+    /// after the request's Retry-After (or a back-off), or the run stops when that cannot help.
+    fn failed_request(&mut self, tasks: Vec<Task>, err: &TransportError, sent_at: Instant, now: Instant) {
+        let throttled = err.status == Some(429);
+        let n = tasks.len() as u32;
+        let mut seen =
+            Observation { sent: n, retry_after: err.retry_after, round_trip: now - sent_at, ..Default::default() };
+        if throttled {
+            seen.throttled_other = n;
+            self.stats.throttled += u64::from(n);
+        } else {
+            self.slow_down(false);
+        }
+        self.pace.observe(now, seen);
+        for mut task in tasks {
+            if throttled {
+                task.throttles += 1;
+            } else {
+                task.attempts += 1;
+            }
+            self.stats.retried += 1;
+            let spent = if throttled {
+                task.throttles > self.cfg.max_throttles
+            } else {
+                task.attempts >= self.cfg.retry.max_attempts.max(1)
+            };
+            if !err.retryable || spent {
+                // The change keeps no outcome: a rerun sends it again.
+                self.abort.get_or_insert_with(|| ExecError::Unreachable(err.message.clone()));
+                continue;
+            }
+            let retry = if throttled { task.throttles } else { task.attempts };
+            task.hold_until(now + self.cfg.retry.wait(retry - 1, err.retry_after));
+            self.queues.delayed.push(task);
+        }
+    }
+
+    /// Graph answered the `$batch`: settle each item.
+    fn answered(&mut self, tasks: Vec<Task>, answer: BatchAnswer, sent_at: Instant, now: Instant) -> Vec<Written> {
+        let mut by_id: BTreeMap<String, ItemResponse> = answer.items.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let mut tally = Tally::default();
+        tally.seen.sent = tasks.len() as u32;
+        tally.seen.round_trip = now - sent_at;
+        let mut written = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let id = (i + 1).to_string();
+            let resp = by_id.remove(&id).unwrap_or_else(|| ItemResponse {
+                error: Some(GraphFailure {
+                    status: 0,
+                    code: None,
+                    message: Some("the $batch answer had no response for this item".into()),
+                    request_id: None,
+                }),
+                ..ItemResponse::with_status(id, 0)
+            });
+            let ids = RequestIds {
+                client_request_id: answer.client_request_id.clone(),
+                request_id: resp
+                    .request_id
+                    .clone()
+                    .or_else(|| resp.error.as_ref().and_then(|e| e.request_id.clone()))
+                    .or_else(|| answer.request_id.clone()),
+            };
+            let results = self.settle_item(task, &resp, now, &mut tally);
+            written.extend(results.into_iter().map(|result| Written { result, request: Some(ids.clone()) }));
+        }
+        if let Some(change) = self.pace.observe(now, tally.seen) {
+            tracing::info!("pacing writes: {change:?}");
+        }
+        if tally.troubled {
+            self.slow_down(tally.unavailable_patch);
+        } else {
+            self.clean_streak += 1;
+            if self.clean_streak >= self.limit {
+                self.limit = (self.limit + 1).min(self.cfg.max_concurrency.max(1));
+                self.clean_streak = 0;
+            }
+        }
+        written
+    }
+
+    /// Fewer batches in flight after failures (and fewer PATCHes per batch after 503s on PATCHes).
+    fn slow_down(&mut self, unavailable_patch: bool) {
+        self.limit = (self.limit / 2).max(1);
+        self.clean_streak = 0;
+        if unavailable_patch {
+            self.ppb = (self.ppb / 2).max(self.ppb_floor);
+        }
+    }
+
+    /// One item's answer: the outcomes it settles, or the task goes back to wait for its next send.
+    fn settle_item(
+        &mut self,
+        mut task: Task,
+        resp: &ItemResponse,
+        now: Instant,
+        tally: &mut Tally,
+    ) -> Vec<ChangeResult> {
+        match classify(&task, resp) {
+            Fate::Done(done) => done,
+            Fate::Throttled(after) => {
+                self.stats.throttled += 1;
+                if resp.throttle_information.is_some() {
+                    tally.seen.throttled_quota += 1;
+                } else {
+                    tally.seen.throttled_other += 1;
+                }
+                if let Some(after) = after {
+                    tally.seen.retry_after = Some(tally.seen.retry_after.map_or(after, |l| l.max(after)));
+                }
+                task.throttles += 1;
+                if task.throttles > self.cfg.max_throttles {
+                    return failed(&task.write, "still throttled after many retries", &failure_of(resp));
+                }
+                task.hold_until(now + self.cfg.retry.wait(task.throttles - 1, after));
+                self.queues.delayed.push(task);
+                Vec::new()
+            }
+            Fate::Transient(after, failure) => {
+                tally.troubled = true;
+                tally.unavailable_patch |= task.write.method() == Method::Patch && matches!(failure.status, 503 | 504);
+                task.attempts += 1;
+                if task.attempts >= self.cfg.retry.max_attempts.max(1) {
+                    let detail = format!("Graph kept failing after {} attempts", task.attempts);
+                    return failed(&task.write, &detail, &failure);
+                }
+                self.stats.retried += 1;
+                task.hold_until(now + self.cfg.retry.wait(task.attempts - 1, after));
+                self.queues.delayed.push(task);
+                Vec::new()
+            }
+            Fate::Split => {
+                self.stats.splits += 1;
+                let users = task.write.users();
+                let n = users.len();
+                for user in users.into_iter().rev() {
+                    if let Some(write) = Write::add(task.write.group().clone(), vec![user]) {
+                        let mut single = Task::new(write);
+                        single.split_from = Some(n);
+                        self.queues.push_front(single);
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+}
 
 /// Runs the writes of a work list. Every change of `works` (adds, removes) ends with exactly one outcome in
 /// `sink`, unless the run stops early with an error, in which case the changes without an outcome are the ones
@@ -483,218 +820,40 @@ pub async fn execute<T: Transport>(
     sink: &mut dyn Sink,
     mut stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<Stats, ExecError> {
-    let mut queues = Queues { patches: VecDeque::new(), deletes: VecDeque::new(), delayed: Vec::new() };
-    for write in writes_for(works) {
-        match write.method() {
-            Method::Patch => queues.patches.push_back(Task::new(write)),
-            Method::Delete => queues.deletes.push_back(Task::new(write)),
-        }
-    }
-    let max_concurrency = cfg.max_concurrency.max(1);
-    let mut limit = max_concurrency;
-    let mut ppb = cfg.patches_per_batch.clamp(1, MAX_BATCH_ITEMS);
-    let ppb_floor = ppb.min(5);
-    let mut clean_streak = 0usize;
-    let mut pause_until: Option<Instant> = None;
-    let mut stats = Stats::default();
-    let mut in_flight: JoinSet<Flight> = JoinSet::new();
-    let mut abort: Option<ExecError> = None;
-
+    let mut run = Run::new(transport, works, cfg);
     loop {
         let now = Instant::now();
-        if pause_until.is_some_and(|p| p <= now) {
-            pause_until = None;
+        if stop.as_ref().is_some_and(|s| *s.borrow()) {
+            run.interrupt();
         }
-        if stop.as_ref().is_some_and(|s| *s.borrow()) && abort.is_none() {
-            abort = Some(ExecError::Interrupted);
-        }
-        queues.promote(now);
-        while abort.is_none() && pause_until.is_none() && in_flight.len() < limit && queues.ready() {
-            let tasks = queues.take_batch(ppb);
-            let requests: Vec<Request> =
-                tasks.iter().enumerate().map(|(i, t)| t.write.request((i + 1).to_string(), &cfg.bind_base)).collect();
-            stats.requests += 1;
-            for t in &tasks {
-                match t.write.method() {
-                    Method::Patch => stats.patches += 1,
-                    Method::Delete => stats.deletes += 1,
-                }
-            }
-            let transport = Arc::clone(&transport);
-            let timeout = cfg.request_timeout;
-            in_flight.spawn(async move {
-                let answer = match timeout {
-                    Some(limit) => tokio::time::timeout(limit, transport.send(requests)).await.unwrap_or_else(|_| {
-                        Err(TransportError {
-                            message: format!("no answer to a $batch within {:.1} s", limit.as_secs_f64()),
-                            retryable: true,
-                        })
-                    }),
-                    None => transport.send(requests).await,
-                };
-                (tasks, answer)
-            });
-        }
-        if in_flight.is_empty() {
-            if let Some(err) = abort.take() {
+        run.queues.promote(now);
+        let wake = run.launch(now);
+        if run.in_flight.is_empty() {
+            if let Some(err) = run.abort.take() {
                 return Err(err);
             }
-            if !queues.ready() && queues.delayed.is_empty() {
-                return Ok(stats);
+            if run.queues.is_empty() {
+                if let Some(rate) = run.pace.rate() {
+                    tracing::info!("Graph allowed about {rate:.1} writes per second");
+                }
+                return Ok(run.stats);
             }
         }
-        // Wake for the next answer, or when a pause ends or a delayed item falls due (if there is room to send).
-        let wake = if abort.is_none() && in_flight.len() < limit {
-            match (pause_until, queues.next_due()) {
-                (Some(p), _) => Some(p),
-                (None, due) => due,
-            }
-        } else {
-            None
-        };
         let joined = tokio::select! {
-            joined = in_flight.join_next(), if !in_flight.is_empty() => joined,
+            joined = run.in_flight.join_next(), if !run.in_flight.is_empty() => joined,
             _ = sleep_until(wake), if wake.is_some() => None,
-            _ = stopped(&mut stop), if abort.is_none() && stop.is_some() => {
-                abort = Some(ExecError::Interrupted);
+            _ = stopped(&mut stop), if run.abort.is_none() && stop.is_some() => {
+                run.interrupt();
                 None
             }
         };
         let Some(joined) = joined else { continue };
-        let (tasks, answer) = match joined {
-            Ok(flight) => flight,
-            Err(e) => return Err(ExecError::Unreachable(format!("a request task failed: {e}"))),
-        };
-        let now = Instant::now();
-        match answer {
-            Err(err) => {
-                limit = (limit / 2).max(1);
-                clean_streak = 0;
-                for mut task in tasks {
-                    task.attempts += 1;
-                    stats.retried += 1;
-                    if !err.retryable || task.attempts >= cfg.max_attempts {
-                        if abort.is_none() {
-                            abort = Some(ExecError::Unreachable(err.message.clone()));
-                        }
-                        // The change keeps no outcome: a rerun sends it again.
-                        continue;
-                    }
-                    task.not_before = Some(now + backoff(cfg, task.attempts));
-                    queues.delayed.push(task);
-                }
-            }
-            Ok(responses) => {
-                let mut by_id: BTreeMap<String, ItemResponse> =
-                    responses.into_iter().map(|r| (r.id.clone(), r)).collect();
-                let mut results = Vec::new();
-                let mut throttled: Vec<Task> = Vec::new();
-                let mut longest: Option<Duration> = None;
-                let mut troubled = false;
-                let mut unavailable_patch = false;
-                for (i, mut task) in tasks.into_iter().enumerate() {
-                    let resp = by_id.remove(&(i + 1).to_string()).unwrap_or(ItemResponse {
-                        id: (i + 1).to_string(),
-                        status: 0,
-                        retry_after: None,
-                        error: Some(GraphFailure {
-                            status: 0,
-                            code: None,
-                            message: Some("the $batch answer had no response for this item".into()),
-                            request_id: None,
-                        }),
-                    });
-                    match classify(&task, &resp) {
-                        Fate::Done(done) => results.extend(done),
-                        Fate::Throttled(after) => {
-                            stats.throttled += 1;
-                            troubled = true;
-                            task.throttles += 1;
-                            if let Some(after) = after {
-                                longest = Some(longest.map_or(after, |l| l.max(after)));
-                            }
-                            if task.throttles > cfg.max_throttles {
-                                let failure = failure_of(&resp);
-                                for u in task.write.users() {
-                                    results.push(result(
-                                        &task.write,
-                                        u,
-                                        Outcome::Failed,
-                                        Some("still throttled after many retries".into()),
-                                        Some(failure.clone()),
-                                    ));
-                                }
-                            } else {
-                                throttled.push(task);
-                            }
-                        }
-                        Fate::Transient(after, failure) => {
-                            troubled = true;
-                            if task.write.method() == Method::Patch && matches!(failure.status, 503 | 504) {
-                                unavailable_patch = true;
-                            }
-                            task.attempts += 1;
-                            if task.attempts >= cfg.max_attempts {
-                                for u in task.write.users() {
-                                    results.push(result(
-                                        &task.write,
-                                        u,
-                                        Outcome::Failed,
-                                        Some(format!("Graph kept failing after {} attempts", task.attempts)),
-                                        Some(failure.clone()),
-                                    ));
-                                }
-                            } else {
-                                stats.retried += 1;
-                                task.not_before = Some(now + after.unwrap_or_else(|| backoff(cfg, task.attempts)));
-                                queues.delayed.push(task);
-                            }
-                        }
-                        Fate::Split => {
-                            stats.splits += 1;
-                            let users = task.write.users();
-                            let n = users.len();
-                            for user in users.into_iter().rev() {
-                                if let Some(write) = Write::add(task.write.group().clone(), vec![user]) {
-                                    let mut single = Task::new(write);
-                                    single.split_from = Some(n);
-                                    queues.push_front(single);
-                                }
-                            }
-                        }
-                    }
-                }
-                if !throttled.is_empty() {
-                    // Graph: retry throttled items after the longest Retry-After; without one, back off.
-                    let worst = throttled.iter().map(|t| t.throttles).max().unwrap_or(1);
-                    let wait = longest.unwrap_or_else(|| backoff(cfg, worst));
-                    let until = now + wait;
-                    pause_until = Some(pause_until.map_or(until, |p| p.max(until)));
-                    for task in throttled.into_iter().rev() {
-                        queues.push_front(task);
-                    }
-                }
-                if troubled {
-                    limit = (limit / 2).max(1);
-                    clean_streak = 0;
-                    if unavailable_patch {
-                        ppb = (ppb / 2).max(ppb_floor);
-                    }
-                } else {
-                    clean_streak += 1;
-                    if clean_streak >= limit {
-                        limit = (limit + 1).min(max_concurrency);
-                        clean_streak = 0;
-                    }
-                }
-                if !results.is_empty() {
-                    if let Err(e) = sink.record(&results) {
-                        // Nothing more is sent; answers already in flight are lost to the journal, and a rerun
-                        // settles those changes from the membership it reads.
-                        return Err(ExecError::Sink(e));
-                    }
-                }
-            }
+        let flight = joined.map_err(|e| ExecError::Unreachable(format!("a request task failed: {e}")))?;
+        let written = run.settle(flight, Instant::now());
+        if !written.is_empty() {
+            // On an error nothing more is sent; answers already in flight are lost to the journal, and a rerun
+            // settles those changes from the membership it reads.
+            sink.record(&written).map_err(ExecError::Sink)?;
         }
     }
 }
@@ -756,6 +915,16 @@ mod tests {
         requests: u64,
         items: Vec<(Method, String)>,
         fail_requests: u32,
+        /// Whole-request answers to force, in order, one per request (None = answer the items).
+        request_script: VecDeque<Option<TransportError>>,
+        /// Every item sent: its key (method, url, body) and when.
+        sends: Vec<(String, Instant)>,
+        /// Every Retry-After given: the item's key, the send it answered and when it ends.
+        holds: Vec<(String, Instant, Instant)>,
+    }
+
+    fn key(item: &Request) -> String {
+        format!("{} {} {}", item.method().as_str(), item.url(), item.body().map(|b| b.to_string()).unwrap_or_default())
     }
 
     #[derive(Default)]
@@ -771,23 +940,36 @@ mod tests {
     }
 
     impl Transport for Fake {
-        async fn send(&self, items: Vec<Request>) -> Result<Vec<ItemResponse>, TransportError> {
+        async fn send(&self, items: Vec<Request>) -> Result<BatchAnswer, TransportError> {
             let mut s = self.0.lock().unwrap();
             s.requests += 1;
             assert!(items.len() <= MAX_BATCH_ITEMS);
+            let now = Instant::now();
+            for item in &items {
+                s.sends.push((key(item), now));
+            }
+            if let Some(Some(e)) = s.request_script.pop_front() {
+                if let Some(after) = e.retry_after {
+                    let holds: Vec<_> = items.iter().map(|i| (key(i), now, now + after)).collect();
+                    s.holds.extend(holds);
+                }
+                return Err(e);
+            }
             if s.fail_requests > 0 {
                 s.fail_requests -= 1;
-                return Err(TransportError { message: "connection reset".into(), retryable: true });
+                return Err(TransportError::no_answer("connection reset"));
             }
             let mut out = Vec::new();
             for item in items.iter().rev() {
                 s.items.push((item.method(), item.url().to_string()));
                 if let Some(Some((status, retry_after))) = s.script.pop_front() {
+                    if let Some(after) = retry_after {
+                        s.holds.push((key(item), now, now + after));
+                    }
                     out.push(ItemResponse {
-                        id: item.id().into(),
-                        status,
                         retry_after,
                         error: err(status, "scripted"),
+                        ..ItemResponse::with_status(item.id(), status)
                     });
                     continue;
                 }
@@ -818,34 +1000,42 @@ mod tests {
                         }
                     }
                 };
-                out.push(ItemResponse { id: item.id().into(), status: resp.0, retry_after: None, error: resp.1 });
+                out.push(ItemResponse { error: resp.1, ..ItemResponse::with_status(item.id(), resp.0) });
             }
-            Ok(out)
+            Ok(BatchAnswer { items: out, client_request_id: format!("crid-{}", s.requests), request_id: None })
         }
     }
 
     #[derive(Default)]
-    struct Collect(Vec<ChangeResult>);
+    struct Collect(Vec<ChangeResult>, Vec<Option<RequestIds>>);
     impl Sink for Collect {
-        fn record(&mut self, results: &[ChangeResult]) -> crate::Result<()> {
-            self.0.extend_from_slice(results);
+        fn record(&mut self, written: &[Written]) -> crate::Result<()> {
+            self.0.extend(written.iter().map(|w| w.result.clone()));
+            self.1.extend(written.iter().map(|w| w.request.clone()));
             Ok(())
         }
     }
 
     fn cfg() -> Config {
         Config {
-            backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
+            retry: RetryPolicy {
+                base_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(20),
+                ..RetryPolicy::default()
+            },
             bind_base: "http://127.0.0.1:1/v1.0".into(),
             ..Config::default()
         }
     }
 
+    /// A runtime whose clock is paused: sleeps end at once, in order, so waits are checked without waiting.
+    fn paused() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap()
+    }
+
     fn run(fake: &Arc<Fake>, works: &[GroupWork], cfg: &Config) -> (Result<Stats, ExecError>, Vec<ChangeResult>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let mut sink = Collect::default();
-        let stats = rt.block_on(execute(Arc::clone(fake), works, cfg, &mut sink, None));
+        let stats = paused().block_on(execute(Arc::clone(fake), works, cfg, &mut sink, None));
         (stats, sink.0)
     }
 
@@ -969,10 +1159,13 @@ mod tests {
             .collect();
         }
         let works = [work(0..60, 100..140, 40)];
-        let started = std::time::Instant::now();
-        let (stats, results) = run(&fake, &works, &cfg());
-        let stats = stats.unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(30), "waited for the longest Retry-After");
+        let rt = paused();
+        let started = rt.block_on(async { Instant::now() });
+        let mut sink = Collect::default();
+        let stats = rt.block_on(execute(Arc::clone(&fake), &works, &cfg(), &mut sink, None)).unwrap();
+        let took = rt.block_on(async { Instant::now() }) - started;
+        let results = sink.0;
+        assert!(took >= Duration::from_millis(30), "waited for the longest Retry-After ({took:?} on the paused clock)");
         assert_each_once(&results, &works);
         assert_eq!(count(&results, Outcome::Applied), 100);
         assert_eq!(stats.throttled, 2);
@@ -996,7 +1189,8 @@ mod tests {
         let fake = Arc::new(Fake::default());
         fake.0.lock().unwrap().fail_requests = 1000;
         let works = [work(0..30, 0..0, 0)];
-        let (stats, results) = run(&fake, &works, &Config { max_attempts: 3, ..cfg() });
+        let three = Config { retry: RetryPolicy { max_attempts: 3, ..cfg().retry }, ..cfg() };
+        let (stats, results) = run(&fake, &works, &three);
         assert!(matches!(stats, Err(ExecError::Unreachable(_))));
         assert!(results.is_empty());
     }
@@ -1006,18 +1200,118 @@ mod tests {
         let fake = Arc::new(Fake::default());
         fake.0.lock().unwrap().script = std::iter::repeat_n(Some((503, None)), 3).collect();
         let works = [work(0..0, 0..0, 0), work(0..1, 0..0, 0)];
-        let (stats, results) = run(&fake, &works, &Config { max_attempts: 3, ..cfg() });
+        let three = Config { retry: RetryPolicy { max_attempts: 3, ..cfg().retry }, ..cfg() };
+        let (stats, results) = run(&fake, &works, &three);
         stats.unwrap();
         assert_eq!(results.len(), 1);
         assert_eq!(results[0].outcome, Outcome::Failed);
         assert_eq!(results[0].error.as_ref().unwrap().status, 503);
     }
 
+    /// Fails when an item was sent before a Retry-After it had been given ended.
+    fn assert_no_early_resend(s: &FakeState) {
+        for (key, answered, until) in &s.holds {
+            for (_, at) in s.sends.iter().filter(|(k, t)| k == key && t > answered) {
+                assert!(at >= until, "{key} was sent again {:?} before its Retry-After ended", *until - *at);
+            }
+        }
+    }
+
     #[test]
-    fn backoff_doubles_and_caps() {
-        let c = Config { backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(10), ..Config::default() };
-        assert_eq!(backoff(&c, 1), Duration::from_secs(1));
-        assert_eq!(backoff(&c, 3), Duration::from_secs(4));
-        assert_eq!(backoff(&c, 30), Duration::from_secs(10));
+    fn a_resend_after_a_5xx_or_a_dropped_request_still_waits_for_every_retry_after() {
+        let fake = Arc::new(Fake::default());
+        {
+            let mut s = fake.0.lock().unwrap();
+            s.members = (100..102).map(id).collect();
+            // Request 1: the last item (answered first) is throttled for a second, another gets a 503.
+            s.script = [Some((429, Some(Duration::from_secs(1)))), Some((503, None))].into_iter().collect();
+            s.request_script = [
+                None,
+                // Request 2 (the 503's item, after its back-off): the whole $batch gets a 503 with Retry-After 0.5 s.
+                Some(TransportError {
+                    message: "503".into(),
+                    retryable: true,
+                    status: Some(503),
+                    retry_after: Some(Duration::from_millis(500)),
+                }),
+                // Request 3: the connection drops.
+                Some(TransportError::no_answer("connection reset")),
+                // Request 4: the whole $batch is throttled for 2 s.
+                Some(TransportError {
+                    message: "429".into(),
+                    retryable: true,
+                    status: Some(429),
+                    retry_after: Some(Duration::from_secs(2)),
+                }),
+            ]
+            .into_iter()
+            .collect();
+        }
+        let works = [work(0..3, 100..102, 2)];
+        let (stats, results) = run(&fake, &works, &Config { max_concurrency: 1, ..cfg() });
+        let stats = stats.unwrap();
+        assert_each_once(&results, &works);
+        assert!(results.iter().all(|r| r.outcome == Outcome::Applied));
+        let s = fake.0.lock().unwrap();
+        assert_eq!(s.request_script.len(), 0, "every scripted fault fired");
+        assert!(stats.throttled >= 2 && stats.retried >= 2, "{stats:?}");
+        assert!(!s.holds.is_empty());
+        assert_no_early_resend(&s);
+    }
+
+    /// Graph with a write quota: a bucket of `cap` writes refilled at `rate` a second, 429 with
+    /// `WriteLimitExceeded` and the time to the next token when it is empty, 5 ms per request.
+    struct Quota(Mutex<(f64, Instant, u64, u64)>, f64, f64);
+
+    impl Transport for Quota {
+        async fn send(&self, items: Vec<Request>) -> Result<BatchAnswer, TransportError> {
+            tokio::time::sleep(Duration::from_micros(2500)).await;
+            let out = {
+                let mut s = self.0.lock().unwrap();
+                let now = Instant::now();
+                let (cap, rate) = (self.1, self.2);
+                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * rate).min(cap);
+                s.1 = now;
+                let mut out = Vec::new();
+                for item in &items {
+                    if s.0 >= 1.0 {
+                        s.0 -= 1.0;
+                        s.2 += 1;
+                        out.push(ItemResponse::with_status(item.id(), 204));
+                    } else {
+                        s.3 += 1;
+                        out.push(ItemResponse {
+                            retry_after: Some(Duration::from_secs_f64((1.0 - s.0) / rate)),
+                            throttle_information: Some("WriteLimitExceeded".into()),
+                            ..ItemResponse::with_status(item.id(), 429)
+                        });
+                    }
+                }
+                out
+            };
+            tokio::time::sleep(Duration::from_micros(2500)).await;
+            Ok(BatchAnswer { items: out, client_request_id: "c".into(), request_id: None })
+        }
+    }
+
+    #[test]
+    fn writes_keep_to_the_rate_graph_allows() {
+        let rt = paused();
+        let (cap, rate) = (200.0, 200.0);
+        let quota = Arc::new(Quota(Mutex::new((cap, rt.block_on(async { Instant::now() }), 0, 0)), cap, rate));
+        let works = [work(0..0, 0..3000, 3000)];
+        let started = rt.block_on(async { Instant::now() });
+        let mut sink = Collect::default();
+        let stats = rt.block_on(execute(Arc::clone(&quota), &works, &cfg(), &mut sink, None)).unwrap();
+        let took = (rt.block_on(async { Instant::now() }) - started).as_secs_f64();
+        assert_each_once(&sink.0, &works);
+        let (_, _, accepted, throttled) = *quota.0.lock().unwrap();
+        assert_eq!(accepted, 3000);
+        let minimum = (3000.0 - cap) / rate;
+        assert!(throttled * 10 <= 3000, "{throttled} answers of 429 for 3000 writes");
+        assert!(took <= minimum * 1.10, "{took:.2} s on the paused clock against a minimum of {minimum:.2} s");
+        assert_eq!(stats.throttled, throttled);
+        // Every outcome names the request that settled it.
+        assert!(sink.1.iter().all(|r| r.as_ref().is_some_and(|ids| ids.client_request_id == "c")));
     }
 }

@@ -3,7 +3,7 @@
 
 use reqwest::Method as HttpMethod;
 
-use super::executor::{ItemResponse, Method, Request, Transport, TransportError};
+use super::executor::{BatchAnswer, ItemResponse, Method, Request, Transport, TransportError};
 use super::gates::{DirectoryReads, GroupState};
 use super::GraphFailure;
 use crate::directory::graph::{BatchItem, GraphClient, GraphError};
@@ -63,7 +63,7 @@ impl DirectoryReads for GraphBackend {
 }
 
 impl Transport for GraphBackend {
-    async fn send(&self, items: Vec<Request>) -> Result<Vec<ItemResponse>, TransportError> {
+    async fn send(&self, items: Vec<Request>) -> Result<BatchAnswer, TransportError> {
         let batch: Vec<BatchItem> = items
             .iter()
             .map(|r| BatchItem {
@@ -76,8 +76,9 @@ impl Transport for GraphBackend {
                 body: r.body().cloned(),
             })
             .collect();
-        let answers = self.client.batch(batch).await.map_err(transport_error)?;
-        Ok(answers
+        let reply = self.client.batch(batch).await.map_err(transport_error)?;
+        let items = reply
+            .items
             .into_iter()
             .map(|a| ItemResponse {
                 error: a.error.map(|e| GraphFailure {
@@ -89,20 +90,28 @@ impl Transport for GraphBackend {
                 id: a.id,
                 status: a.status,
                 retry_after: a.retry_after,
+                request_id: a.request_id,
+                throttle_information: a.throttle_information,
             })
-            .collect())
+            .collect();
+        Ok(BatchAnswer { items, client_request_id: reply.client_request_id, request_id: reply.request_id })
     }
 }
 
-/// Whether sending the same `$batch` again can help.
+/// Whether sending the same `$batch` again can help, and the request's status and Retry-After.
 fn transport_error(e: GraphError) -> TransportError {
+    let service = match &e {
+        GraphError::Http(h) => h.service_error(),
+        GraphError::Service(s) => Some(s.as_ref()),
+        _ => None,
+    };
+    let status = service.map(|s| s.status);
+    let retry_after = service.and_then(|s| s.retry_after);
     let retryable = match &e {
         GraphError::Http(HttpError::Transport { .. }) | GraphError::Protocol { .. } => true,
-        GraphError::Http(h) => h.status().is_none_or(|s| s == 429 || s >= 500),
-        GraphError::Service(s) => s.status == 429 || s.status >= 500,
-        _ => false,
+        _ => status.is_some_and(|s| crate::retry::classify(s) != crate::retry::Verdict::Final),
     };
-    TransportError { message: e.to_string(), retryable }
+    TransportError { message: e.to_string(), retryable, status, retry_after }
 }
 
 impl super::backend::Backend for GraphBackend {
@@ -110,8 +119,7 @@ impl super::backend::Backend for GraphBackend {
         GraphBackend::bind_base(self)
     }
 
-    fn backoff(&self) -> (std::time::Duration, std::time::Duration) {
-        let policy = self.client.retry_policy();
-        (policy.base_delay.max(std::time::Duration::from_millis(1)), policy.max_delay)
+    fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        self.client.retry_policy().clone()
     }
 }

@@ -86,6 +86,17 @@ impl std::fmt::Display for GraphFailure {
     }
 }
 
+/// The ids of the Graph request that carried a write, so that the write can be found in Entra's audit log and
+/// quoted to Microsoft support.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestIds {
+    /// The `client-request-id` writeback sent with the request (a fresh UUID for every request).
+    pub client_request_id: String,
+    /// Graph's `request-id`: the batch item's own when Graph gave one, else the `$batch` request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
 /// The final result for one change of the plan: which change, and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeResult {

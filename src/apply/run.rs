@@ -263,7 +263,6 @@ pub async fn run_with<B: Backend>(
     let stop = ui.sending(prepared.pending());
     let on_started =
         |at: DateTime<Utc>| checked.once.record_started(plan, &sha256, &request.plan, &request.journal, at);
-    let backoff = backend.backoff();
     let run = RunInputs {
         journal_path: &request.journal,
         plan_path: &request.plan,
@@ -271,8 +270,7 @@ pub async fn run_with<B: Backend>(
         applier: applier(checked.key.as_ref()),
         clock: &SystemClock,
         config: executor::Config {
-            backoff: backoff.0,
-            max_backoff: backoff.1,
+            retry: backend.retry_policy(),
             patches_per_batch: request.patches_per_batch,
             max_concurrency: request.concurrency,
             bind_base: backend.bind_base(),

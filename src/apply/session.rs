@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::executor::{self, Config, ExecError, Sink, Stats, Transport};
+use super::executor::{self, Config, ExecError, Sink, Stats, Transport, Written};
 use super::gates::{self, DirectoryReads, GroupWork, Thresholds};
-use super::journal::{self, Chain, Event, Journal, PlanProgress};
+use super::journal::{self, Chain, Event, Journal, PlanProgress, WriteRecord};
 use super::receipt::{self, JournalAnchor, Receipt, ReceiptInput};
 use super::{Applier, ChangeResult, OutcomeCounts};
 use crate::error::{Error, Result};
@@ -126,19 +126,22 @@ struct JournalSink<'a> {
 }
 
 impl Sink for JournalSink<'_> {
-    fn record(&mut self, results: &[ChangeResult]) -> Result<()> {
+    fn record(&mut self, written: &[Written]) -> Result<()> {
         let now = self.clock.now();
-        for result in results {
+        for Written { result, request } in written {
             let key = (result.group_id.clone(), result.user_id.clone());
             if self.outcomes.contains_key(&key) {
                 // Never two outcomes for one change: keep the first.
                 continue;
             }
-            self.journal.append(now, Event::ChangeOutcome { plan_id: self.plan_id, result: result.clone() })?;
+            let request = request.as_ref().map(|ids| WriteRecord::new(ids, now));
+            self.journal
+                .append(now, Event::ChangeOutcome { plan_id: self.plan_id, result: result.clone(), request })?;
             self.outcomes.insert(key, result.clone());
         }
         self.journal.sync()?;
-        (self.progress)(results);
+        let results: Vec<ChangeResult> = written.iter().map(|w| w.result.clone()).collect();
+        (self.progress)(&results);
         Ok(())
     }
 }
@@ -220,7 +223,8 @@ pub async fn execute<T: Transport>(
             progress,
         };
         if !settled.is_empty() {
-            sink.record(&settled)?;
+            let written: Vec<Written> = settled.iter().map(|r| Written { result: r.clone(), request: None }).collect();
+            sink.record(&written)?;
         }
         executor::execute(transport, &prepared.works, &run.config, &mut sink, run.stop).await.map_err(|e| match e {
             ExecError::Sink(e) => e,

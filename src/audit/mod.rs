@@ -701,7 +701,7 @@ mod tests {
                     error: None,
                 };
                 outcomes.insert((g.group_id.clone(), c.user_id.clone()), result.clone());
-                events.push(Event::ChangeOutcome { plan_id: plan.plan_id, result });
+                events.push(Event::ChangeOutcome { plan_id: plan.plan_id, result, request: None });
             }
         }
         let counts = OutcomeCounts::tally(outcomes.values().map(|r| &r.outcome));

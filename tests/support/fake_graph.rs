@@ -381,6 +381,12 @@ pub struct Recorded {
     pub status: u16,
     /// When it arrived.
     pub at: SystemTime,
+    /// When it arrived, on the monotonic clock (for comparing waits).
+    pub arrived: Instant,
+    /// The `Retry-After` answered, as sent (a `$batch` item's from its `headers`).
+    pub retry_after: Option<String>,
+    /// The `request-id` the fake gave it (a `$batch` item has its own).
+    pub request_id: String,
 }
 
 impl Recorded {
@@ -1148,6 +1154,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
     let client_request_id = header_str(&parts.headers, "client-request-id").unwrap_or(&request_id).to_string();
     let ctx = Ctx { request_id, client_request_id };
     let at = SystemTime::now();
+    let arrived = Instant::now();
 
     // Token endpoint: `/{tenant}/oauth2/v2.0/token`.
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -1168,6 +1175,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
             body: redacted,
             status: ans.status,
             at,
+            arrived,
+            retry_after: None,
+            request_id: ctx.request_id.clone(),
         });
         return Ok(to_response(ans, &ctx, false));
     }
@@ -1218,6 +1228,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
         body: body_json.clone(),
         status: 0,
         at,
+        arrived,
+        retry_after: None,
+        request_id: ctx.request_id.clone(),
     };
     if st.faults.drop_before > 0 {
         st.faults.drop_before -= 1;
@@ -1256,6 +1269,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
     };
     ans.headers.push(("x-ms-resource-unit".into(), "1".into()));
     record.status = ans.status;
+    record.retry_after = header_value(&ans.headers, "Retry-After");
     if st.faults.drop_after > 0 {
         st.faults.drop_after -= 1;
         record.status = 0;
@@ -1306,6 +1320,10 @@ fn to_response(ans: Answer, ctx: &Ctx, graph: bool) -> Response<Body> {
         }
     };
     b.body(body).unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+fn header_value(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -1586,7 +1604,8 @@ fn retry_after_header(a: Answer, form: RetryAfter) -> Answer {
     match form {
         RetryAfter::Seconds(s) => a.header("Retry-After", fmt_secs(s)),
         RetryAfter::HttpDate(s) => {
-            let t = chrono::Utc::now() + chrono::Duration::seconds(s as i64);
+            // Whole seconds, rounded up: the date never ends before the wait it stands for.
+            let t = chrono::Utc::now() + chrono::Duration::seconds(s as i64) + chrono::Duration::milliseconds(999);
             a.header("Retry-After", t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
         }
         RetryAfter::Missing => a,
@@ -2336,6 +2355,9 @@ fn batch(st: &mut State, ctx: &Ctx, batch_seq: u64, base: &str, body: Option<&Va
             body: item_body.cloned(),
             status: ans.status,
             at: SystemTime::now(),
+            arrived: Instant::now(),
+            retry_after: header_value(&ans.headers, "Retry-After"),
+            request_id: item_ctx.request_id.clone(),
         });
         statuses.insert(id.clone(), ans.status);
         let mut h = Map::new();

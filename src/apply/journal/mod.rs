@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Applier, ChangeResult, FinishStatus, OutcomeCounts};
+use super::{Applier, ChangeResult, FinishStatus, OutcomeCounts, RequestIds};
 use crate::error::Error;
 
 use crate::identity::ObjectId;
@@ -35,7 +35,7 @@ pub use file::{read, Journal, Opened};
 /// The `format` marker of the header line.
 pub const JOURNAL_FORMAT: &str = "writeback-journal";
 /// The journal format version this build writes and reads.
-pub const JOURNAL_VERSION: &str = "1.0";
+pub const JOURNAL_VERSION: &str = "1.1";
 
 /// The first line of a journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +49,26 @@ pub struct Header {
     pub created_at: DateTime<Utc>,
     /// The writeback that created it.
     pub tool_version: String,
+}
+
+/// The Graph request whose answer settled a change, so that an auditor can find the write in Entra's audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRecord {
+    /// The `client-request-id` writeback sent with the request.
+    pub client_request_id: String,
+    /// Graph's `request-id` for the write (the batch item's own, else the `$batch` request's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// When Graph's answer arrived.
+    #[serde(with = "timestamp_millis")]
+    pub at: DateTime<Utc>,
+}
+
+impl WriteRecord {
+    /// The record of a request's ids, answered at `at`.
+    pub fn new(ids: &RequestIds, at: DateTime<Utc>) -> WriteRecord {
+        WriteRecord { client_request_id: ids.client_request_id.clone(), request_id: ids.request_id.clone(), at }
+    }
 }
 
 /// One journal event.
@@ -77,6 +97,9 @@ pub enum Event {
         /// The change and its result.
         #[serde(flatten)]
         result: ChangeResult,
+        /// The Graph request that settled it (since format 1.1; absent for a change settled without a write).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<WriteRecord>,
     },
     /// Every change of the plan has an outcome.
     ApplyFinished {
@@ -397,6 +420,7 @@ mod tests {
     pub(super) fn outcome(user: u8, outcome: Outcome) -> Event {
         Event::ChangeOutcome {
             plan_id: plan(),
+            request: None,
             result: ChangeResult {
                 group_id: id(100),
                 user_id: id(user),

@@ -7,7 +7,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{GraphClient, GraphError, Kind};
-use crate::http::{parse_error_value, parse_retry_after, wall_clock};
+use crate::http::{parse_error_value, request_id_from_headers, wall_clock, THROTTLE_INFORMATION};
+use crate::retry::{parse_retry_after, server_now};
 
 /// The most requests Graph takes in one `$batch`.
 pub const MAX_BATCH_ITEMS: usize = 20;
@@ -63,6 +64,21 @@ pub struct BatchItemResponse {
     pub retry_after: Option<Duration>,
     /// The error envelope, for statuses of 400 and above.
     pub error: Option<GraphErrorBody>,
+    /// The item's own `request-id` header, when Graph gave one.
+    pub request_id: Option<String>,
+    /// Why Graph throttled the item (`x-ms-throttle-information`), when it said.
+    pub throttle_information: Option<String>,
+}
+
+/// The answer to a `$batch` request: one answer per item, and the request's ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReply {
+    /// One answer per item, in the order of the items sent.
+    pub items: Vec<BatchItemResponse>,
+    /// The `client-request-id` writeback sent with the `$batch`.
+    pub client_request_id: String,
+    /// Graph's `request-id` of the `$batch`.
+    pub request_id: Option<String>,
 }
 
 /// A batch answer with the body kept, for this module's own reads.
@@ -72,18 +88,31 @@ pub(super) struct RawItemResponse {
     pub body: Value,
 }
 
+/// A whole batch answer with the bodies kept.
+#[derive(Debug, Clone)]
+pub(super) struct RawBatch {
+    pub items: Vec<RawItemResponse>,
+    pub client_request_id: String,
+    pub request_id: Option<String>,
+}
+
 impl GraphClient {
-    /// Sends up to [`MAX_BATCH_ITEMS`] requests in one `POST {graph}/$batch` and returns one answer per item,
-    /// in the order of `items`. Throttling, 5xx answers and connection failures of the POST itself are retried
-    /// here; per-item statuses (429 included) are returned to the caller, who retries those items after the
-    /// longest [`BatchItemResponse::retry_after`].
-    pub async fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<BatchItemResponse>, GraphError> {
-        Ok(self.batch_raw(&items, Kind::Batch).await?.into_iter().map(|r| r.response).collect())
+    /// Sends up to [`MAX_BATCH_ITEMS`] requests in one `POST {graph}/$batch`, once (no retries: the caller
+    /// retries, as `apply`'s executor does, with [`crate::retry`]), and returns one answer per item, in the order
+    /// of `items`, with the request's ids. An error status of the POST itself is a [`GraphError::Service`]
+    /// carrying its `Retry-After`.
+    pub async fn batch(&self, items: Vec<BatchItem>) -> Result<BatchReply, GraphError> {
+        let raw = self.batch_raw(&items, Kind::Batch).await?;
+        Ok(BatchReply {
+            items: raw.items.into_iter().map(|r| r.response).collect(),
+            client_request_id: raw.client_request_id,
+            request_id: raw.request_id,
+        })
     }
 
-    pub(super) async fn batch_raw(&self, items: &[BatchItem], kind: Kind) -> Result<Vec<RawItemResponse>, GraphError> {
+    pub(super) async fn batch_raw(&self, items: &[BatchItem], kind: Kind) -> Result<RawBatch, GraphError> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(RawBatch { items: Vec::new(), client_request_id: String::new(), request_id: None });
         }
         if items.len() > MAX_BATCH_ITEMS {
             return Err(GraphError::InvalidRequest(format!(
@@ -120,6 +149,10 @@ impl GraphClient {
         if !sent.response.status().is_success() {
             return Err(self.fail(&Method::POST, sent, "lacks a permission one of the batched requests needs").await);
         }
+        let client_request_id = sent.client_request_id.clone();
+        let request_id = request_id_from_headers(sent.response.headers());
+        let date = sent.response.headers().get("date").and_then(|d| d.to_str().ok()).map(str::to_string);
+        let now = server_now(date.as_deref(), wall_clock().into());
         let answer = super::read_json(sent, &url).await?;
         let protocol = |reason: String| GraphError::Protocol { what: "POST /$batch".into(), reason };
         let mut by_id: HashMap<String, RawItemResponse> = HashMap::new();
@@ -144,7 +177,7 @@ impl GraphClient {
                     })
                 })
             };
-            let retry_after = header("Retry-After").and_then(|v| parse_retry_after(&v, wall_clock()));
+            let retry_after = header("Retry-After").and_then(|v| parse_retry_after(&v, now));
             let body = item.get("body").cloned().unwrap_or(Value::Null);
             let error = (status >= 400).then(|| {
                 let parsed = parse_error_value(&body);
@@ -154,15 +187,21 @@ impl GraphClient {
                     request_id: header("request-id").or(parsed.request_id),
                 }
             });
-            by_id.insert(
-                id.clone(),
-                RawItemResponse { response: BatchItemResponse { id, status, retry_after, error }, body },
-            );
+            let response = BatchItemResponse {
+                id: id.clone(),
+                status,
+                retry_after,
+                error,
+                request_id: header("request-id"),
+                throttle_information: header(THROTTLE_INFORMATION),
+            };
+            by_id.insert(id, RawItemResponse { response, body });
         }
-        items
+        let items = items
             .iter()
             .map(|item| by_id.remove(&item.id).ok_or_else(|| protocol(format!("no response for item '{}'", item.id))))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RawBatch { items, client_request_id, request_id })
     }
 }
 
@@ -205,8 +244,20 @@ mod tests {
             },
             BatchItem { id: "2".into(), method: Method::DELETE, url: "/groups/g/members/u2/$ref".into(), body: None },
         ];
-        let out = client.batch(items).await.unwrap();
-        assert_eq!(out[0], BatchItemResponse { id: "1".into(), status: 204, retry_after: None, error: None });
+        let reply = client.batch(items).await.unwrap();
+        assert!(uuid::Uuid::parse_str(&reply.client_request_id).is_ok());
+        let out = reply.items;
+        assert_eq!(
+            out[0],
+            BatchItemResponse {
+                id: "1".into(),
+                status: 204,
+                retry_after: None,
+                error: None,
+                request_id: None,
+                throttle_information: None
+            }
+        );
         assert_eq!(out[1].status, 429);
         assert_eq!(out[1].retry_after, Some(Duration::from_millis(50)));
         let err = out[1].error.as_ref().unwrap();

@@ -5,7 +5,9 @@
 //! All calls are async; the command layer drives them with [`crate::http::runtime`].
 //!
 //! Requests go through [`crate::http::Http`] (retries, `client-request-id`) and carry a bearer token from
-//! [`auth::TokenSource`]; a 401 makes the client fetch a new token and try once more.
+//! [`auth::TokenSource`]; a 401 makes the client fetch a new token and try once more. Reads (member pages, user
+//! lookups, everything but the write `$batch`) share one [`Pacer`]: once Graph throttles them, they go out at the
+//! rate it accepts. The write `$batch` is sent once per call: `apply`'s executor paces and retries its items.
 
 pub mod auth;
 mod batch;
@@ -18,12 +20,13 @@ use std::sync::Arc;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
-use crate::http::{base_str, same_origin, Http, HttpConfig, HttpError, Sent, ServiceError};
+use crate::http::{base_str, same_origin, Http, HttpConfig, HttpError, Paced, Sent, ServiceError};
+use crate::pacing::Pacer;
 use crate::plan::precondition::sha256_hex;
 use crate::plan::{InputRecord, InputRole};
 
 pub use auth::{Credential, Secret, TokenSource, DEFAULT_GRAPH_URL, DEFAULT_LOGIN_URL};
-pub use batch::{BatchItem, BatchItemResponse, GraphErrorBody, MAX_BATCH_ITEMS};
+pub use batch::{BatchItem, BatchItemResponse, BatchReply, GraphErrorBody, MAX_BATCH_ITEMS};
 pub use groups::GraphGroup;
 pub use users::{scan_is_cheaper, USER_SELECT};
 
@@ -154,6 +157,7 @@ struct Inner {
     tokens: TokenSource,
     counters: Counters,
     tenant: tokio::sync::OnceCell<String>,
+    reads: Pacer,
 }
 
 impl GraphClient {
@@ -169,6 +173,7 @@ impl GraphClient {
                 tokens,
                 counters: Counters::default(),
                 tenant: tokio::sync::OnceCell::new(),
+                reads: Pacer::new(),
             }),
         })
     }
@@ -187,6 +192,11 @@ impl GraphClient {
     /// The retry policy, for callers that retry `$batch` items themselves.
     pub fn retry_policy(&self) -> &crate::http::RetryPolicy {
         self.inner.http.retry_policy()
+    }
+
+    /// The pacer of the reads (member pages, user lookups).
+    pub fn read_pacer(&self) -> &Pacer {
+        &self.inner.reads
     }
 
     /// The requests sent so far.
@@ -280,8 +290,10 @@ impl GraphClient {
         }
     }
 
-    /// Sends a request with a bearer token, retrying as [`Http::send`] does; after a 401 gets a new token and
-    /// tries once more. Returns the response whatever its status.
+    /// Sends a request with a bearer token; after a 401 gets a new token and tries once more. Returns the
+    /// response whatever its status. Reads are retried as [`Http::send`] does and paced by the read pacer (a
+    /// lookup `$batch` counts one per item; its items' 429s are reported by the caller); the write `$batch`
+    /// (`Kind::Batch`) is sent once, for the executor retries its items itself.
     async fn execute(
         &self,
         method: Method,
@@ -291,23 +303,32 @@ impl GraphClient {
         body: Option<&Value>,
     ) -> Result<Sent, GraphError> {
         let mut refreshed = false;
+        let items = body.and_then(|b| b.get("requests")).and_then(Value::as_array).map_or(1, |r| r.len().max(1));
         loop {
             let token = self.inner.tokens.token().await?;
-            let sent = self
-                .inner
-                .http
-                .send(&method, url, || {
-                    self.count(kind);
-                    let mut request = self.inner.http.request(method.clone(), url.clone()).bearer_auth(token.expose());
-                    for (name, value) in headers {
-                        request = request.header(*name, *value);
-                    }
-                    if let Some(body) = body {
-                        request = request.json(body);
-                    }
-                    std::future::ready(Ok(request))
-                })
-                .await?;
+            let build = || {
+                self.count(kind);
+                let mut request = self.inner.http.request(method.clone(), url.clone()).bearer_auth(token.expose());
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                std::future::ready(Ok(request))
+            };
+            let http = &self.inner.http;
+            let sent = match kind {
+                Kind::Batch => http.send_once(&method, url, build).await?,
+                _ => {
+                    let paced = Paced {
+                        pacer: &self.inner.reads,
+                        cost: u32::try_from(items).unwrap_or(u32::MAX),
+                        items_reported_by_caller: kind == Kind::LookupBatch,
+                    };
+                    http.send_paced(paced, &method, url, build).await?
+                }
+            };
             if sent.response.status() == 401 && !refreshed && self.inner.tokens.invalidate().await {
                 refreshed = true;
                 tracing::info!("Microsoft Graph: {method} {} got 401; getting a new token", url.path());

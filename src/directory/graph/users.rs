@@ -80,11 +80,13 @@ impl GraphClient {
             let mut round = 0u32;
             while !pending.is_empty() {
                 round += 1;
-                let answers = self.batch_raw(&pending, Kind::LookupBatch).await?;
+                let answers = self.batch_raw(&pending, Kind::LookupBatch).await?.items;
                 let mut again = Vec::new();
                 let mut wait = Duration::ZERO;
+                self.observe_lookups(&answers);
                 for (item, answer) in pending.iter().zip(answers) {
                     let r = &answer.response;
+                    let retry = crate::retry::classify(r.status) != crate::retry::Verdict::Final;
                     match r.status {
                         200..=299 => {
                             collect_matches(&answer.body, wanted, &mut found, "GET /users (in $batch)")?;
@@ -95,8 +97,8 @@ impl GraphClient {
                                 next = self.next_link(&page, "GET /users")?;
                             }
                         }
-                        429 | 500 | 502 | 503 | 504 => {
-                            let w = r.retry_after.unwrap_or_else(|| policy.backoff(round - 1));
+                        _ if retry => {
+                            let w = policy.wait(round - 1, r.retry_after);
                             wait = wait.max(w);
                             again.push(item.clone());
                         }
@@ -142,6 +144,22 @@ impl GraphClient {
             }
         }
         Ok(found.into_values().collect())
+    }
+
+    /// Tells the read pacer how the items of a lookup `$batch` fared.
+    fn observe_lookups(&self, answers: &[super::batch::RawItemResponse]) {
+        let mut seen = crate::pacing::Observation { sent: answers.len() as u32, ..Default::default() };
+        for a in answers.iter().map(|a| &a.response).filter(|r| r.status == 429) {
+            if a.throttle_information.is_some() {
+                seen.throttled_quota += 1;
+            } else {
+                seen.throttled_other += 1;
+            }
+            seen.retry_after = seen.retry_after.max(a.retry_after);
+        }
+        if let Some(change) = self.read_pacer().observe(seen) {
+            tracing::info!("pacing reads: {change:?}");
+        }
     }
 
     /// The number of users in the tenant (`GET /users/$count` with `ConsistencyLevel: eventual`).
