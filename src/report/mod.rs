@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod html;
+pub mod page;
 pub mod review;
 
 pub use review::{render_review, summary_table, SignatureStatus};
