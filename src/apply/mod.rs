@@ -189,6 +189,19 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// This process's applier: the operating-system account (`USER`, `USERNAME` or `LOGNAME`) and, when a key
+    /// signs the receipt, its principal and fingerprint.
+    pub fn current(key: Option<&crate::trust::SigningKey>) -> Applier {
+        let os_user =
+            ["USER", "USERNAME", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+        Applier {
+            os_user,
+            key_principal: key.map(|k| k.comment().to_string()).filter(|c| !c.is_empty()),
+            key_fingerprint: key.map(crate::trust::SigningKey::fingerprint),
+            tool_version: crate::tool_version(),
+        }
+    }
+
     /// One line for the journal: `os_user` and, when known, the key.
     pub fn label(&self) -> String {
         let user = self.os_user.clone().unwrap_or_else(|| "unknown user".into());

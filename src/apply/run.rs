@@ -267,7 +267,7 @@ pub async fn run_with<B: Backend>(
         journal_path: &request.journal,
         plan_path: &request.plan,
         plan_sha256: &sha256,
-        applier: applier(checked.key.as_ref()),
+        applier: Applier::current(checked.key.as_ref()),
         clock: &SystemClock,
         config: executor::Config {
             retry: backend.retry_policy(),
@@ -290,17 +290,6 @@ pub async fn run_with<B: Backend>(
     done
 }
 
-/// Who applies: the operating-system user and the receipt key's principal and fingerprint.
-fn applier(key: Option<&SigningKey>) -> Applier {
-    let os_user = ["USER", "USERNAME", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
-    Applier {
-        os_user,
-        key_principal: key.map(|k| k.comment().to_string()).filter(|c| !c.is_empty()),
-        key_fingerprint: key.map(SigningKey::fingerprint),
-        tool_version: crate::tool_version(),
-    }
-}
-
 /// Writes the receipt (and its signature), then marks the plan finished in the ledger.
 fn finish(request: &ApplyRequest, checked: &Checked, finished: Finished) -> Result<Done> {
     write_receipt(&checked.receipt, &finished.receipt, checked.key.as_ref())?;
@@ -308,8 +297,9 @@ fn finish(request: &ApplyRequest, checked: &Checked, finished: Finished) -> Resu
     Ok(Done { finished, receipt_path: checked.receipt.clone(), signed: checked.key.is_some() })
 }
 
-/// Writes a receipt, and with a key its SSHSIG signature beside it (both or neither).
-pub fn write_receipt(path: &Path, receipt: &Receipt, key: Option<&SigningKey>) -> Result<()> {
+/// Writes a receipt, and with a key its SSHSIG signature beside it (both or neither). Returns the signature's
+/// path when there is one.
+pub fn write_receipt(path: &Path, receipt: &Receipt, key: Option<&SigningKey>) -> Result<Option<PathBuf>> {
     let bytes = receipt.encode();
     match key {
         Some(key) => {
@@ -317,8 +307,12 @@ pub fn write_receipt(path: &Path, receipt: &Receipt, key: Option<&SigningKey>) -
                 .sign(RECEIPT_NAMESPACE, &bytes)
                 .map_err(|e| Error::Internal(format!("cannot sign the receipt: {e}")))?;
             let sig_path = crate::archive::signature_path(path);
-            crate::atomic_write::write_together(&[(path, &bytes), (&sig_path, sig.as_bytes())])
+            crate::atomic_write::write_together(&[(path, &bytes), (&sig_path, sig.as_bytes())])?;
+            Ok(Some(sig_path))
         }
-        None => crate::atomic_write::write(path, &bytes),
+        None => {
+            crate::atomic_write::write(path, &bytes)?;
+            Ok(None)
+        }
     }
 }

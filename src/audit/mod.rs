@@ -14,6 +14,7 @@
 //!
 //! Other files are ignored.
 
+pub mod check;
 pub mod effect;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,0 +1,136 @@
+//! `check` as a library operation: verify the plan, read each group's members from Graph (read-only rights),
+//! compare ([`super::effect`]), and when every change is in effect write a `manual-verified` receipt (signed
+//! with a key when one is given). An existing receipt is never replaced.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
+use super::effect::{self, CheckReport, ManualReceiptInput};
+use crate::apply::Applier;
+use crate::directory::graph::GraphClient;
+use crate::directory::GroupMember;
+use crate::error::{Error, Result};
+use crate::identity::ObjectId;
+use crate::trust::{self, SigningKey, VerifiedPlan};
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct CheckRequest {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// Its signature (`None`: beside the plan).
+    pub signature: Option<PathBuf>,
+    /// Whose signatures to trust.
+    pub allowed_signers: PathBuf,
+    /// The key that signs the receipt, if any.
+    pub key: Option<PathBuf>,
+    /// Where the receipt goes (`None`: beside the plan).
+    pub receipt_out: Option<PathBuf>,
+    /// Microsoft Graph's base URL (`None`: the default).
+    pub graph_url: Option<String>,
+    /// The Entra sign-in endpoint (`None`: the default).
+    pub login_url: Option<String>,
+    /// The time of the check.
+    pub now: DateTime<Utc>,
+}
+
+/// What became of the receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptWrite {
+    /// Written, with its signature when a key was given.
+    Written {
+        /// The receipt.
+        path: PathBuf,
+        /// Its signature.
+        signature: Option<PathBuf>,
+    },
+    /// Not written: a file is there already.
+    Exists(PathBuf),
+    /// Not written: some change is not in effect.
+    NotInEffect,
+}
+
+/// The result of a check.
+#[derive(Debug)]
+pub struct Checked {
+    /// The verified plan.
+    pub verified: VerifiedPlan,
+    /// Each group's changes and whether they are in effect.
+    pub report: CheckReport,
+    /// What became of the receipt.
+    pub receipt: ReceiptWrite,
+}
+
+impl Checked {
+    /// [`Error::NotInEffect`] unless every change is in effect.
+    pub fn in_effect(&self) -> Result<()> {
+        if self.report.all_in_effect() {
+            return Ok(());
+        }
+        Err(Error::NotInEffect(format!(
+            "{} of the plan's {} changes are not in effect; no receipt was written",
+            self.report.not_in_effect(),
+            self.report.changes()
+        )))
+    }
+}
+
+/// Verifies the plan, reads the groups, compares, and writes the receipt when everything is in effect.
+pub fn check(request: &CheckRequest) -> Result<Checked> {
+    let verified =
+        trust::verify_plan_files(&request.plan, request.signature.as_deref(), &request.allowed_signers, request.now)?;
+    // Load the key before any request, so that a bad key fails fast.
+    let key = match &request.key {
+        Some(path) => Some(SigningKey::load(path)?),
+        None => None,
+    };
+    let client = GraphClient::from_env(request.graph_url.as_deref(), request.login_url.as_deref())?;
+    let runtime = crate::http::runtime()?;
+    let (tenant, members) = runtime.block_on(read_groups(&client, &verified))?;
+    let report = CheckReport::build(&verified.plan, &members);
+    if !report.all_in_effect() {
+        return Ok(Checked { verified, report, receipt: ReceiptWrite::NotInEffect });
+    }
+    let path = request.receipt_out.clone().unwrap_or_else(|| crate::archive::receipt_path(&request.plan));
+    if path.exists() {
+        return Ok(Checked { verified, report, receipt: ReceiptWrite::Exists(path) });
+    }
+    let receipt = effect::manual_receipt(
+        ManualReceiptInput {
+            plan: &verified.plan,
+            plan_sha256: &verified.sha256,
+            plan_file: request.plan.display().to_string(),
+            tenant_id: Some(tenant),
+            applier: Applier::current(key.as_ref()),
+            checked_at: request.now,
+        },
+        &report,
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    let signature = crate::apply::run::write_receipt(&path, &receipt, key.as_ref())?;
+    Ok(Checked { verified, report, receipt: ReceiptWrite::Written { path, signature } })
+}
+
+/// The tenant (which must be the plan's) and each group's members.
+async fn read_groups(
+    client: &GraphClient,
+    verified: &VerifiedPlan,
+) -> Result<(String, BTreeMap<ObjectId, Vec<GroupMember>>)> {
+    let tenant = client.tenant_id().await?;
+    if let Some(planned) = &verified.plan.tenant_id {
+        if !planned.eq_ignore_ascii_case(&tenant) {
+            return Err(Error::TenantMismatch(format!(
+                "the plan was made for tenant {planned}, but the credentials sign in to tenant {tenant}; check \
+                 AZURE_TENANT_ID"
+            )));
+        }
+    }
+    let mut members = BTreeMap::new();
+    for group in &verified.plan.groups {
+        let list = client.list_members(&group.group_id).await?;
+        members.insert(group.group_id.clone(), list);
+    }
+    Ok((tenant, members))
+}
