@@ -27,6 +27,7 @@ pub mod export;
 pub mod folders;
 pub mod http;
 pub mod identity;
+pub mod interrupt;
 pub mod ledger;
 pub mod pacing;
 pub mod plan;

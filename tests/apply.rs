@@ -772,3 +772,85 @@ fn the_two_person_rule_refuses_until_an_approver_signs() {
     ok(&e.apply(&path, &["--yes", "--require-approvals", "1"]));
     assert_eq!(e.members(), Env::target(&plan));
 }
+
+/// Ctrl-C while a write is in flight: the apply waits for its answer, journals it, says how to resume and exits
+/// 130; the rerun sends only what is left.
+#[test]
+fn ctrl_c_finishes_the_request_in_flight_then_the_rerun_resumes() {
+    use std::io::{BufRead, BufReader};
+    let e = env(100, 0, FakeConfig::default());
+    let adds = slice(&e.users, 0..60);
+    let plan = e.plan(&adds, &[]);
+    let path = e.write(&plan, "plan.json");
+    // One PATCH of 20 per $batch, one $batch at a time: three batches; the first one waits at the fake.
+    e.fake.hold_writes();
+    let mut child = e
+        .command(&path, &["--yes", "--concurrency", "1", "--patches-per-batch", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    e.fake.wait_for_held(1);
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    // The apply says it heard the Ctrl-C before the write is let go, so the stop cannot come too late.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map(|l| l.unwrap());
+    let heard: Vec<String> = lines.by_ref().take_while(|l| !l.starts_with("stopping")).collect();
+    e.fake.release_requests();
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{heard:?} {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted; run the same command to resume")), "{heard:?} {rest:?}");
+    // Exactly the batch in flight was written, and the journal holds its 20 outcomes.
+    assert_eq!(e.fake.count(|r| r.is_batch()), 1);
+    assert_eq!(e.members().len(), 20);
+    let journal_path = e.path("plan.json.journal.jsonl");
+    let chain = journal::verify_chain(&std::fs::read(&journal_path).unwrap()).unwrap();
+    let progress = PlanProgress::of(&chain, plan.plan_id).unwrap();
+    assert!(progress.finished.is_none());
+    assert_eq!(progress.outcomes.len(), 20);
+    assert!(!e.path("plan.json.receipt.json").exists());
+
+    // The rerun resumes: it sends the 40 changes left, none of the 20 again, and finishes.
+    let first_batch: BTreeSet<String> = e.members();
+    e.fake.clear_requests();
+    let out = e.apply(&path, &["--yes"]);
+    ok(&out);
+    assert_eq!(e.members(), Env::target(&plan));
+    let outcomes = e.accounted(&plan, &path);
+    assert!(outcomes.values().all(|o| o.is_success()));
+    for r in e.fake.requests().iter().filter(|r| r.is_write()) {
+        let body = r.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+        assert!(!first_batch.iter().any(|u| body.contains(u.as_str())), "a change was sent twice: {body}");
+    }
+    assert_eq!(e.writes(), 2, "two PATCHes of 20 are left");
+}
+
+/// Ctrl-C ends any other command at once, with exit 130: here `check`, while it waits for Graph.
+#[test]
+fn ctrl_c_ends_other_commands_with_130() {
+    let e = env(10, 5, FakeConfig::default());
+    let plan = e.plan(&slice(&e.users, 5..7), &[]);
+    let path = e.write(&plan, "plan.json");
+    e.fake.hold_requests();
+    let check = e.command(&path, &[]);
+    // The same environment as apply's, for another command.
+    let mut args: Vec<std::ffi::OsString> = check.get_args().map(|a| a.to_owned()).collect();
+    args[0] = "check".into();
+    let child = Command::new(check.get_program())
+        .args(args)
+        .envs(check.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .current_dir(e.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    e.fake.wait_for_held(1);
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    e.fake.release_requests();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("interrupted"), "{}", text(&out.stderr));
+    assert_eq!(e.writes(), 0);
+}

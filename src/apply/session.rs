@@ -234,8 +234,7 @@ pub async fn execute<T: Transport>(
                 run.journal_path.display()
             )),
             ExecError::Interrupted => Error::Interrupted(format!(
-                "interrupted; every outcome so far is in {}. Run the same command again to finish the remaining \
-                     changes",
+                "interrupted; run the same command to resume (every outcome so far is in {})",
                 run.journal_path.display()
             )),
         })?

@@ -93,7 +93,7 @@ pub struct ApplyArgs {
 /// Runs `writeback apply`.
 pub fn run(args: ApplyArgs, ctx: &Context) -> Result<()> {
     let request = request(&args, ctx)?;
-    let mut ui = Terminal { json: args.json, yes: args.yes, bar: None };
+    let mut ui = Terminal { json: args.json, yes: args.yes, bar: None, deferred: None };
     match run::apply(&request, &mut ui)? {
         ApplyOutcome::DryRun => Ok(()),
         ApplyOutcome::Done(done) => {
@@ -160,6 +160,7 @@ struct Terminal {
     json: bool,
     yes: bool,
     bar: Option<indicatif::ProgressBar>,
+    deferred: Option<crate::interrupt::Deferred>,
 }
 
 impl Terminal {
@@ -220,19 +221,10 @@ impl ApplyUi for Terminal {
             pending,
             "{spinner} applying [{bar:40}] {pos}/{len} changes, {elapsed} ({eta} left)",
         ));
-        // Ctrl-C stops sending; answers already on the way are journaled. A second Ctrl-C exits at once (the
-        // journal is synced after every batch, so a rerun still resumes correctly).
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                crate::eoutln!("\nstopping: waiting for the requests in flight (Ctrl-C again to quit at once)…");
-                let _ = stop_tx.send(true);
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
-                }
-            }
-        });
-        Some(stop_rx)
+        // Ctrl-C stops sending; the answers on the way are journaled (see crate::interrupt).
+        let (deferred, stop) = crate::interrupt::defer();
+        self.deferred = Some(deferred);
+        Some(stop)
     }
 
     fn progress(&mut self, results: &[ChangeResult]) {
@@ -245,5 +237,6 @@ impl ApplyUi for Terminal {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        self.deferred = None;
     }
 }

@@ -86,6 +86,7 @@ pub fn run() -> i32 {
         }
     };
     init_logging(cli.verbose);
+    crate::interrupt::install();
     let ctx = Context { verbose: cli.verbose, now: Utc::now() };
     let result = dispatch(cli.command, &ctx);
     // A reader that closed the pipe early (`| head`) is not a failure; a disk that refused the output is.

@@ -961,8 +961,8 @@ impl FakeGraph {
         self.hold(false);
     }
 
-    /// Like [`FakeGraph::hold_requests`], for the requests that are not GETs only (a `$batch` of writes, a
-    /// PATCH, a DELETE): reads are answered, the first write waits.
+    /// Like [`FakeGraph::hold_requests`], for writes only (a `$batch` with a write among its items, a PATCH, a
+    /// DELETE): reads, also a `$batch` of GETs, are answered; the first write waits.
     pub fn hold_writes(&self) {
         self.hold(true);
     }
@@ -1141,6 +1141,18 @@ fn bad(ctx: &Ctx, message: &str) -> Answer {
     graph_error(ctx, 400, "Request_BadRequest", message)
 }
 
+/// A request that changes something: not a GET, and not a `$batch` whose items are all GETs.
+fn is_write(method: &Method, body: &[u8]) -> bool {
+    if method == Method::GET {
+        return false;
+    }
+    let items = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("requests").cloned());
+    match items.as_ref().and_then(Value::as_array) {
+        Some(items) => items.iter().any(|i| i.get("method").and_then(Value::as_str) != Some("GET")),
+        None => true,
+    }
+}
+
 async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response<Body>, Dropped> {
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
@@ -1186,7 +1198,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
         let st = lock(&state);
         (st.cfg.base_path.clone(), st.faults.delay, st.hold.clone())
     };
-    let holds_this = method != Method::GET || !hold.writes_only.load(std::sync::atomic::Ordering::SeqCst);
+    let holds_this = is_write(&method, &bytes) || !hold.writes_only.load(std::sync::atomic::Ordering::SeqCst);
     if holds_this && hold.on.load(std::sync::atomic::Ordering::SeqCst) {
         let released = hold.release.notified();
         tokio::pin!(released);
