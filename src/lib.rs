@@ -30,6 +30,7 @@ pub mod identity;
 pub mod interrupt;
 pub mod ledger;
 pub mod pacing;
+pub mod phases;
 pub mod plan;
 pub mod planning;
 pub mod reconcile;
