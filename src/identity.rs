@@ -36,11 +36,26 @@ impl Email {
     /// Normalizes and checks `raw`. Accepts what Entra accepts for `mail` and `userPrincipalName` in practice:
     /// `local@domain.tld`, with no spaces, quotes, angle brackets or control characters.
     pub fn parse(raw: &str) -> Result<Self, InvalidEmail> {
+        let mut key = String::new();
+        Email::normalize_into(raw, &mut key)?;
+        Ok(Email(key))
+    }
+
+    /// Like [`Email::parse`], writing the normalized address into `key` (cleared first) instead of allocating one:
+    /// for callers that check millions of addresses.
+    pub fn normalize_into(raw: &str, key: &mut String) -> Result<(), InvalidEmail> {
+        key.clear();
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             return Err(InvalidEmail::Empty);
         }
-        let lower = trimmed.to_lowercase();
+        if trimmed.is_ascii() {
+            key.push_str(trimmed);
+            key.make_ascii_lowercase();
+        } else {
+            key.push_str(&trimmed.to_lowercase());
+        }
+        let lower = key.as_str();
         if lower.chars().any(|c| {
             c.is_whitespace()
                 || c.is_control()
@@ -61,7 +76,7 @@ impl Email {
         if !labels_ok {
             return Err(InvalidEmail::Domain(domain.to_string()));
         }
-        Ok(Email(lower))
+        Ok(())
     }
 
     /// The normalized address.
@@ -92,6 +107,11 @@ pub struct InvalidObjectId(pub String);
 impl ObjectId {
     /// Parses a GUID in any case, with or without braces.
     pub fn parse(raw: &str) -> Result<Self, InvalidObjectId> {
+        ObjectId::parse_u128(raw).map(ObjectId::from_u128)
+    }
+
+    /// Like [`ObjectId::parse`], giving the id as a number (see [`ObjectId::to_u128`]).
+    pub fn parse_u128(raw: &str) -> Result<u128, InvalidObjectId> {
         let trimmed = raw.trim();
         let uuid = uuid::Uuid::parse_str(trimmed.trim_start_matches('{').trim_end_matches('}'))
             .map_err(|_| InvalidObjectId(trimmed.to_string()))?;
@@ -99,9 +119,26 @@ impl ObjectId {
             // Reject the simple (no hyphen) and URN forms: Entra always writes the hyphenated form.
             return Err(InvalidObjectId(trimmed.to_string()));
         }
+        Ok(uuid.as_u128())
+    }
+
+    /// The id whose number is `value`.
+    pub fn from_u128(value: u128) -> ObjectId {
         let mut text = [0u8; 36];
-        uuid.hyphenated().encode_lower(&mut text);
-        Ok(ObjectId(text))
+        uuid::Uuid::from_u128(value).hyphenated().encode_lower(&mut text);
+        ObjectId(text)
+    }
+
+    /// The id as a number: its 32 hex digits read as one. Ids order the same way as their numbers, so large sets
+    /// of ids can be held and sorted as numbers (16 bytes each).
+    pub fn to_u128(&self) -> u128 {
+        self.0.iter().filter(|&&b| b != b'-').fold(0, |number, &b| {
+            let digit = match b {
+                b'0'..=b'9' => b - b'0',
+                _ => b.wrapping_sub(b'a').wrapping_add(10) & 0xf,
+            };
+            (number << 4) | u128::from(digit)
+        })
     }
 
     /// The canonical lowercase hyphenated form.
@@ -142,6 +179,17 @@ impl<'de> Deserialize<'de> for ObjectId {
 /// keeps the directory's own spelling for display.
 pub fn address_key(raw: &str) -> String {
     raw.trim().to_lowercase()
+}
+
+/// True when two addresses have the same comparison key ([`address_key`]), without building the keys when both
+/// are ASCII.
+pub fn same_address_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_ascii() && b.is_ascii() {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        address_key(a) == address_key(b)
+    }
 }
 
 /// Strips an `smtp:` prefix (any case) from a proxy address. Returns `None` for other address types
@@ -187,6 +235,41 @@ mod tests {
         assert_eq!(format!("{id:?}"), "ObjectId(\"1b4e28ba-2fa1-11d2-883f-0016d3cca427\")");
         assert!(ObjectId::parse("1b4e28ba2fa111d2883f0016d3cca427").is_err());
         assert!(ObjectId::parse("'; drop table").is_err());
+    }
+
+    #[test]
+    fn object_ids_as_numbers() {
+        for text in [
+            "00000000-0000-0000-0000-000000000001",
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        ] {
+            let id = ObjectId::parse(text).unwrap();
+            assert_eq!(ObjectId::from_u128(id.to_u128()), id);
+            assert_eq!(ObjectId::parse_u128(&text.to_uppercase()).unwrap(), id.to_u128());
+        }
+        assert_eq!(ObjectId::parse("00000000-0000-0000-0000-000000000010").unwrap().to_u128(), 16);
+        let a = ObjectId::parse("0000000a-0000-0000-0000-000000000000").unwrap();
+        let b = ObjectId::parse("00000010-0000-0000-0000-000000000000").unwrap();
+        assert!(a < b && a.to_u128() < b.to_u128());
+        assert!(ObjectId::parse_u128("1b4e28ba2fa111d2883f0016d3cca427").is_err());
+    }
+
+    #[test]
+    fn normalizing_into_a_buffer_is_parsing() {
+        let mut key = String::from("left over");
+        for raw in ["  Ada.Lovelace@Contoso.COM ", "\u{212A}elvin@X.com", "a b@x.com", "", "a@x"] {
+            let parsed = Email::parse(raw);
+            let into = Email::normalize_into(raw, &mut key);
+            assert_eq!(
+                parsed.as_ref().map(Email::as_str).map_err(Clone::clone),
+                into.map(|()| key.as_str()),
+                "{raw:?}"
+            );
+        }
+        assert!(same_address_key(" A@x.com", "a@X.COM "));
+        assert!(same_address_key("\u{212A}@x.com", "k@x.com"));
+        assert!(!same_address_key("a@x.com", "b@x.com"));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use crate::directory::{DirectoryUser, GroupMember, MemberKind, UserType};
-use crate::error::Result;
+use crate::directory::user_table::{UserFields, UserTable};
+use crate::directory::{DirectoryUser, GroupMember, MemberKind, MemberRef, UserType};
+use crate::error::{Error, Result};
 use crate::identity::ObjectId;
 use crate::plan::{InputRecord, InputRole};
 use crate::tabular::{Row, Table};
@@ -52,20 +53,38 @@ pub fn parse_users(bytes: &[u8], name: &Path) -> Result<(Vec<DirectoryUser>, Inp
     users(Table::from_bytes(bytes, name)?)
 }
 
+/// Like [`read_users`], into a compact [`UserTable`] (for directories of a million users). Errors are those of
+/// [`read_users`].
+pub fn read_user_table(path: &Path) -> Result<(UserTable, InputRecord)> {
+    let table = Table::open(path)?;
+    // About a third of an export's bytes are text the table keeps.
+    let size = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
+    let mut users = UserTable::with_capacity(size / 200, size / 3);
+    let path = table.path().to_path_buf();
+    let input = each_user(table, |user| users.push(user).map_err(|e| Error::input(&path, e.to_string())))?;
+    users.shrink_to_fit();
+    Ok((users, input))
+}
+
 /// Like [`read_members`], handing each member to `each` in file order instead of keeping them (for groups too
 /// large to hold); returns the file's input record. Errors are those of [`read_members`], and `each` may have seen
 /// the rows before the one in error.
-pub fn read_members_each(path: &Path, each: impl FnMut(GroupMember)) -> Result<InputRecord> {
+pub fn read_members_each(path: &Path, mut each: impl FnMut(GroupMember)) -> Result<InputRecord> {
+    each_member(Table::open(path)?, |member| each(member.to_owned()))
+}
+
+/// Like [`read_members_each`], lending each member instead of allocating it.
+pub fn read_member_refs(path: &Path, each: impl FnMut(MemberRef<'_>)) -> Result<InputRecord> {
     each_member(Table::open(path)?, each)
 }
 
 fn members(table: Table) -> Result<(Vec<GroupMember>, InputRecord)> {
     let mut members = Vec::new();
-    let input = each_member(table, |member| members.push(member))?;
+    let input = each_member(table, |member| members.push(member.to_owned()))?;
     Ok((members, input))
 }
 
-fn each_member(mut table: Table, mut each: impl FnMut(GroupMember)) -> Result<InputRecord> {
+fn each_member(mut table: Table, mut each: impl FnMut(MemberRef<'_>)) -> Result<InputRecord> {
     let id = table.require_column(ID_COLUMNS, "object id")?;
     let upn = table.optional_column(UPN_COLUMNS, "user principal name")?;
     let kind = table.optional_column(MEMBER_TYPE_COLUMNS, "member type")?;
@@ -84,33 +103,59 @@ fn each_member(mut table: Table, mut each: impl FnMut(GroupMember)) -> Result<In
 
     // The type column repeats a handful of values; parse each distinct spelling once.
     let mut last_type: Option<(String, MemberKind)> = None;
+    let user = MemberKind::User;
+    let unknown = MemberKind::Other("unknown".to_string());
     while let Some(row) = table.next_row()? {
         let member_upn = row.text_opt(upn)?;
         let member_kind = match row.text_opt(kind)? {
-            Some(name) => match &last_type {
-                Some((seen, parsed)) if seen == name => parsed.clone(),
-                _ => {
-                    let parsed = MemberKind::from_type_name(name);
-                    last_type = Some((name.to_string(), parsed.clone()));
-                    parsed
+            Some(name) => {
+                if last_type.as_ref().is_none_or(|(seen, _)| seen != name) {
+                    last_type = Some((name.to_string(), MemberKind::from_type_name(name)));
                 }
-            },
-            None if member_upn.is_some() => MemberKind::User,
-            None => MemberKind::Other("unknown".to_string()),
+                last_type.as_ref().map_or(&unknown, |(_, parsed)| parsed)
+            }
+            None if member_upn.is_some() => &user,
+            None => &unknown,
         };
-        each(GroupMember {
+        each(MemberRef {
             id: object_id(&row, id)?,
             kind: member_kind,
-            upn: member_upn.map(str::to_string),
-            display_name: row.text_opt(display)?.map(str::to_string),
-            mail: row.text_opt(mail)?.map(str::to_string),
+            upn: member_upn,
+            display_name: row.text_opt(display)?,
+            mail: row.text_opt(mail)?,
             source_line: Some(row.line()),
         });
     }
     record(table, InputRole::Members, "Entra members export")
 }
 
-fn users(mut table: Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
+fn users(table: Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
+    let mut out = Vec::new();
+    let input = each_user(table, |user| {
+        let mut proxy_addresses: Vec<String> = user.proxy_addresses.map(str::to_string).collect();
+        // A user has a few addresses, kept for the whole run: no spare capacity (a million users export).
+        proxy_addresses.shrink_to_fit();
+        out.push(DirectoryUser {
+            id: ObjectId::from_u128(user.id),
+            upn: user.upn.to_string(),
+            display_name: user.display_name.map(str::to_string),
+            mail: user.mail.map(str::to_string),
+            user_type: user.user_type,
+            account_enabled: user.account_enabled,
+            proxy_addresses,
+        });
+        Ok(())
+    })?;
+    Ok((out, input))
+}
+
+/// The proxy addresses of one cell, as [`split_proxy_addresses`] splits them.
+type ProxyValues<'a> = std::iter::Flatten<std::option::IntoIter<ProxySplit<'a>>>;
+
+fn each_user(
+    mut table: Table,
+    mut each: impl for<'r> FnMut(UserFields<'r, ProxyValues<'r>>) -> Result<()>,
+) -> Result<InputRecord> {
     let id = table.require_column(ID_COLUMNS, "object id")?;
     let upn = table.require_column(UPN_COLUMNS, "user principal name")?;
     let display = table.column(DISPLAY_NAME_COLUMNS);
@@ -119,7 +164,6 @@ fn users(mut table: Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
     let enabled = table.column(ACCOUNT_ENABLED_COLUMNS);
     let proxies = table.optional_column(PROXY_ADDRESSES_COLUMNS, "proxy addresses")?;
 
-    let mut out = Vec::new();
     while let Some(row) = table.next_row()? {
         let user_upn = row.text(upn)?.ok_or_else(|| {
             row.error(upn, "the user principal name is empty; every user has one. Download the users again")
@@ -136,20 +180,27 @@ fn users(mut table: Table) -> Result<(Vec<DirectoryUser>, InputRecord)> {
             _ => None,
         };
         let proxy_addresses = match (proxies, row.text_opt(proxies)?) {
-            (Some(col), Some(cell)) => split_proxy_addresses(cell).map_err(|msg| row.error(col, msg))?,
-            _ => Vec::new(),
+            (Some(col), Some(cell)) => Some(proxy_values(cell).map_err(|msg| row.error(col, msg))?),
+            _ => None,
         };
-        out.push(DirectoryUser {
-            id: object_id(&row, id)?,
-            upn: user_upn.to_string(),
-            display_name: row.text_opt(display)?.map(str::to_string),
-            mail: row.text_opt(mail)?.map(str::to_string),
+        each(UserFields {
+            id: object_id_u128(&row, id)?,
+            upn: user_upn,
+            display_name: row.text_opt(display)?,
+            mail: row.text_opt(mail)?,
             user_type,
             account_enabled,
-            proxy_addresses,
-        });
+            proxy_addresses: proxy_addresses.into_iter().flatten(),
+        })?;
     }
-    Ok((out, record(table, InputRole::Users, "Entra users export")?))
+    record(table, InputRole::Users, "Entra users export")
+}
+
+fn object_id_u128(row: &Row<'_>, column: usize) -> Result<u128> {
+    match row.text(column)? {
+        None => Err(row.error(column, "the object id is empty; every row needs one")),
+        Some(raw) => ObjectId::parse_u128(raw).map_err(|e| row.error(column, e.to_string())),
+    }
 }
 
 fn object_id(row: &Row<'_>, column: usize) -> Result<ObjectId> {
@@ -175,7 +226,13 @@ fn parse_bool(cell: &str) -> Option<bool> {
 
 /// Splits a proxyAddresses cell: values separated by `;`, `|` or `,`, optionally wrapped in `{…}` or `[…]` with
 /// quoted items (as PowerShell and JSON write arrays).
+#[cfg(test)]
 fn split_proxy_addresses(cell: &str) -> std::result::Result<Vec<String>, String> {
+    Ok(proxy_values(cell)?.map(str::to_string).collect())
+}
+
+/// The values of a proxyAddresses cell (see [`split_proxy_addresses`]), without allocating.
+fn proxy_values(cell: &str) -> std::result::Result<ProxySplit<'_>, String> {
     if cell.starts_with("System.") || cell.starts_with("Microsoft.") {
         return Err(format!(
             "'{cell}' is a PowerShell type name, not the addresses; export with \
@@ -183,15 +240,32 @@ fn split_proxy_addresses(cell: &str) -> std::result::Result<Vec<String>, String>
         ));
     }
     let inner = cell.trim().trim_start_matches(['{', '[']).trim_end_matches(['}', ']']);
-    let mut addresses: Vec<String> = inner
-        .split([';', '|', ','])
-        .map(|v| v.trim().trim_matches(['"', '\'']).trim())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .collect();
-    // A user has a few addresses, kept for the whole run: no spare capacity (a million users export).
-    addresses.shrink_to_fit();
-    Ok(addresses)
+    Ok(ProxySplit { rest: Some(inner) })
+}
+
+/// The iterator of [`proxy_values`].
+#[derive(Debug, Clone)]
+struct ProxySplit<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for ProxySplit<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        loop {
+            let rest = self.rest?;
+            let (value, after) = match rest.find([';', '|', ',']) {
+                Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+                None => (rest, None),
+            };
+            self.rest = after;
+            let value = value.trim().trim_matches(['"', '\'']).trim();
+            if !value.is_empty() {
+                return Some(value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod entra_csv;
 pub mod graph;
+pub mod user_table;
 
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +117,51 @@ pub struct GroupMember {
     pub mail: Option<String>,
     /// Where the member was read from (a CSV line number), when it came from a file.
     pub source_line: Option<u64>,
+}
+
+impl GroupMember {
+    /// The member, borrowed.
+    pub fn as_ref(&self) -> MemberRef<'_> {
+        MemberRef {
+            id: self.id.clone(),
+            kind: &self.kind,
+            upn: self.upn.as_deref(),
+            display_name: self.display_name.as_deref(),
+            mail: self.mail.as_deref(),
+            source_line: self.source_line,
+        }
+    }
+}
+
+/// One direct member of a group, borrowed: what readers hand out without allocating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRef<'a> {
+    /// The member's object id.
+    pub id: ObjectId,
+    /// What kind of object it is.
+    pub kind: &'a MemberKind,
+    /// userPrincipalName, for users.
+    pub upn: Option<&'a str>,
+    /// displayName, when known.
+    pub display_name: Option<&'a str>,
+    /// mail, when known.
+    pub mail: Option<&'a str>,
+    /// Where the member was read from (a CSV line number), when it came from a file.
+    pub source_line: Option<u64>,
+}
+
+impl MemberRef<'_> {
+    /// The member, owned.
+    pub fn to_owned(&self) -> GroupMember {
+        GroupMember {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            upn: self.upn.map(str::to_string),
+            display_name: self.display_name.map(str::to_string),
+            mail: self.mail.map(str::to_string),
+            source_line: self.source_line,
+        }
+    }
 }
 
 /// The group a mapping writes to, as far as planning needs it.

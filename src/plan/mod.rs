@@ -537,6 +537,7 @@ pub(crate) mod tests_support {
             source_line: Some(n as u64),
         };
         let members = vec![member(1, MemberKind::User), member(2, MemberKind::User), member(9, MemberKind::Device)];
+        let users = crate::directory::user_table::UserTable::from_users(&users).unwrap();
         let r = reconcile(&contacts, &users, &members, &ReconcileOptions::default());
         let group = |id: ObjectId, name: Option<&str>, r: crate::reconcile::Reconciliation| GroupPlan {
             group_id: id,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use super::mapping::{ContactsSource, DirectorySource, Mapping};
 use super::services::Services;
 use crate::directory::graph::GraphError;
-use crate::directory::{entra_csv, DirectoryUser, GroupMember};
+use crate::directory::user_table::UserTable;
+use crate::directory::{entra_csv, GroupMember};
 use crate::error::{Error, Result};
 use crate::identity::{Email, ObjectId};
 use crate::plan::{self, InputRecord, InputRole};
@@ -18,19 +19,29 @@ use crate::source::{politemail_csv, ContactList};
 /// Users exports already read, by path: mappings that share one file read it once.
 #[derive(Default)]
 pub struct UserCache {
-    read: HashMap<PathBuf, (Arc<Vec<DirectoryUser>>, InputRecord)>,
+    read: HashMap<PathBuf, (Arc<UserTable>, InputRecord)>,
 }
 
 impl UserCache {
     /// The users of an Entra "Download users" export, read on first use.
-    pub fn users(&mut self, path: &Path) -> Result<(Arc<Vec<DirectoryUser>>, InputRecord)> {
-        if let Some(cached) = self.read.get(path) {
-            return Ok(cached.clone());
+    pub fn users(&mut self, path: &Path) -> Result<(Arc<UserTable>, InputRecord)> {
+        if let Some(cached) = self.get(path) {
+            return Ok(cached);
         }
-        let (users, input) = entra_csv::read_users(path)?;
+        let (users, input) = entra_csv::read_user_table(path)?;
         let entry = (Arc::new(users), input);
-        self.read.insert(path.to_path_buf(), entry.clone());
+        self.insert(path, entry.clone());
         Ok(entry)
+    }
+
+    /// The users of an export already read.
+    pub fn get(&self, path: &Path) -> Option<(Arc<UserTable>, InputRecord)> {
+        self.read.get(path).cloned()
+    }
+
+    /// Keeps the users read from an export.
+    pub fn insert(&mut self, path: &Path, entry: (Arc<UserTable>, InputRecord)) {
+        self.read.insert(path.to_path_buf(), entry);
     }
 }
 
@@ -45,7 +56,7 @@ pub struct GroupInputs {
     /// The current members.
     pub members: Vec<GroupMember>,
     /// Users the contacts may resolve to.
-    pub users: Arc<Vec<DirectoryUser>>,
+    pub users: Arc<UserTable>,
     /// Input records, in role order.
     pub inputs: Vec<InputRecord>,
     /// The tenant, when read from Graph.
@@ -115,7 +126,8 @@ pub fn gather(mapping: &Mapping, user_cache: &mut UserCache, services: &mut Serv
             let input = graph.users_input(emails.len(), &users);
             let known: HashSet<ObjectId> = users.iter().map(|u| u.id.clone()).collect();
             users.extend(member_users.into_iter().filter(|u| !known.contains(&u.id)));
-            (Arc::new(users), input)
+            let table = UserTable::from_users(&users).map_err(|e| Error::Internal(e.to_string()))?;
+            (Arc::new(table), input)
         }
         (DirectorySource::Graph, None) => return Err(Error::Internal("Graph users without a Graph client".into())),
     };

@@ -6,7 +6,8 @@
 //!
 //! - [`mapping`]: the config's `[[sync]]` entries merged with the flags (pure).
 //! - [`inputs`]: reading one mapping's contacts, group, members, users and keep list.
-//! - [`pipeline`]: the streaming path when all three inputs are files (a reading thread feeds the reconciler).
+//! - [`pipeline`]: the path when all three inputs are files (two threads; the list and members never held as
+//!   one value per row).
 //! - [`services`]: the Graph and PoliteMail clients and the async runtime, created on first use.
 //!
 //! Nothing here reads flags, the clock or the terminal: the command line builds the request (with the time and
@@ -26,6 +27,7 @@ use self::mapping::Mapping;
 use self::services::{Endpoints, Services};
 use crate::error::{Error, Result};
 use crate::identity::ObjectId;
+use crate::phases::Phases;
 use crate::plan::{self, Counts, GroupPlan, InputRecord, Plan, PlanFormat, PlanOptions};
 use crate::reconcile::{reconcile, KeepList, ReconcileOptions, Reconciliation};
 use crate::trust::keys::SigningKey;
@@ -71,26 +73,36 @@ pub struct WrittenPlan {
 /// Reads every mapping's inputs, reconciles, builds the plan, signs it and writes the plan and its signature
 /// together.
 pub fn plan(request: PlanRequest) -> Result<WrittenPlan> {
-    let (plan, warnings) = build(&request)?;
+    let mut phases = Phases::start();
+    let (plan, warnings) = build_timed(&request, &mut phases)?;
     let bytes = plan::encode(&plan, request.format);
+    phases.lap("plan: encode");
     let signature = request
         .key
         .sign(crate::trust::PLAN_NAMESPACE, &bytes)
         .map_err(|e| Error::Internal(format!("signing with {} failed: {e}", request.key_path.display())))?;
+    phases.lap("plan: sign");
     let sig_path = crate::archive::signature_path(&request.out);
     crate::atomic_write::write_together(&[(&request.out, &bytes), (&sig_path, signature.as_bytes())])?;
+    phases.lap("plan: write and sync");
+    phases.log();
     Ok(WrittenPlan { plan, bytes, out: request.out, signature: sig_path, warnings })
 }
 
 /// The plan for the request's mappings (checked by [`Plan::validate`]) and the warnings met on the way.
 pub fn build(request: &PlanRequest) -> Result<(Plan, Vec<String>)> {
+    build_timed(request, &mut Phases::start())
+}
+
+/// [`build`], timing its phases.
+fn build_timed(request: &PlanRequest, phases: &mut Phases) -> Result<(Plan, Vec<String>)> {
     let mut user_cache = UserCache::default();
     let mut services = Services::new(request.endpoints.clone());
     let mut groups = Vec::new();
     let mut tenant_id = None;
     let mut warnings = Vec::new();
     for mapping in &request.mappings {
-        let planned = plan_mapping(mapping, &mut user_cache, &mut services)?;
+        let planned = plan_mapping(mapping, &mut user_cache, &mut services, phases)?;
         let (result, records) = (planned.result, planned.records);
         warnings.extend(planned.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
         warnings.extend(result.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
@@ -110,6 +122,7 @@ pub fn build(request: &PlanRequest) -> Result<(Plan, Vec<String>)> {
     }
     // The inputs are no longer needed: free them before the plan is encoded.
     drop(user_cache);
+    phases.lap("free the inputs");
     let plan = Plan {
         format: plan::FORMAT_NAME.into(),
         format_version: plan::FORMAT_VERSION.into(),
@@ -122,6 +135,7 @@ pub fn build(request: &PlanRequest) -> Result<(Plan, Vec<String>)> {
         groups,
     };
     plan.validate().map_err(|e| Error::Internal(format!("the plan failed its own checks: {e}")))?;
+    phases.lap("plan: check");
     Ok((plan, warnings))
 }
 
@@ -142,8 +156,13 @@ pub struct MappingPlan {
 }
 
 /// Plans one mapping: streamed when all its inputs are files, otherwise gathered whole and reconciled.
-fn plan_mapping(mapping: &Mapping, user_cache: &mut UserCache, services: &mut Services) -> Result<MappingPlan> {
-    if let Some(planned) = pipeline::plan_from_files(mapping, user_cache, services)? {
+fn plan_mapping(
+    mapping: &Mapping,
+    user_cache: &mut UserCache,
+    services: &mut Services,
+    phases: &mut Phases,
+) -> Result<MappingPlan> {
+    if let Some(planned) = pipeline::plan_from_files(mapping, user_cache, services, phases)? {
         return Ok(planned);
     }
     let inputs = gather(mapping, user_cache, services)?;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::plan::{InputRecord, InputRole};
-use crate::source::{Contact, ContactList};
+use crate::source::{Contact, ContactList, ContactRef};
 use crate::tabular::Table;
 
 /// Header names accepted for the e-mail column (matched ignoring case, spaces and punctuation).
@@ -34,17 +34,26 @@ pub fn parse(bytes: &[u8], name: &Path, email_column: Option<&str>) -> Result<Co
 /// Like [`read`], handing each contact to `each` in list order instead of keeping them (for lists too large to
 /// hold); returns the file's input record. Errors are those of [`read`], and `each` may have seen the rows before
 /// the one in error.
-pub fn read_each(path: &Path, email_column: Option<&str>, each: impl FnMut(Contact)) -> Result<InputRecord> {
+pub fn read_each(path: &Path, email_column: Option<&str>, mut each: impl FnMut(Contact)) -> Result<InputRecord> {
+    each_contact(Table::open(path)?, email_column, |contact| each(contact.to_owned()))
+}
+
+/// Like [`read_each`], lending each contact instead of allocating it.
+pub fn read_refs(path: &Path, email_column: Option<&str>, each: impl FnMut(ContactRef<'_>)) -> Result<InputRecord> {
     each_contact(Table::open(path)?, email_column, each)
 }
 
 fn contacts(table: Table, email_column: Option<&str>) -> Result<ContactList> {
     let mut contacts = Vec::new();
-    let input = each_contact(table, email_column, |contact| contacts.push(contact))?;
+    let input = each_contact(table, email_column, |contact| contacts.push(contact.to_owned()))?;
     Ok(ContactList { contacts, input })
 }
 
-fn each_contact(mut table: Table, email_column: Option<&str>, mut each: impl FnMut(Contact)) -> Result<InputRecord> {
+fn each_contact(
+    mut table: Table,
+    email_column: Option<&str>,
+    mut each: impl FnMut(ContactRef<'_>),
+) -> Result<InputRecord> {
     let email = match email_column {
         Some(name) => table.exact_column(name).ok_or_else(|| {
             table.error_at(
@@ -63,11 +72,11 @@ fn each_contact(mut table: Table, email_column: Option<&str>, mut each: impl FnM
     let display = table.column(DISPLAY_NAME_COLUMNS);
 
     while let Some(row) = table.next_row()? {
-        each(Contact {
-            email: row.raw(email)?.to_string(),
-            first_name: row.text_opt(first)?.map(str::to_string),
-            last_name: row.text_opt(last)?.map(str::to_string),
-            display_name: row.text_opt(display)?.map(str::to_string),
+        each(ContactRef {
+            email: row.raw(email)?,
+            first_name: row.text_opt(first)?,
+            last_name: row.text_opt(last)?,
+            display_name: row.text_opt(display)?,
             line: row.line(),
         });
     }
