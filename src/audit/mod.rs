@@ -16,6 +16,7 @@
 
 pub mod check;
 pub mod effect;
+pub mod folder;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -2,6 +2,7 @@
 //! machine-readable shape of `show --json`.
 
 pub mod apply;
+pub mod audit;
 pub mod check;
 pub mod html;
 pub mod page;
