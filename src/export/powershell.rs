@@ -16,7 +16,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::plan::{timestamp, Action, Plan};
+use crate::plan::{timestamp, Action, GroupPlan, Plan};
 
 use super::ExportFile;
 
@@ -73,105 +73,17 @@ pub fn export(plan: &Plan, stem: &str, header: &ScriptHeader<'_>) -> ExportFile 
 
 const GUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
-/// The script's text.
+/// The script's text: the comment header, the preamble (expiry check, counters, helper functions, sign-in), one
+/// section per group, and the summary line.
 pub fn render(plan: &Plan, header: &ScriptHeader<'_>) -> String {
     let total: usize = plan.groups.iter().map(|g| g.changes.len()).sum();
     let (adds, removes) = plan.totals();
     let mut s = String::new();
-    let line = |s: &mut String, text: &str| {
-        s.push_str(text);
-        s.push('\n');
-    };
-    line(&mut s, "# Microsoft Graph PowerShell script exported by writeback from a signed plan.");
-    line(&mut s, "# Do not edit: re-export from the signed plan instead.");
-    line(&mut s, "#");
-    line(&mut s, &format!("# Plan id:      {}", plan.plan_id));
-    line(&mut s, &format!("# Plan SHA-256: {}", header.sha256));
-    line(
-        &mut s,
-        &format!("# Signed by:    {} (key {})", comment_text(header.signer), comment_text(header.fingerprint)),
-    );
-    if header.approvers.is_empty() {
-        line(&mut s, "# Approved by:  (no approvals were required)");
-    }
-    for approver in &header.approvers {
-        line(&mut s, &format!("# Approved by:  {}", comment_text(approver)));
-    }
-    line(&mut s, &format!("# Created:      {}", timestamp::format(&plan.created_at)));
-    line(&mut s, &format!("# Expires:      {}", timestamp::format(&plan.expires_at)));
-    if let Some(tenant) = &plan.tenant_id {
-        line(&mut s, &format!("# Tenant:       {}", comment_text(tenant)));
-    }
-    for group in &plan.groups {
-        line(
-            &mut s,
-            &format!(
-                "# Group:        {}: {} adds, {} removes",
-                comment_text(&group.label()),
-                group.counts.add,
-                group.counts.remove
-            ),
-        );
-    }
-    line(&mut s, &format!("# Exported:     {} by {}", timestamp::format(&header.generated_at), crate::tool_version()));
-    line(&mut s, "#");
-    line(
-        &mut s,
-        "# Run it with:  pwsh -File <this file>   (needs the Microsoft.Graph PowerShell modules and an account",
-    );
-    line(&mut s, "# that may change these groups). Running it twice is harmless. Afterwards, check the result with");
-    line(&mut s, "# `writeback check PLAN`.");
-    line(&mut s, "#Requires -Modules Microsoft.Graph.Authentication, Microsoft.Graph.Groups");
-    line(&mut s, "");
-    line(&mut s, "Set-StrictMode -Version 3.0");
-    line(&mut s, "$ErrorActionPreference = 'Stop'");
-    line(&mut s, "");
-    line(&mut s, &format!("$PlanId = {}", quote(&plan.plan_id.to_string())));
-    line(
-        &mut s,
-        &format!(
-            "$PlanExpiresAt = [DateTimeOffset]::Parse({}, [Globalization.CultureInfo]::InvariantCulture)",
-            quote(&timestamp::format(&plan.expires_at))
-        ),
-    );
-    line(&mut s, "if ([DateTimeOffset]::UtcNow -gt $PlanExpiresAt) {");
-    line(&mut s, "    [Console]::Error.WriteLine(('Plan {0} expired at {1:u}; make and approve a new plan.' -f $PlanId, $PlanExpiresAt))");
-    line(&mut s, "    exit 12");
-    line(&mut s, "}");
-    line(&mut s, "");
-    line(&mut s, &format!("$Total = {total}"));
-    line(&mut s, "$GroupOk = $false");
-    line(&mut s, "$Counts = @{ Added = 0; AlreadyMember = 0; Removed = 0; AlreadyAbsent = 0; Failed = 0 }");
-    line(&mut s, "");
-    s.push_str(FUNCTIONS.replace("GUID_PATTERN", &quote(GUID_PATTERN)).as_str());
-    line(&mut s, "");
-    line(&mut s, "Connect-MgGraph -Scopes GroupMember.ReadWrite.All");
-    line(&mut s, "");
+    comment_header(&mut s, plan, header);
+    preamble(&mut s, plan, total);
     let mut index = 0usize;
     for group in &plan.groups {
-        line(&mut s, &format!("# ---- {}", comment_text(&group.label())));
-        line(&mut s, &format!("$GroupId = {}", quote(&group.group_id.to_string())));
-        line(&mut s, &format!("Test-PlanGroup -GroupId $GroupId -Changes {}", group.changes.len()));
-        for change in &group.changes {
-            index += 1;
-            let function = match change.action {
-                Action::Add => "Add-PlanMember",
-                Action::Remove => "Remove-PlanMember",
-            };
-            let mut note = change.upn.clone();
-            if let Some(name) = change.display_name.as_deref().filter(|n| !n.is_empty()) {
-                note.push_str(&format!(" ({name})"));
-            }
-            line(
-                &mut s,
-                &format!(
-                    "if ($GroupOk) {{ {function} -Index {index} -GroupId $GroupId -UserId {} }}  # {}",
-                    quote(&change.user_id.to_string()),
-                    comment_text(&note)
-                ),
-            );
-        }
-        line(&mut s, "");
+        group_section(&mut s, group, &mut index);
     }
     line(
         &mut s,
@@ -180,6 +92,106 @@ pub fn render(plan: &Plan, header: &ScriptHeader<'_>) -> String {
     line(&mut s, "if ($Counts.Failed -gt 0) { exit 1 }");
     debug_assert_eq!(index, (adds + removes) as usize);
     s
+}
+
+/// Appends `text` and a line feed.
+fn line(s: &mut String, text: &str) {
+    s.push_str(text);
+    s.push('\n');
+}
+
+/// The comments at the top: which plan, who signed and approved it, its groups, and how to run the script.
+fn comment_header(s: &mut String, plan: &Plan, header: &ScriptHeader<'_>) {
+    line(s, "# Microsoft Graph PowerShell script exported by writeback from a signed plan.");
+    line(s, "# Do not edit: re-export from the signed plan instead.");
+    line(s, "#");
+    line(s, &format!("# Plan id:      {}", plan.plan_id));
+    line(s, &format!("# Plan SHA-256: {}", header.sha256));
+    line(s, &format!("# Signed by:    {} (key {})", comment_text(header.signer), comment_text(header.fingerprint)));
+    if header.approvers.is_empty() {
+        line(s, "# Approved by:  (no approvals were required)");
+    }
+    for approver in &header.approvers {
+        line(s, &format!("# Approved by:  {}", comment_text(approver)));
+    }
+    line(s, &format!("# Created:      {}", timestamp::format(&plan.created_at)));
+    line(s, &format!("# Expires:      {}", timestamp::format(&plan.expires_at)));
+    if let Some(tenant) = &plan.tenant_id {
+        line(s, &format!("# Tenant:       {}", comment_text(tenant)));
+    }
+    for group in &plan.groups {
+        line(
+            s,
+            &format!(
+                "# Group:        {}: {} adds, {} removes",
+                comment_text(&group.label()),
+                group.counts.add,
+                group.counts.remove
+            ),
+        );
+    }
+    line(s, &format!("# Exported:     {} by {}", timestamp::format(&header.generated_at), crate::tool_version()));
+    line(s, "#");
+    line(s, "# Run it with:  pwsh -File <this file>   (needs the Microsoft.Graph PowerShell modules and an account");
+    line(s, "# that may change these groups). Running it twice is harmless. Afterwards, check the result with");
+    line(s, "# `writeback check PLAN`.");
+    line(s, "#Requires -Modules Microsoft.Graph.Authentication, Microsoft.Graph.Groups");
+    line(s, "");
+}
+
+/// Strict mode, the expiry check, the counters, the helper functions and the sign-in.
+fn preamble(s: &mut String, plan: &Plan, total: usize) {
+    line(s, "Set-StrictMode -Version 3.0");
+    line(s, "$ErrorActionPreference = 'Stop'");
+    line(s, "");
+    line(s, &format!("$PlanId = {}", quote(&plan.plan_id.to_string())));
+    line(
+        s,
+        &format!(
+            "$PlanExpiresAt = [DateTimeOffset]::Parse({}, [Globalization.CultureInfo]::InvariantCulture)",
+            quote(&timestamp::format(&plan.expires_at))
+        ),
+    );
+    line(s, "if ([DateTimeOffset]::UtcNow -gt $PlanExpiresAt) {");
+    line(s, "    [Console]::Error.WriteLine(('Plan {0} expired at {1:u}; make and approve a new plan.' -f $PlanId, $PlanExpiresAt))");
+    line(s, "    exit 12");
+    line(s, "}");
+    line(s, "");
+    line(s, &format!("$Total = {total}"));
+    line(s, "$GroupOk = $false");
+    line(s, "$Counts = @{ Added = 0; AlreadyMember = 0; Removed = 0; AlreadyAbsent = 0; Failed = 0 }");
+    line(s, "");
+    s.push_str(FUNCTIONS.replace("GUID_PATTERN", &quote(GUID_PATTERN)).as_str());
+    line(s, "");
+    line(s, "Connect-MgGraph -Scopes GroupMember.ReadWrite.All");
+    line(s, "");
+}
+
+/// One group: its check, then one guarded call per change. `index` numbers the changes across groups.
+fn group_section(s: &mut String, group: &GroupPlan, index: &mut usize) {
+    line(s, &format!("# ---- {}", comment_text(&group.label())));
+    line(s, &format!("$GroupId = {}", quote(&group.group_id.to_string())));
+    line(s, &format!("Test-PlanGroup -GroupId $GroupId -Changes {}", group.changes.len()));
+    for change in &group.changes {
+        *index += 1;
+        let function = match change.action {
+            Action::Add => "Add-PlanMember",
+            Action::Remove => "Remove-PlanMember",
+        };
+        let mut note = change.upn.clone();
+        if let Some(name) = change.display_name.as_deref().filter(|n| !n.is_empty()) {
+            note.push_str(&format!(" ({name})"));
+        }
+        line(
+            s,
+            &format!(
+                "if ($GroupOk) {{ {function} -Index {index} -GroupId $GroupId -UserId {} }}  # {}",
+                quote(&change.user_id.to_string()),
+                comment_text(&note)
+            ),
+        );
+    }
+    line(s, "");
 }
 
 /// The helper functions every script carries. `GUID_PATTERN` is replaced by the quoted pattern.
