@@ -177,39 +177,7 @@ pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
         let cells: Vec<&str> = record.iter().map(unneutralize).collect();
         let first = cells.first().copied().unwrap_or("");
         if !header_seen && first.starts_with('#') {
-            if line == 1 {
-                if first != "#writeback-plan" {
-                    return Err(bad("the first line must be '#writeback-plan,<version>'".into()));
-                }
-                version = Some(super::version::check(cell(&cells, 1))?);
-            }
-            let Some(version) = version else {
-                return Err(bad("the first line must be '#writeback-plan,<version>'".into()));
-            };
-            if first == "#group" {
-                let n: usize = cell(&cells, 1)
-                    .parse()
-                    .ok()
-                    .filter(|n| *n >= 1 && *n <= drafts.len() + 1)
-                    .ok_or_else(|| bad("'#group' needs the group's number (1, 2, …) in the second cell".into()))?;
-                if n > drafts.len() {
-                    drafts.push(GroupDraft::default());
-                }
-                group_meta(&mut drafts[n - 1], &cells[2.min(cells.len())..])
-                    .map_err(|m| bad(format!("'#group,{n}': {m}")))?;
-            } else {
-                let key = first.trim_start_matches('#').to_string();
-                if !version.has_field(&field_of(&key)) {
-                    return Err(bad(format!(
-                        "unknown metadata '#{key}': a format {} plan has no such field, and a reviewer would never \
-                         see it; the file was changed by hand or made by another program",
-                        version.as_str()
-                    )));
-                }
-                if meta.insert(key.clone(), cell(&cells, 1).to_string()).is_some() {
-                    return Err(bad(format!("'#{key}' appears twice; a plan says each thing once")));
-                }
-            }
+            meta_row(&cells, line, &mut version, &mut meta, &mut drafts)?;
             continue;
         }
         if !header_seen {
@@ -232,6 +200,56 @@ pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
     if !header_seen {
         return Err(PlanError::Malformed("the header row is missing (the file may be truncated)".into()));
     }
+    assemble(meta, drafts)
+}
+
+/// One metadata row before the header (`#writeback-plan`, `#plan_id`, `#group,N,…`, …).
+fn meta_row(
+    cells: &[&str],
+    line: u64,
+    version: &mut Option<super::version::Version>,
+    meta: &mut BTreeMap<String, String>,
+    drafts: &mut Vec<GroupDraft>,
+) -> Result<(), PlanError> {
+    let bad = |msg: String| PlanError::Malformed(format!("line {line}: {msg}"));
+    let first = cells.first().copied().unwrap_or("");
+    if line == 1 {
+        if first != "#writeback-plan" {
+            return Err(bad("the first line must be '#writeback-plan,<version>'".into()));
+        }
+        *version = Some(super::version::check(cell(cells, 1))?);
+    }
+    let Some(version) = version else {
+        return Err(bad("the first line must be '#writeback-plan,<version>'".into()));
+    };
+    if first == "#group" {
+        let n: usize = cell(cells, 1)
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1 && *n <= drafts.len() + 1)
+            .ok_or_else(|| bad("'#group' needs the group's number (1, 2, …) in the second cell".into()))?;
+        if n > drafts.len() {
+            drafts.push(GroupDraft::default());
+        }
+        return group_meta(&mut drafts[n - 1], &cells[2.min(cells.len())..])
+            .map_err(|m| bad(format!("'#group,{n}': {m}")));
+    }
+    let key = first.trim_start_matches('#').to_string();
+    if !version.has_field(&field_of(&key)) {
+        return Err(bad(format!(
+            "unknown metadata '#{key}': a format {} plan has no such field, and a reviewer would never see it; the \
+             file was changed by hand or made by another program",
+            version.as_str()
+        )));
+    }
+    if meta.insert(key.clone(), cell(cells, 1).to_string()).is_some() {
+        return Err(bad(format!("'#{key}' appears twice; a plan says each thing once")));
+    }
+    Ok(())
+}
+
+/// The plan from its metadata and its groups, validated.
+fn assemble(mut meta: BTreeMap<String, String>, drafts: Vec<GroupDraft>) -> Result<Plan, PlanError> {
     let version = meta.remove("writeback-plan").unwrap_or_default();
     super::check_version(&version)?;
     let take = |meta: &mut BTreeMap<String, String>, key: &str| {
