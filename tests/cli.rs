@@ -47,3 +47,41 @@ fn a_closed_pipe_ends_every_command_quietly() {
     );
     assert!(!text(&run.stderr).contains("panicked"), "{}", text(&run.stderr));
 }
+
+#[test]
+fn completions_for_every_shell_know_the_subcommands_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef writeback"),
+        ("fish", "complete -c writeback"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer"),
+    ] {
+        let run = writeback(dir.path(), &["completions", shell]);
+        assert!(run.status.success(), "{shell}: {}", text(&run.stderr));
+        let script = text(&run.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for word in ["apply", "verify", "allowed-signers", "max-removals"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let run = writeback(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(run.status.code(), Some(2), "an unknown shell is a usage error");
+}
+
+#[test]
+fn man_writes_a_page_per_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = writeback(dir.path(), &["man", "--out", "man/man1"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let folder = dir.path().join("man/man1");
+    for name in ["writeback", "writeback-plan", "writeback-apply", "writeback-verify", "writeback-completions"] {
+        let page = std::fs::read_to_string(folder.join(format!("{name}.1"))).unwrap_or_default();
+        assert!(page.starts_with(".ie \\n(.g") || page.contains(".TH"), "{name}.1: {page}");
+        assert!(text(&run.stdout).contains(&format!("{name}.1")), "{}", text(&run.stdout));
+    }
+    let apply = std::fs::read_to_string(folder.join("writeback-apply.1")).unwrap();
+    assert!(apply.contains("max\\-removals"), "the page documents the flags");
+    assert!(!folder.join("writeback-help.1").exists());
+}

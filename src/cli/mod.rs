@@ -7,9 +7,11 @@ pub mod approve;
 pub mod audit;
 pub mod cancel;
 pub mod check;
+pub mod completions;
 pub mod export;
 pub mod keygen;
 pub mod ledger;
+pub mod man;
 pub mod options;
 pub mod plan;
 pub mod report;
@@ -63,6 +65,10 @@ pub enum Command {
     Cancel(cancel::CancelArgs),
     /// List the plans the ledger has as cancelled, finished or started.
     Ledger(ledger::LedgerArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(completions::CompletionsArgs),
+    /// Write man pages for writeback and each subcommand.
+    Man(man::ManArgs),
 }
 
 /// What every command gets from the process: verbosity and the current time (passed in, so the library never
@@ -117,6 +123,8 @@ fn dispatch(command: Command, ctx: &Context) -> Result<()> {
         Command::Report(args) => report::run(args, ctx),
         Command::Cancel(args) => cancel::run(args, ctx),
         Command::Ledger(args) => ledger::run(args, ctx),
+        Command::Completions(args) => completions::run(args, ctx),
+        Command::Man(args) => man::run(args, ctx),
     }
 }
 
