@@ -80,6 +80,11 @@ pub struct Defaults {
     pub graph_url: Option<String>,
     /// The sign-in endpoint.
     pub login_url: Option<String>,
+    /// How to sign in to Graph (`auto`, `token`, `secret`, `certificate`, `workload-identity`,
+    /// `managed-identity`, `azure-cli`, `device-code`).
+    pub auth: Option<crate::signin::AuthKind>,
+    /// The Microsoft cloud (`public`, `usgov`, `usgov-dod`, `china`).
+    pub cloud: Option<crate::signin::Cloud>,
     /// The PoliteMail OData endpoint.
     pub politemail_url: Option<String>,
     /// `apply`'s ledger of started, finished and cancelled plans (default: the user's state folder).
@@ -311,6 +316,19 @@ mod tests {
         let config = Config::load(&path).unwrap();
         assert_eq!(config.defaults.key.unwrap(), dir.path().join("keys/k"));
         assert_eq!(config.sync[0].contacts.as_deref().unwrap(), dir.path().join("list.csv"));
+    }
+
+    #[test]
+    fn sign_in_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writeback.toml");
+        std::fs::write(&path, "[defaults]\nauth = \"azure-cli\"\ncloud = \"usgov-dod\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.defaults.auth, Some(crate::signin::AuthKind::AzureCli));
+        assert_eq!(config.defaults.cloud, Some(crate::signin::Cloud::UsgovDod));
+        std::fs::write(&path, "[defaults]\nauth = \"password\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("writeback.toml:2") && err.contains("azure-cli"), "{err}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod planning;
 pub mod reconcile;
 pub mod report;
 pub mod retry;
+pub mod signin;
 pub mod source;
 pub mod tabular;
 pub mod terminal;

@@ -79,7 +79,7 @@ impl Fakes {
 fn writeback(dir: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_writeback"))
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PATH", common::path_without_az())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
         .current_dir(dir)

@@ -133,3 +133,107 @@ fn no_secret_reaches_any_output_or_file() {
     }
     assert!(d.join("report.html").exists() && d.join("plan.ps1").exists());
 }
+
+/// The sign-in kinds' own secrets: a federated token, the managed identity header, a device code and its refresh
+/// token, and a token printed by `az`. None reaches any output (at `-vv`) or any file, whichever kind signs in.
+#[cfg(unix)]
+#[test]
+fn no_sign_in_secret_reaches_any_output_or_file() {
+    use support::fake_az::FakeAz;
+    use support::fake_graph::{DevicePoll, Federated, ManagedIdentity, Person, GROUPS_ADMINISTRATOR};
+
+    let dir = workspace();
+    let d = dir.path();
+    std::fs::remove_file(d.join("writeback.toml")).unwrap();
+    let federated = Federated::github("contoso/writeback");
+    let federated_token = federated.token(600);
+    std::fs::write(d.join("federated-token"), &federated_token).unwrap();
+    let identity_header = "fake-identity-header-Lk3Jw9Rt";
+    let person = Person::new(
+        "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9",
+        "ada@contoso.example",
+        &["Directory.AccessAsUser.All"],
+        &[GROUPS_ADMINISTRATOR],
+    );
+    let seed = Seed::from_file(&d.join("fake-tenant.json").to_string_lossy()).unwrap();
+    let cfg = Config {
+        federated: Some(federated),
+        managed_identity: Some(ManagedIdentity {
+            identity_header: identity_header.into(),
+            ..ManagedIdentity::default()
+        }),
+        device_user: Some(person.clone()),
+        device_polls: vec![DevicePoll::Pending],
+        ..Config::default()
+    };
+    let public_client = cfg.public_client_id.clone();
+    let graph = FakeGraph::start_with(seed, cfg);
+    let az_token = graph.issue_user_token(&person);
+    let az = FakeAz::new(&az_token);
+    let az_path = az.path_with(&path_without_az());
+    let tenant = graph.tenant_id.clone();
+    let kinds: Vec<(&str, Vec<(&str, String)>)> = vec![
+        (
+            "workload-identity",
+            vec![
+                ("AZURE_FEDERATED_TOKEN_FILE", d.join("federated-token").display().to_string()),
+                ("AZURE_CLIENT_ID", graph.client_id.clone()),
+                ("AZURE_TENANT_ID", tenant.clone()),
+            ],
+        ),
+        ("managed-identity", graph.managed_identity_env()),
+        ("device-code", vec![("AZURE_CLIENT_ID", public_client), ("AZURE_TENANT_ID", tenant.clone())]),
+        ("azure-cli", vec![]),
+    ];
+    let secrets = [federated_token.as_str(), identity_header, az_token.as_str(), "fake-device-code", "fake-refresh"];
+    let group = "b53a97e9-e214-49f9-9d7e-4e4a23c5c243";
+    for (kind, env) in kinds {
+        let plan = format!("plan-{kind}.json");
+        let runs: Vec<Vec<String>> = vec![
+            ["-vv", "plan", "--contacts", "politemail-all-staff.csv", "--group", group, "--key", "keys/demo-planner"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["--out".to_string(), plan.clone()])
+                .collect(),
+            ["-vv", "apply", &plan, "--allowed-signers", "keys/allowed_signers", "--yes"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ["-vv", "check", &plan, "--allowed-signers", "keys/allowed_signers"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ];
+        for args in runs {
+            let out = command(d)
+                .args(&args)
+                .envs(graph.endpoints_env())
+                .envs(env.iter().cloned())
+                .env("WRITEBACK_AUTH", kind)
+                .env("PATH", &az_path)
+                .output()
+                .unwrap();
+            let label = format!("{kind}: writeback {}", args.join(" "));
+            assert!(out.status.success(), "{label}: {}", text(&out.stderr));
+            for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+                let shown = String::from_utf8_lossy(bytes);
+                for secret in secrets {
+                    assert!(!shown.contains(secret), "{what} of {label} holds a secret ({}…)", &secret[..10]);
+                }
+                assert!(!shown.contains("eyJ"), "{what} of {label} holds something that looks like a token");
+            }
+            for file in files(d) {
+                let content = String::from_utf8_lossy(&std::fs::read(d.join(&file)).unwrap()).into_owned();
+                for secret in secrets {
+                    if file != "federated-token" {
+                        assert!(
+                            !content.contains(secret),
+                            "{file} (after {label}) holds a secret ({}…)",
+                            &secret[..10]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -14,4 +14,9 @@ pub trait Backend: DirectoryReads + Transport {
     fn retry_policy(&self) -> crate::retry::RetryPolicy {
         crate::retry::RetryPolicy::default()
     }
+
+    /// Why Graph would refuse a write with 403, from the token's claims: the missing permission or role.
+    fn explain_forbidden(&self) -> Option<String> {
+        None
+    }
 }

@@ -24,9 +24,9 @@ impl GraphBackend {
         GraphBackend { client }
     }
 
-    /// A client from the flags (`None` when absent) and the environment (credentials, retries).
-    pub fn connect(graph_url: Option<&str>, login_url: Option<&str>) -> Result<GraphBackend> {
-        Ok(GraphBackend::new(GraphClient::from_env(graph_url, login_url)?))
+    /// A client for the sign-in settings of the flags, the environment and the config.
+    pub fn connect(settings: &crate::signin::SignInSettings) -> Result<GraphBackend> {
+        Ok(GraphBackend::new(GraphClient::connect(settings)?))
     }
 
     /// The client.
@@ -121,5 +121,9 @@ impl super::backend::Backend for GraphBackend {
 
     fn retry_policy(&self) -> crate::retry::RetryPolicy {
         self.client.retry_policy().clone()
+    }
+
+    fn explain_forbidden(&self) -> Option<String> {
+        Some(self.client.explain_forbidden(crate::signin::Need::WriteMembers))
     }
 }

@@ -55,10 +55,8 @@ pub struct ApplyRequest {
     pub concurrency: usize,
     /// How long one `$batch` may go unanswered before its items are sent again.
     pub request_timeout: Duration,
-    /// Microsoft Graph's base URL (`None`: the default).
-    pub graph_url: Option<String>,
-    /// The Entra sign-in endpoint (`None`: the default).
-    pub login_url: Option<String>,
+    /// How to sign in to Microsoft Graph, and where it is.
+    pub sign_in: crate::signin::SignInSettings,
     /// The time the command started, for expiry and key validity.
     pub now: DateTime<Utc>,
 }
@@ -134,6 +132,8 @@ pub struct Done {
     pub receipt_path: PathBuf,
     /// True when the receipt was signed (its `.sig` is beside it).
     pub signed: bool,
+    /// Why Graph refuses writes with 403, given the token in use (the missing permission or role).
+    pub forbidden: Option<String>,
 }
 
 impl Done {
@@ -141,9 +141,15 @@ impl Done {
     pub fn check_complete(&self) -> Result<()> {
         let counts = self.finished.receipt.counts;
         if counts.failed > 0 {
+            let receipt = &self.finished.receipt;
+            let refused = receipt.failures().filter(|(_, c)| c.error.as_ref().is_some_and(|e| e.status == 403)).count();
+            let why = match self.forbidden.as_deref().filter(|_| refused > 0) {
+                Some(why) => format!(" Graph refused {refused} of them with 403: {why}."),
+                None => String::new(),
+            };
             return Err(Error::Partial(format!(
-                "{} of {} changes failed; {} lists each with Graph's reason. Fix the cause and make a new plan for \
-                 what is left",
+                "{} of {} changes failed; {} lists each with Graph's reason.{why} Fix the cause and make a new plan \
+                 for what is left",
                 counts.failed,
                 counts.total(),
                 self.receipt_path.display()
@@ -157,7 +163,7 @@ impl Done {
 pub fn apply(request: &ApplyRequest, ui: &mut dyn ApplyUi) -> Result<ApplyOutcome> {
     let checked = check(request)?;
     let runtime = crate::http::runtime()?;
-    let backend = GraphBackend::connect(request.graph_url.as_deref(), request.login_url.as_deref())?;
+    let backend = GraphBackend::connect(&request.sign_in)?;
     runtime.block_on(run_with(request, checked, Arc::new(backend), ui))
 }
 
@@ -226,7 +232,7 @@ pub async fn run_with<B: Backend>(
                     request.journal.display()
                 ));
                 let finished = Finished { receipt, stats: Default::default(), settled: 0, resumed: false };
-                return finish(request, &checked, finished).map(|done| ApplyOutcome::Done(Box::new(done)));
+                return finish(request, &checked, finished, None).map(|done| ApplyOutcome::Done(Box::new(done)));
             }
         }
     }
@@ -285,16 +291,17 @@ pub async fn run_with<B: Backend>(
         session::execute(Arc::clone(&backend), plan, &prepared, run, &mut on_results).await
     };
     ui.sent();
-    let done = finish(request, &checked, finished?).map(|done| ApplyOutcome::Done(Box::new(done)));
+    let done = finish(request, &checked, finished?, backend.explain_forbidden())
+        .map(|done| ApplyOutcome::Done(Box::new(done)));
     drop(lock);
     done
 }
 
 /// Writes the receipt (and its signature), then marks the plan finished in the ledger.
-fn finish(request: &ApplyRequest, checked: &Checked, finished: Finished) -> Result<Done> {
+fn finish(request: &ApplyRequest, checked: &Checked, finished: Finished, forbidden: Option<String>) -> Result<Done> {
     write_receipt(&checked.receipt, &finished.receipt, checked.key.as_ref())?;
     checked.once.record_finished(&finished.receipt, &checked.receipt, &request.journal)?;
-    Ok(Done { finished, receipt_path: checked.receipt.clone(), signed: checked.key.is_some() })
+    Ok(Done { finished, receipt_path: checked.receipt.clone(), signed: checked.key.is_some(), forbidden })
 }
 
 /// Writes a receipt, and with a key its SSHSIG signature beside it (both or neither). Returns the signature's

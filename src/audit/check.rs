@@ -28,10 +28,8 @@ pub struct CheckRequest {
     pub key: Option<PathBuf>,
     /// Where the receipt goes (`None`: beside the plan).
     pub receipt_out: Option<PathBuf>,
-    /// Microsoft Graph's base URL (`None`: the default).
-    pub graph_url: Option<String>,
-    /// The Entra sign-in endpoint (`None`: the default).
-    pub login_url: Option<String>,
+    /// How to sign in to Microsoft Graph, and where it is.
+    pub sign_in: crate::signin::SignInSettings,
     /// The time of the check.
     pub now: DateTime<Utc>,
 }
@@ -86,7 +84,7 @@ pub fn check(request: &CheckRequest) -> Result<Checked> {
         Some(path) => Some(SigningKey::load(path)?),
         None => None,
     };
-    let client = GraphClient::from_env(request.graph_url.as_deref(), request.login_url.as_deref())?;
+    let client = GraphClient::connect(&request.sign_in)?;
     let runtime = crate::http::runtime()?;
     let (tenant, members) = runtime.block_on(read_groups(&client, &verified))?;
     let report = CheckReport::build(&verified.plan, &members);

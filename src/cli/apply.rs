@@ -113,7 +113,7 @@ pub fn run(args: ApplyArgs, ctx: &Context) -> Result<()> {
 fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
     let config = args.trust.load_config(args.plan.parent())?;
     let config = config.as_ref();
-    let (graph_url, login_url) = args.graph.resolve(config);
+    let sign_in = args.graph.resolve(config);
     let allowed_signers = args.trust.require_allowed_signers(config, "apply")?;
     let max_removal_percent = args
         .max_removal_percent
@@ -148,8 +148,7 @@ fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
         patches_per_batch: args.patches_per_batch,
         concurrency: args.concurrency,
         request_timeout: std::time::Duration::from_secs_f64(args.request_timeout),
-        graph_url,
-        login_url,
+        sign_in,
         now: ctx.now,
     })
 }

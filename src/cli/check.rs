@@ -46,15 +46,14 @@ pub struct CheckArgs {
 pub fn run(args: CheckArgs, ctx: &Context) -> Result<()> {
     let config = args.trust.load_config(args.plan.parent())?;
     let allowed_signers = args.trust.require_allowed_signers(config.as_ref(), "check")?;
-    let (graph_url, login_url) = args.graph.resolve(config.as_ref());
+    let sign_in = args.graph.resolve(config.as_ref());
     let request = CheckRequest {
         plan: args.plan.clone(),
         signature: args.signature.clone(),
         allowed_signers,
         key: args.key.clone(),
         receipt_out: args.receipt_out.clone(),
-        graph_url,
-        login_url,
+        sign_in,
         now: ctx.now,
     };
     let checked = check::check(&request)?;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{self, Config, Scope};
 use crate::error::{Error, Result};
+use crate::signin::{AuthKind, Cloud, SignInSettings};
 
 /// Who is trusted: the allowed_signers file, with the config file as fallback.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -47,26 +48,40 @@ impl TrustOptions {
     }
 }
 
-/// Where Microsoft Graph and its sign-in endpoint are; national clouds and test servers set both.
+/// How to sign in to Microsoft Graph and where it is; national clouds and test servers set the URLs.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GraphOptions {
-    /// Microsoft Graph's base URL [default: graph_url in the config, else https://graph.microsoft.com/v1.0].
+    /// How to sign in: auto tries token, secret, certificate, workload-identity, managed-identity and azure-cli in
+    /// that order and never asks a person [default: auth in the config, else auto].
+    #[arg(long, env = "WRITEBACK_AUTH", value_enum, value_name = "KIND")]
+    pub auth: Option<AuthKind>,
+
+    /// The Microsoft cloud: sets the sign-in host, Graph's URL and the resource tokens are for together
+    /// [default: cloud in the config, else public].
+    #[arg(long, value_enum, value_name = "CLOUD")]
+    pub cloud: Option<Cloud>,
+
+    /// Microsoft Graph's base URL [default: graph_url in the config, else the cloud's, e.g.
+    /// https://graph.microsoft.com/v1.0].
     #[arg(long, env = "WRITEBACK_GRAPH_URL", value_name = "URL")]
     pub graph_url: Option<String>,
 
-    /// The Entra sign-in endpoint [default: login_url in the config, else https://login.microsoftonline.com].
+    /// The Entra sign-in host [default: login_url in the config, else AZURE_AUTHORITY_HOST, else the cloud's,
+    /// e.g. https://login.microsoftonline.com].
     #[arg(long, env = "WRITEBACK_LOGIN_URL", value_name = "URL")]
     pub login_url: Option<String>,
 }
 
 impl GraphOptions {
-    /// The Graph and sign-in URLs from the flags, the environment or the config (`None` means the default).
-    pub fn resolve(&self, config: Option<&Config>) -> (Option<String>, Option<String>) {
+    /// The sign-in settings from the flags, the environment or the config (absent URLs mean the cloud's).
+    pub fn resolve(&self, config: Option<&Config>) -> SignInSettings {
         let defaults = config.map(|c| &c.defaults);
-        (
-            self.graph_url.clone().or_else(|| defaults.and_then(|d| d.graph_url.clone())),
-            self.login_url.clone().or_else(|| defaults.and_then(|d| d.login_url.clone())),
-        )
+        SignInSettings {
+            auth: self.auth.or_else(|| defaults.and_then(|d| d.auth)).unwrap_or_default(),
+            cloud: self.cloud.or_else(|| defaults.and_then(|d| d.cloud)).unwrap_or_default(),
+            graph_url: self.graph_url.clone().or_else(|| defaults.and_then(|d| d.graph_url.clone())),
+            login_url: self.login_url.clone().or_else(|| defaults.and_then(|d| d.login_url.clone())),
+        }
     }
 }
 

@@ -111,7 +111,7 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
     let config = config::discover(Scope::Planner, args.config.as_deref(), None)?.config;
     let defaults = config.as_ref().map(|c| c.defaults.clone()).unwrap_or_default();
     let mappings = mapping::merge(&mapping_flags(args), config.as_ref())?;
-    let (graph_url, login_url) = args.graph.resolve(config.as_ref());
+    let sign_in = args.graph.resolve(config.as_ref());
     let expires_in = parse_duration(args.expires_in.as_deref().or(defaults.expires_in.as_deref()).unwrap_or("7d"))
         .map_err(|e| Error::Usage(format!("--expires-in: {e}")))?;
     let format = args.format.or(defaults.format).unwrap_or(PlanFormat::Json);
@@ -134,7 +134,7 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
     }
     Ok(PlanRequest {
         mappings,
-        endpoints: Endpoints { graph_url, login_url, politemail_url: defaults.politemail_url.clone() },
+        endpoints: Endpoints { sign_in, politemail_url: defaults.politemail_url.clone() },
         format,
         plan_id: uuid::Uuid::new_v4(),
         created_at,

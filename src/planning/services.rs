@@ -10,10 +10,8 @@ use crate::source::politemail_api::{PoliteMailClient, PoliteMailConfig};
 /// Where the services are, as the flags, the environment and the config say (`None`: the default).
 #[derive(Debug, Clone, Default)]
 pub struct Endpoints {
-    /// Microsoft Graph's base URL.
-    pub graph_url: Option<String>,
-    /// The Entra sign-in endpoint.
-    pub login_url: Option<String>,
+    /// How to sign in to Microsoft Graph, and where it is.
+    pub sign_in: crate::signin::SignInSettings,
     /// The PoliteMail API's URL from the config, used when `POLITEMAIL_URL` is not set.
     pub politemail_url: Option<String>,
 }
@@ -48,7 +46,7 @@ impl Services {
         if let Some(graph) = &self.graph {
             return Ok(graph.clone());
         }
-        let graph = GraphClient::from_env(self.endpoints.graph_url.as_deref(), self.endpoints.login_url.as_deref())?;
+        let graph = GraphClient::connect(&self.endpoints.sign_in)?;
         self.graph = Some(graph.clone());
         Ok(graph)
     }

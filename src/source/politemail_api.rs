@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use reqwest::{Method, Url};
 use serde_json::Value;
 
-use crate::directory::graph::Secret;
 use crate::http::{
     base_str, encode_query_value, odata_string, same_origin, Http, HttpConfig, HttpError, Sent, ServiceError,
 };
 use crate::plan::{InputRecord, InputRole};
+use crate::signin::Secret;
 use crate::source::{Contact, ContactList};
 
 /// What can go wrong reading PoliteMail.

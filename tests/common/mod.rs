@@ -24,15 +24,16 @@ pub fn command(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
     cmd.current_dir(dir);
     isolate(&mut cmd);
-    for var in [
-        "WRITEBACK_CONFIG",
-        "WRITEBACK_KEY",
-        "WRITEBACK_SIGNER",
-        "WRITEBACK_ALLOWED_SIGNERS",
-        "WRITEBACK_KEY_PASSPHRASE",
-        "WRITEBACK_ACCESS_TOKEN",
-        "AZURE_CLIENT_SECRET",
-    ] {
+    for var in SIGN_IN_VARS.iter().chain(
+        [
+            "WRITEBACK_CONFIG",
+            "WRITEBACK_KEY",
+            "WRITEBACK_SIGNER",
+            "WRITEBACK_ALLOWED_SIGNERS",
+            "WRITEBACK_KEY_PASSPHRASE",
+        ]
+        .iter(),
+    ) {
         cmd.env_remove(var);
     }
     cmd
@@ -43,6 +44,7 @@ pub fn command(dir: &Path) -> Command {
 pub fn isolate(cmd: &mut Command) -> &mut Command {
     let home = test_home();
     cmd.env("HOME", home)
+        .env("PATH", path_without_az())
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_STATE_HOME", home.join(".local/state"))
         .env("XDG_CACHE_HOME", home.join(".cache"))
@@ -57,6 +59,33 @@ pub fn test_home() -> &'static Path {
         std::fs::create_dir_all(&base).unwrap();
         tempfile::Builder::new().prefix("home-").tempdir_in(&base).unwrap().keep()
     })
+}
+
+/// The variables that choose or feed a sign-in: a test sets the ones it means, never inherits them.
+pub const SIGN_IN_VARS: &[&str] = &[
+    "WRITEBACK_AUTH",
+    "WRITEBACK_ACCESS_TOKEN",
+    "WRITEBACK_GRAPH_URL",
+    "WRITEBACK_LOGIN_URL",
+    "WRITEBACK_IMDS_URL",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+];
+
+/// This process's `PATH` without the folders that hold an Azure CLI, so that `--auth auto` in a test never finds
+/// the developer's own `az` (which would sign in to the real Entra ID).
+pub fn path_without_az() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let kept: Vec<PathBuf> = std::env::split_paths(&path)
+        .filter(|dir| !["az", "az.cmd", "az.exe"].iter().any(|name| dir.join(name).exists()))
+        .collect();
+    std::env::join_paths(kept).unwrap_or_default()
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -13,6 +13,14 @@
 //! [`FakeGraph::hold_requests`] makes Graph requests wait (the token endpoint still answers) until
 //! [`FakeGraph::release_requests`], so a test can catch a client between two requests without sleeping.
 //!
+//! Sign-in: the token endpoint speaks the client-credentials grant (secret, certificate assertion, federated
+//! assertion checked against [`Federated`]), the device authorization grant with its polling answers
+//! ([`DevicePoll`]) and the refresh-token grant; an App Service style managed identity endpoint (`/msi/token`) and
+//! an instance-metadata style one (`/metadata/identity/oauth2/token`) answer when [`ManagedIdentity`] is set.
+//! Every token remembers its principal (an application with `roles`, or a [`Person`] with `scp` and `wids`), and
+//! Graph enforces it: reads need a read permission, writes a write permission, and a person must also own the
+//! group or hold a directory role that may change it.
+//!
 //! Self-contained on purpose: it does not use the `writeback` library, so it checks the real client
 //! independently.
 #![allow(dead_code)]
@@ -142,6 +150,9 @@ pub struct SeedGroup {
     /// Direct member object ids.
     #[serde(default)]
     pub members: Vec<String>,
+    /// Owner object ids (a person who owns a group may change its members with a delegated token).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
 }
 
 impl SeedGroup {
@@ -158,6 +169,7 @@ impl SeedGroup {
             membership_rule: None,
             mail: None,
             members,
+            owners: vec![],
         }
     }
 }
@@ -252,9 +264,26 @@ pub struct Config {
     pub client_id: String,
     /// The client secret the token endpoint accepts.
     pub client_secret: String,
-    /// If set, a `client_assertion` must be an RS256 JWT signed by this key (SPKI PEM). If unset, any
-    /// well-formed, unexpired assertion for the client id is accepted.
-    pub assertion_public_key_pem: Option<String>,
+    /// If set, a certificate `client_assertion` must be an RS256 JWT signed by this key (DER: PKCS#1
+    /// `RSAPublicKey` or SPKI). If unset, any well-formed, unexpired assertion for the client id is accepted.
+    pub assertion_public_key: Option<Vec<u8>>,
+    /// The application permissions (`roles`) of tokens issued to the app.
+    pub app_roles: Vec<String>,
+    /// The federated credential of the app registration (workload identity); `None` refuses every federated
+    /// assertion.
+    pub federated: Option<Federated>,
+    /// The public-client app registration the device-code flow accepts.
+    pub public_client_id: String,
+    /// Who signs in at the device-code prompt; `None` refuses the device-code flow.
+    pub device_user: Option<Person>,
+    /// The answers to the device-code polls, in order; once used up, the sign-in succeeds.
+    pub device_polls: Vec<DevicePoll>,
+    /// The polling interval the device-code endpoint asks for, in seconds.
+    pub device_interval: u64,
+    /// The managed identity of the host; `None` answers "no identity" at the managed identity endpoints.
+    pub managed_identity: Option<ManagedIdentity>,
+    /// Graph's clock: answers carry a `Date` header this many seconds off the real time.
+    pub date_offset: Option<i64>,
     /// How long issued tokens live.
     pub token_lifetime: Duration,
     /// If set, each issued token is good for this many Graph requests, then reports as expired.
@@ -277,7 +306,15 @@ impl Default for Config {
             base_path: "/v1.0".into(),
             client_id: "4a1c2b9e-5d6f-4e2a-8b7c-0f1e2d3c4b5a".into(),
             client_secret: "fake-graph-secret".into(),
-            assertion_public_key_pem: None,
+            assertion_public_key: None,
+            app_roles: vec!["GroupMember.ReadWrite.All".into(), "User.Read.All".into()],
+            federated: None,
+            public_client_id: "9d4a6c1e-2b7f-4e0a-8c3d-5f1e2a9b7c60".into(),
+            device_user: None,
+            device_polls: vec![],
+            device_interval: 0,
+            managed_identity: None,
+            date_offset: None,
             token_lifetime: Duration::from_secs(3599),
             token_max_uses: None,
             static_token: None,
@@ -297,6 +334,135 @@ pub enum BatchOrder {
     Reversed,
     /// Shuffled at random.
     Shuffled,
+}
+
+/// The trust an app registration's federated credential expresses: tokens from `issuer` about `subject` for
+/// `audience`.
+#[derive(Debug, Clone)]
+pub struct Federated {
+    /// e.g. `https://token.actions.githubusercontent.com`.
+    pub issuer: String,
+    /// e.g. `repo:contoso/writeback:ref:refs/heads/main`.
+    pub subject: String,
+    /// e.g. `api://AzureADTokenExchange`.
+    pub audience: String,
+}
+
+impl Federated {
+    /// A GitHub Actions style federated credential.
+    pub fn github(repo: &str) -> Federated {
+        Federated {
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            subject: format!("repo:{repo}:ref:refs/heads/main"),
+            audience: "api://AzureADTokenExchange".into(),
+        }
+    }
+
+    /// A token this credential accepts (unsigned: the fake checks the claims, not the issuer's signature),
+    /// valid for `lifetime` seconds.
+    pub fn token(&self, lifetime: i64) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let header = json!({"typ": "JWT", "alg": "RS256", "kid": "fake-issuer-key"});
+        let claims = json!({
+            "iss": self.issuer, "sub": self.subject, "aud": self.audience,
+            "iat": now, "nbf": now, "exp": now + lifetime, "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        format!(
+            "{}.{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes()),
+            b64url(b"sig")
+        )
+    }
+}
+
+/// A person who signs in with a delegated token.
+#[derive(Debug, Clone)]
+pub struct Person {
+    /// Object id.
+    pub id: String,
+    /// UPN.
+    pub upn: String,
+    /// The client app the token is for (the Azure CLI's, or the public client of the device-code flow).
+    pub app_id: String,
+    /// Delegated scopes (`scp`).
+    pub scopes: Vec<String>,
+    /// Directory role template ids active for the person (`wids`).
+    pub wids: Vec<String>,
+}
+
+/// The Azure CLI's own app id (tokens from `az` are for it).
+pub const AZURE_CLI_APP: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
+/// Directory role template id: Global Administrator.
+pub const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
+/// Directory role template id: Groups Administrator.
+pub const GROUPS_ADMINISTRATOR: &str = "fdd7a751-b60b-444a-984c-02652fe8fa1c";
+/// Directory role template id: User Administrator.
+pub const USER_ADMINISTRATOR: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
+/// Directory role template id: Privileged Role Administrator.
+pub const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
+
+impl Person {
+    /// A person with these scopes and directory roles, signed in through the Azure CLI.
+    pub fn new(id: &str, upn: &str, scopes: &[&str], wids: &[&str]) -> Person {
+        Person {
+            id: id.to_ascii_lowercase(),
+            upn: upn.into(),
+            app_id: AZURE_CLI_APP.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            wids: wids.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Who a token was issued to.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// An application acting as itself.
+    App {
+        /// Its client id.
+        app_id: String,
+        /// Its display name.
+        name: String,
+        /// Its application permissions.
+        roles: Vec<String>,
+    },
+    /// A signed-in person.
+    User(Person),
+}
+
+/// One answer of the device-code token poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevicePoll {
+    /// `authorization_pending`.
+    Pending,
+    /// `slow_down`.
+    SlowDown,
+    /// `expired_token`.
+    Expired,
+    /// `authorization_declined`.
+    Declined,
+}
+
+/// The managed identity of the host the fake plays.
+#[derive(Debug, Clone)]
+pub struct ManagedIdentity {
+    /// Its client id (a user-assigned identity is asked for by it).
+    pub client_id: String,
+    /// The `IDENTITY_HEADER` secret the App Service style endpoint checks.
+    pub identity_header: String,
+    /// Its application permissions.
+    pub roles: Vec<String>,
+}
+
+impl Default for ManagedIdentity {
+    fn default() -> Self {
+        ManagedIdentity {
+            client_id: "3c5e7a91-4d2b-4f6e-9a8c-1b0d2e3f4a5b".into(),
+            identity_header: "fake-identity-header-7Hq2".into(),
+            roles: vec!["GroupMember.ReadWrite.All".into(), "User.Read.All".into()],
+        }
+    }
 }
 
 /// How a 429 states when to come back.
@@ -340,6 +506,9 @@ pub struct Faults {
     pub delay: Option<Duration>,
     /// A server-side page size cap below `$top` (pages are then shorter than asked, with a nextLink).
     pub max_page_size: Option<usize>,
+    /// Once this many `$batch` requests were answered, every token issued so far expires (once; the fault then
+    /// clears itself), as when a session is revoked in the middle of an apply.
+    pub expire_tokens_after_batches: Option<u64>,
 }
 
 impl Default for Faults {
@@ -354,6 +523,7 @@ impl Default for Faults {
             drop_after: 0,
             delay: None,
             max_page_size: None,
+            expire_tokens_after_batches: None,
         }
     }
 }
@@ -403,9 +573,10 @@ impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
-    /// A token request.
+    /// A sign-in request: the token or device-code endpoint, or a managed identity endpoint.
     pub fn is_token(&self) -> bool {
-        self.path_only().ends_with("/oauth2/v2.0/token")
+        let p = self.path_only();
+        p.ends_with("/oauth2/v2.0/token") || p.ends_with("/oauth2/v2.0/devicecode") || is_identity_path(p)
     }
     /// The `$batch` envelope itself.
     pub fn is_batch(&self) -> bool {
@@ -471,9 +642,6 @@ impl Group {
                 "Request_BadRequest",
                 "Cannot Update a mail-enabled security groups and or distribution list.",
             ));
-        }
-        if d.is_assignable_to_role {
-            return Some((403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."));
         }
         None
     }
@@ -741,6 +909,13 @@ fn is_guid(s: &str) -> bool {
 struct Token {
     expires: Instant,
     uses: u64,
+    principal: Principal,
+}
+
+/// A device code handed out and not yet used.
+struct DeviceCode {
+    client_id: String,
+    polls: Vec<DevicePoll>,
 }
 
 struct State {
@@ -752,6 +927,10 @@ struct State {
     op_counter: u64,
     bucket: Option<(f64, Instant)>,
     tokens: HashMap<String, Token>,
+    device_codes: HashMap<String, DeviceCode>,
+    refresh_tokens: HashMap<String, Principal>,
+    /// The principal of the request being answered.
+    current: Option<Principal>,
     page_tokens: HashMap<String, (String, u64)>,
     log: Vec<Recorded>,
     seq: u64,
@@ -841,6 +1020,9 @@ impl FakeGraph {
             op_counter: 0,
             bucket: None,
             tokens: HashMap::new(),
+            device_codes: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            current: None,
             page_tokens: HashMap::new(),
             log: vec![],
             seq: 0,
@@ -897,10 +1079,32 @@ impl FakeGraph {
         format!("{}/{}/oauth2/v2.0/token", self.login_url, self.tenant_id)
     }
 
-    /// A fresh valid access token (as if the token endpoint had been called).
+    /// A fresh valid access token for the app (as if the token endpoint had been called).
     pub fn issue_token(&self) -> String {
         let mut st = self.st();
-        issue(&mut st)
+        let principal = app_principal(&st);
+        issue(&mut st, principal)
+    }
+
+    /// A fresh valid delegated token for `person` (what `az account get-access-token` would print).
+    pub fn issue_user_token(&self, person: &Person) -> String {
+        issue(&mut self.st(), Principal::User(person.clone()))
+    }
+
+    /// The variables that point writeback at this fake without any credential.
+    pub fn endpoints_env(&self) -> Vec<(&'static str, String)> {
+        vec![("WRITEBACK_GRAPH_URL", self.base_url.clone()), ("WRITEBACK_LOGIN_URL", self.login_url.clone())]
+    }
+
+    /// The App Service style managed identity variables (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`).
+    pub fn managed_identity_env(&self) -> Vec<(&'static str, String)> {
+        let header = self.st().cfg.managed_identity.clone().unwrap_or_default().identity_header;
+        vec![("IDENTITY_ENDPOINT", format!("{}/msi/token", self.login_url)), ("IDENTITY_HEADER", header)]
+    }
+
+    /// The principals of the tokens the fake issued, in no particular order.
+    pub fn principals(&self) -> Vec<Principal> {
+        self.st().tokens.values().map(|t| t.principal.clone()).collect()
     }
 
     /// The direct members of a group (object ids), in membership order. Empty if the group does not exist.
@@ -1168,15 +1372,19 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
     let at = SystemTime::now();
     let arrived = Instant::now();
 
-    // Token endpoint: `/{tenant}/oauth2/v2.0/token`.
+    // Sign-in: `/{tenant}/oauth2/v2.0/token` and `/devicecode`, and the managed identity endpoints.
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    if segs.len() == 4 && segs[1..] == ["oauth2", "v2.0", "token"] {
+    let sign_in = segs.len() == 4 && segs[1..3] == ["oauth2", "v2.0"] && ["token", "devicecode"].contains(&segs[3]);
+    if sign_in || is_identity_path(&path) {
         let mut st = lock(&state);
         let seq = st.next_seq();
-        let (ans, redacted) = if method == Method::POST {
-            token_endpoint(&mut st, &ctx, segs[0], &parts.headers, &bytes)
-        } else {
-            (Answer::empty(405), None)
+        let (ans, redacted) = match (method.as_str(), segs.last().copied()) {
+            ("POST", _) if sign_in && segs[3] == "token" => {
+                token_endpoint(&mut st, &ctx, segs[0], &parts.headers, &bytes)
+            }
+            ("POST", _) if sign_in => device_code_endpoint(&mut st, segs[0], &bytes),
+            ("GET", _) if !sign_in => identity_endpoint(&mut st, &path, &query, &parts.headers),
+            _ => (Answer::empty(405), None),
         };
         st.log.push(Recorded {
             seq,
@@ -1266,11 +1474,19 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
         } else {
             a
         }
-    } else if let Err(a) = check_bearer(&mut st, &ctx, &parts.headers) {
+    } else if let Err(a) = check_bearer(&mut st, &ctx, &parts.headers).map(|p| st.current = Some(p)) {
         a
     } else if rel.eq_ignore_ascii_case("/$batch") {
         if method == Method::POST {
-            batch(&mut st, &ctx, seq, &base, body_json.as_ref())
+            let answer = batch(&mut st, &ctx, seq, &base, body_json.as_ref());
+            if let Some(n) = st.faults.expire_tokens_after_batches {
+                st.faults.expire_tokens_after_batches = n.checked_sub(1).filter(|left| *left > 0);
+                if n <= 1 {
+                    let now = Instant::now();
+                    st.tokens.values_mut().for_each(|t| t.expires = now);
+                }
+            }
+            answer
         } else {
             graph_error(&ctx, 405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.")
         }
@@ -1280,6 +1496,10 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
         operation(&mut st, &ctx, method.as_str(), &rel, &query, &hdrs, body_json.as_ref())
     };
     ans.headers.push(("x-ms-resource-unit".into(), "1".into()));
+    if let Some(offset) = st.cfg.date_offset {
+        let date = chrono::Utc::now() + chrono::Duration::seconds(offset);
+        ans.headers.push(("Date".into(), date.format("%a, %d %b %Y %H:%M:%S GMT").to_string()));
+    }
     record.status = ans.status;
     record.retry_after = header_value(&ans.headers, "Retry-After");
     if st.faults.drop_after > 0 {
@@ -1369,18 +1589,37 @@ fn b64url(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-fn issue(st: &mut State) -> String {
+fn app_principal(st: &State) -> Principal {
+    let mut roles = st.cfg.app_roles.clone();
+    if !st.cfg.user_read_all {
+        roles.retain(|r| !r.eq_ignore_ascii_case("User.Read.All"));
+    }
+    Principal::App { app_id: st.cfg.client_id.clone(), name: "writeback (fake app)".into(), roles }
+}
+
+fn issue(st: &mut State, principal: Principal) -> String {
     let now = chrono::Utc::now().timestamp();
     let life = st.cfg.token_lifetime.as_secs().max(1) as i64;
     let header = json!({"typ": "JWT", "alg": "RS256", "x5t": "fake", "kid": "fake"});
-    let payload = json!({
+    let mut payload = json!({
         "aud": "https://graph.microsoft.com",
         "iss": format!("https://sts.windows.net/{}/", st.tenant_id),
         "iat": now, "nbf": now, "exp": now + life,
-        "appid": st.cfg.client_id, "idtyp": "app", "oid": uuid::Uuid::new_v4().to_string(),
-        "roles": ["GroupMember.ReadWrite.All", "User.Read.All"],
         "sub": uuid::Uuid::new_v4().to_string(), "tid": st.tenant_id, "ver": "1.0",
     });
+    let claims = match &principal {
+        Principal::App { app_id, name, roles } => json!({
+            "appid": app_id, "app_displayname": name, "idtyp": "app", "oid": uuid::Uuid::new_v4().to_string(),
+            "roles": roles,
+        }),
+        Principal::User(p) => json!({
+            "appid": p.app_id, "idtyp": "user", "oid": p.id, "upn": p.upn, "name": p.upn,
+            "scp": p.scopes.join(" "), "wids": p.wids,
+        }),
+    };
+    if let (Some(out), Some(extra)) = (payload.as_object_mut(), claims.as_object()) {
+        out.extend(extra.clone());
+    }
     let sig = [*uuid::Uuid::new_v4().as_bytes(), *uuid::Uuid::new_v4().as_bytes()].concat();
     let tok = format!(
         "{}.{}.{}",
@@ -1388,8 +1627,22 @@ fn issue(st: &mut State) -> String {
         b64url(payload.to_string().as_bytes()),
         b64url(&sig)
     );
-    st.tokens.insert(tok.clone(), Token { expires: Instant::now() + st.cfg.token_lifetime, uses: 0 });
+    st.tokens.insert(tok.clone(), Token { expires: Instant::now() + st.cfg.token_lifetime, uses: 0, principal });
     tok
+}
+
+/// A token answer of the token endpoint for `principal`, with a refresh token when `refresh`.
+fn token_answer(st: &mut State, principal: Principal, refresh: bool) -> Answer {
+    let life = st.cfg.token_lifetime.as_secs();
+    let tok = issue(st, principal.clone());
+    let mut body = json!({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life, "access_token": tok});
+    if refresh {
+        let rt = format!("fake-refresh-{}", uuid::Uuid::new_v4().simple());
+        st.refresh_tokens.insert(rt.clone(), principal);
+        body["refresh_token"] = json!(rt);
+        body["scope"] = json!("https://graph.microsoft.com/.default");
+    }
+    Answer::json(200, body)
 }
 
 fn aad_error(status: u16, error: &str, code: u32, message: &str) -> Answer {
@@ -1414,7 +1667,8 @@ fn token_endpoint(st: &mut State, _ctx: &Ctx, tenant: &str, h: &HeaderMap, body:
     let form: HashMap<String, String> = parse_query(&String::from_utf8_lossy(body)).into_iter().collect();
     let mut redacted = Map::new();
     for (k, v) in &form {
-        let v = if k == "client_secret" || k == "client_assertion" { "<redacted>".into() } else { v.clone() };
+        let secret = ["client_secret", "client_assertion", "device_code", "refresh_token"].contains(&k.as_str());
+        let v = if secret { "<redacted>".into() } else { v.clone() };
         redacted.insert(k.clone(), Value::String(v));
     }
     let redacted = Some(Value::Object(redacted));
@@ -1443,6 +1697,14 @@ fn token_endpoint(st: &mut State, _ctx: &Ctx, tenant: &str, h: &HeaderMap, body:
     }
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}
+        Some("urn:ietf:params:oauth:grant-type:device_code") => return a(device_code_poll(st, &form)),
+        Some("refresh_token") => {
+            let principal = form.get("refresh_token").and_then(|t| st.refresh_tokens.get(t)).cloned();
+            return a(match principal {
+                Some(p) => token_answer(st, p, true),
+                None => aad_error(400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid."),
+            });
+        }
         Some(g) => {
             return a(aad_error(
                 400,
@@ -1497,8 +1759,11 @@ fn token_endpoint(st: &mut State, _ctx: &Ctx, tenant: &str, h: &HeaderMap, body:
                 "Invalid JWT token. The client_assertion_type is not supported.",
             ));
         }
-        if let Err(m) = check_assertion(st, tenant, &client_id, assertion) {
-            return a(aad_error(401, "invalid_client", 700027, &m));
+        let federated = assertion_issuer(assertion).is_some_and(|iss| !iss.eq_ignore_ascii_case(&client_id));
+        let checked =
+            if federated { check_federated(st, assertion) } else { check_assertion(st, tenant, &client_id, assertion) };
+        if let Err((code, m)) = checked {
+            return a(aad_error(401, "invalid_client", code, &m));
         }
     } else if let Some(secret) = secret {
         if secret != st.cfg.client_secret {
@@ -1517,15 +1782,198 @@ fn token_endpoint(st: &mut State, _ctx: &Ctx, tenant: &str, h: &HeaderMap, body:
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
         ));
     }
-    let tok = issue(st);
-    let life = st.cfg.token_lifetime.as_secs();
+    let principal = app_principal(st);
+    a(token_answer(st, principal, false))
+}
+
+/// The `iss` claim of an assertion, when it is a readable JWT.
+fn assertion_issuer(jwt: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_string)
+}
+
+/// A federated assertion (workload identity): its issuer, subject and audience must match the app's federated
+/// credential, and it must be unexpired.
+fn check_federated(st: &State, jwt: &str) -> Result<(), (u32, String)> {
+    let payload = jwt
+        .split('.')
+        .nth(1)
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .ok_or((50027, "Invalid JWT token. The token is malformed.".to_string()))?;
+    let claim = |name: &str| payload.get(name).and_then(Value::as_str).unwrap_or("").to_string();
+    let Some(f) = &st.cfg.federated else {
+        return Err((70021, "No matching federated identity record found for presented assertion.".into()));
+    };
+    let audience_ok = match payload.get("aud") {
+        Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(&f.audience)),
+        Some(Value::String(x)) => *x == f.audience,
+        _ => false,
+    };
+    if claim("iss") != f.issuer || claim("sub") != f.subject || !audience_ok {
+        return Err((
+            70021,
+            format!(
+                "No matching federated identity record found for presented assertion. Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{}'.",
+                claim("iss"),
+                claim("sub"),
+                f.audience
+            ),
+        ));
+    }
+    let now = chrono::Utc::now().timestamp();
+    if payload.get("exp").and_then(Value::as_i64).is_none_or(|exp| exp <= now) {
+        return Err((700024, "Client assertion is not within its valid time range.".into()));
+    }
+    Ok(())
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode`.
+fn device_code_endpoint(st: &mut State, tenant: &str, body: &[u8]) -> (Answer, Option<Value>) {
+    let form: HashMap<String, String> = parse_query(&String::from_utf8_lossy(body)).into_iter().collect();
+    let redacted = Some(json!(form.clone()));
+    let a = |x: Answer| (x, redacted.clone());
+    if !tenant.eq_ignore_ascii_case(&st.tenant_id) && tenant != "organizations" {
+        return a(aad_error(400, "invalid_request", 90002, &format!("Tenant '{tenant}' not found.")));
+    }
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    if !client_id.eq_ignore_ascii_case(&st.cfg.public_client_id) {
+        return a(aad_error(
+            400,
+            "unauthorized_client",
+            700016,
+            &format!("Application with identifier '{client_id}' was not found in the directory."),
+        ));
+    }
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    if !scope.split_whitespace().any(|s| s == GRAPH_SCOPE) {
+        return a(aad_error(
+            400,
+            "invalid_scope",
+            70011,
+            &format!("The provided value for scope {scope} is not valid."),
+        ));
+    }
+    if st.cfg.device_user.is_none() {
+        return a(aad_error(
+            400,
+            "invalid_client",
+            7000218,
+            "The app is not a public client (\"Allow public client flows\" is off).",
+        ));
+    }
+    let device_code = format!("fake-device-code-{}", uuid::Uuid::new_v4().simple());
+    let user_code = format!("{:08X}", uuid::Uuid::new_v4().as_u128() as u32);
+    st.device_codes.insert(device_code.clone(), DeviceCode { client_id, polls: st.cfg.device_polls.clone() });
     a(Answer::json(
         200,
-        json!({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life, "access_token": tok}),
+        json!({
+            "device_code": device_code, "user_code": user_code,
+            "verification_uri": "https://microsoft.com/devicelogin", "expires_in": 900,
+            "interval": st.cfg.device_interval,
+            "message": format!("To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code {user_code} to authenticate."),
+        }),
     ))
 }
 
-fn check_assertion(st: &State, tenant: &str, client_id: &str, jwt: &str) -> Result<(), String> {
+/// The device-code grant: the next scripted answer, then a delegated token for the configured person.
+fn device_code_poll(st: &mut State, form: &HashMap<String, String>) -> Answer {
+    let code = form.get("device_code").cloned().unwrap_or_default();
+    let Some(entry) = st.device_codes.get_mut(&code) else {
+        return aad_error(400, "bad_verification_code", 70019, "Verification code expired or unknown.");
+    };
+    if !form.get("client_id").is_some_and(|c| c.eq_ignore_ascii_case(&entry.client_id)) {
+        return aad_error(400, "invalid_client", 700016, "The client id does not match the device code.");
+    }
+    if !entry.polls.is_empty() {
+        return match entry.polls.remove(0) {
+            DevicePoll::Pending => {
+                aad_error(400, "authorization_pending", 70016, "OAuth 2.0 device flow error. Authorization is pending.")
+            }
+            DevicePoll::SlowDown => aad_error(400, "slow_down", 70016, "Polling too fast; slow down."),
+            DevicePoll::Expired => {
+                st.device_codes.remove(&code);
+                aad_error(400, "expired_token", 70020, "The provided value for the input parameter 'device_code' is not valid. This device code has expired.")
+            }
+            DevicePoll::Declined => {
+                st.device_codes.remove(&code);
+                aad_error(400, "authorization_declined", 70000, "The user declined the sign-in.")
+            }
+        };
+    }
+    st.device_codes.remove(&code);
+    match st.cfg.device_user.clone() {
+        Some(mut person) => {
+            person.app_id = st.cfg.public_client_id.clone();
+            token_answer(st, Principal::User(person), true)
+        }
+        None => aad_error(400, "invalid_grant", 70000, "Nobody signed in."),
+    }
+}
+
+/// The managed identity endpoints.
+fn is_identity_path(path: &str) -> bool {
+    let p = path.trim_end_matches('/').to_ascii_lowercase();
+    p == "/msi/token" || p == "/metadata/identity/oauth2/token"
+}
+
+/// `GET /msi/token` (App Service: `X-IDENTITY-HEADER`, api-version 2019-08-01) and
+/// `GET /metadata/identity/oauth2/token` (VM metadata service: `Metadata: true`, api-version 2018-02-01).
+fn identity_endpoint(st: &mut State, path: &str, query: &str, h: &HeaderMap) -> (Answer, Option<Value>) {
+    let q: HashMap<String, String> = parse_query(query).into_iter().collect();
+    let app_service = path.to_ascii_lowercase().starts_with("/msi/");
+    let mi_error = |status: u16, error: &str, description: &str| {
+        Answer::json(status, json!({"error": error, "error_description": description}))
+    };
+    let Some(mi) = st.cfg.managed_identity.clone() else {
+        return (mi_error(400, "invalid_request", "Identity not found"), None);
+    };
+    if app_service {
+        if header_str(h, "x-identity-header") != Some(mi.identity_header.as_str()) {
+            return (mi_error(401, "unauthorized", "X-IDENTITY-HEADER is missing or wrong"), None);
+        }
+        if q.get("api-version").map(String::as_str) != Some("2019-08-01") {
+            return (mi_error(400, "invalid_request", "api-version must be 2019-08-01"), None);
+        }
+    } else {
+        if header_str(h, "metadata") != Some("true") {
+            return (mi_error(400, "invalid_request", "Required metadata header not specified"), None);
+        }
+        if q.get("api-version").map(String::as_str) != Some("2018-02-01") {
+            return (mi_error(400, "invalid_request", "api-version must be 2018-02-01"), None);
+        }
+    }
+    if q.get("resource").map(String::as_str) != Some("https://graph.microsoft.com") {
+        return (mi_error(400, "invalid_resource", "AADSTS500011: The resource principal was not found."), None);
+    }
+    if q.get("client_id").is_some_and(|c| !c.eq_ignore_ascii_case(&mi.client_id)) {
+        return (mi_error(400, "invalid_request", "Identity not found"), None);
+    }
+    let principal = Principal::App {
+        app_id: mi.client_id.clone(),
+        name: "writeback host (managed identity)".into(),
+        roles: mi.roles,
+    };
+    let tok = issue(st, principal);
+    let life = st.cfg.token_lifetime.as_secs();
+    let expires_on = (chrono::Utc::now().timestamp() + life as i64).to_string();
+    let mut body = json!({
+        "access_token": tok, "expires_on": expires_on, "resource": "https://graph.microsoft.com",
+        "token_type": "Bearer", "client_id": mi.client_id,
+    });
+    if !app_service {
+        body["expires_in"] = json!(life.to_string());
+    }
+    (Answer::json(200, body), None)
+}
+
+fn check_assertion(st: &State, tenant: &str, client_id: &str, jwt: &str) -> Result<(), (u32, String)> {
+    check_certificate_assertion(st, tenant, client_id, jwt).map_err(|m| (700027, m))
+}
+
+fn check_certificate_assertion(st: &State, tenant: &str, client_id: &str, jwt: &str) -> Result<(), String> {
     let parts: Vec<&str> = jwt.split('.').collect();
     let [h, p, s] = parts[..] else { return Err("Client assertion is not a well-formed JWT.".into()) };
     let dec = |x: &str| -> Result<Value, String> {
@@ -1562,23 +2010,19 @@ fn check_assertion(st: &State, tenant: &str, client_id: &str, jwt: &str) -> Resu
     if s.is_empty() {
         return Err("Client assertion failed signature validation.".into());
     }
-    if let Some(pem) = &st.cfg.assertion_public_key_pem {
-        use rsa::pkcs8::DecodePublicKey;
-        use rsa::signature::Verifier;
-        let key =
-            rsa::RsaPublicKey::from_public_key_pem(pem).map_err(|e| format!("fake config: bad public key: {e}"))?;
+    if let Some(der) = &st.cfg.assertion_public_key {
+        use aws_lc_rs::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
         let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(s)
             .map_err(|_| "Client assertion signature is not base64url.")?;
-        let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key);
-        let sig = rsa::pkcs1v15::Signature::try_from(sig.as_slice())
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der)
+            .verify(format!("{h}.{p}").as_bytes(), &sig)
             .map_err(|_| "Client assertion failed signature validation.")?;
-        vk.verify(format!("{h}.{p}").as_bytes(), &sig).map_err(|_| "Client assertion failed signature validation.")?;
     }
     Ok(())
 }
 
-fn check_bearer(st: &mut State, ctx: &Ctx, h: &HeaderMap) -> Result<(), Answer> {
+fn check_bearer(st: &mut State, ctx: &Ctx, h: &HeaderMap) -> Result<Principal, Answer> {
     let fail = |m: &str| {
         graph_error(ctx, 401, "InvalidAuthenticationToken", m).header(
             "WWW-Authenticate",
@@ -1591,7 +2035,7 @@ fn check_bearer(st: &mut State, ctx: &Ctx, h: &HeaderMap) -> Result<(), Answer> 
         return Err(fail("Access token is empty."));
     };
     if st.cfg.static_token.as_deref() == Some(tok) {
-        return Ok(());
+        return Ok(app_principal(st));
     }
     let max_uses = st.cfg.token_max_uses;
     match st.tokens.get_mut(tok) {
@@ -1600,12 +2044,82 @@ fn check_bearer(st: &mut State, ctx: &Ctx, h: &HeaderMap) -> Result<(), Answer> 
             if Instant::now() >= t.expires || max_uses.is_some_and(|m| t.uses > m) {
                 Err(fail("Lifetime validation failed, the token is expired."))
             } else {
-                Ok(())
+                Ok(t.principal.clone())
             }
         }
         None if !tok.contains('.') => Err(fail("IDX14100: JWT is not well formed, there are no dots (.).")),
         None => Err(fail("Access token validation failure. Invalid audience.")),
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Permissions: what the principal of the request may do.
+// ---------------------------------------------------------------------------------------------------------
+
+fn holds(principal: Option<&Principal>, app: &[&str], delegated: &[&str]) -> bool {
+    let (have, allowed): (&[String], &[&str]) = match principal {
+        None => return true,
+        Some(Principal::App { roles, .. }) => (roles, app),
+        Some(Principal::User(p)) => (&p.scopes, delegated),
+    };
+    have.iter().any(|h| allowed.iter().any(|a| a.eq_ignore_ascii_case(h)))
+}
+
+const READ_GROUPS: &[&str] = &[
+    "GroupMember.Read.All",
+    "GroupMember.ReadWrite.All",
+    "Group.Read.All",
+    "Group.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+];
+const READ_USERS: &[&str] = &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"];
+const WRITE_MEMBERS: &[&str] = &["GroupMember.ReadWrite.All", "Group.ReadWrite.All", "Directory.ReadWrite.All"];
+
+fn with_user_impersonation(list: &[&'static str]) -> Vec<&'static str> {
+    let mut out = list.to_vec();
+    out.push("Directory.AccessAsUser.All");
+    out
+}
+
+fn can_read_groups(st: &State) -> bool {
+    holds(st.current.as_ref(), READ_GROUPS, &with_user_impersonation(READ_GROUPS))
+}
+
+fn can_read_users(st: &State) -> bool {
+    st.cfg.user_read_all && holds(st.current.as_ref(), READ_USERS, &with_user_impersonation(READ_USERS))
+}
+
+/// Why the principal may not change this group's members, as Graph answers it.
+fn write_refused(st: &State, ctx: &Ctx, g: &Group) -> Option<Answer> {
+    let denied = || {
+        Some(graph_error(ctx, 403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."))
+    };
+    let principal = st.current.as_ref();
+    if !holds(principal, WRITE_MEMBERS, &with_user_impersonation(WRITE_MEMBERS)) {
+        return denied();
+    }
+    let role_assignable = g.data.is_assignable_to_role;
+    if role_assignable
+        && !holds(principal, &["RoleManagement.ReadWrite.Directory"], &["RoleManagement.ReadWrite.Directory"])
+    {
+        return denied();
+    }
+    if let Some(Principal::User(p)) = principal {
+        let has = |role: &str| p.wids.iter().any(|w| w.eq_ignore_ascii_case(role));
+        let allowed = if role_assignable {
+            has(GLOBAL_ADMINISTRATOR) || has(PRIVILEGED_ROLE_ADMINISTRATOR)
+        } else {
+            has(GLOBAL_ADMINISTRATOR)
+                || has(GROUPS_ADMINISTRATOR)
+                || has(USER_ADMINISTRATOR)
+                || g.data.owners.iter().any(|o| o.eq_ignore_ascii_case(&p.id))
+        };
+        if !allowed {
+            return denied();
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1698,7 +2212,15 @@ fn operation(
     let not_allowed =
         || graph_error(ctx, 405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.");
     let path_for_links = format!("/{}", segs.iter().map(|s| pct_encode_segment(s)).collect::<Vec<_>>().join("/"));
-    if !st.cfg.user_read_all && l.first() == Some(&"users") {
+    if !can_read_users(st) && l.first() == Some(&"users") {
+        return graph_error(
+            ctx,
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        );
+    }
+    if method == "GET" && l.first() == Some(&"groups") && !can_read_groups(st) {
         return graph_error(
             ctx,
             403,
@@ -1745,6 +2267,14 @@ fn operation(
         ("GET", ["groups", id, "members", "microsoft.graph.user"]) => {
             list_members(st, ctx, id, &q, eventual, &path_for_links, query, true)
         }
+        ("GET", ["groups", id, "owners"]) => match st.dir.groups.get(*id) {
+            Some(g) => {
+                let owners: Vec<Value> =
+                    g.data.owners.iter().map(|o| json!({"@odata.type": st.dir.odata_type(o), "id": o})).collect();
+                Answer::json(200, json!({"value": owners}))
+            }
+            None => not_found(ctx, id),
+        },
         ("GET", ["groups", id, "members", "$count"]) => match st.dir.groups.get(*id).map(|g| g.members.len()) {
             Some(n) => count(st, ctx, eventual, n),
             None => not_found(ctx, id),
@@ -2043,7 +2573,7 @@ fn list_members(
                 false,
             )?;
             m.extend(p);
-            if kind == Kind::User && !st.cfg.user_read_all {
+            if kind == Kind::User && !can_read_users(st) {
                 // Limited information: only the type and the id (the Graph docs' "returned as null").
                 for (k, v) in m.iter_mut() {
                     if k != "id" && k != "@odata.type" {
@@ -2164,6 +2694,9 @@ fn member_type_error(st: &State, ctx: &Ctx, g: &Group, id: &str) -> Option<Answe
 
 fn post_ref(st: &mut State, ctx: &Ctx, gid: &str, body: Option<&Value>) -> Answer {
     let Some(g) = st.dir.groups.get(gid) else { return not_found(ctx, gid) };
+    if let Some(a) = write_refused(st, ctx, g) {
+        return a;
+    }
     if let Some((s, c, m)) = g.writable_error() {
         return graph_error(ctx, s, c, m);
     }
@@ -2225,6 +2758,9 @@ fn patch_group(st: &mut State, ctx: &Ctx, gid: &str, body: Option<&Value>) -> An
             }
         }
     }
+    if let Some(a) = write_refused(st, ctx, g) {
+        return a;
+    }
     if !adds.is_empty() {
         if let Some((s, c, m)) = g.writable_error() {
             return graph_error(ctx, s, c, m);
@@ -2260,6 +2796,9 @@ fn patch_group(st: &mut State, ctx: &Ctx, gid: &str, body: Option<&Value>) -> An
 
 fn delete_ref(st: &mut State, ctx: &Ctx, gid: &str, mid: &str) -> Answer {
     let Some(g) = st.dir.groups.get(gid) else { return not_found(ctx, gid) };
+    if let Some(a) = write_refused(st, ctx, g) {
+        return a;
+    }
     if let Some((s, c, m)) = g.writable_error() {
         return graph_error(ctx, s, c, m);
     }

@@ -3,6 +3,7 @@
 //! Use from a test file with `mod support;` and `use support::fake_graph::{FakeGraph, Seed};`.
 #![allow(dead_code)]
 
+pub mod fake_az;
 pub mod fake_graph;
 pub mod fake_politemail;
 pub mod http_serve;

@@ -7,6 +7,7 @@ use super::{str_field, GraphClient, GraphError, Kind};
 use crate::directory::{DirectoryUser, GroupInfo, GroupMember, MemberKind};
 use crate::http::{encode_query_value, odata_string};
 use crate::identity::ObjectId;
+use crate::signin::Need;
 
 /// The group properties writeback reads.
 pub const GROUP_SELECT: &str =
@@ -101,7 +102,7 @@ impl GraphGroup {
     }
 }
 
-const GROUP_READ_HINT: &str = "needs GroupMember.Read.All (or Group.Read.All) to read groups";
+const GROUP_READ_HINT: Need = Need::ReadGroups;
 
 impl GraphClient {
     /// Finds a group by object id, or else by exact display name. No match, or several, is an error that lists
@@ -187,13 +188,15 @@ impl GraphClient {
                 return Err(GraphError::GroupNotFound(format!("no group with id {group_id} in this tenant")));
             }
             if !sent.response.status().is_success() {
-                return Err(self.fail(&Method::GET, sent, "needs GroupMember.Read.All to list members").await);
+                return Err(self.fail(&Method::GET, sent, Need::ReadMembers).await);
             }
             let page = super::read_json(sent, &url).await?;
             for item in page.get("value").and_then(Value::as_array).into_iter().flatten() {
                 let member = member_from_json(item, group_id).map_err(|e| match e {
                     MemberError::Protocol(reason) => GraphError::Protocol { what: what.clone(), reason },
-                    MemberError::Permission(m) => GraphError::MissingPermission(m),
+                    MemberError::Permission(m) => {
+                        GraphError::MissingPermission(format!("{m}: {}", self.explain_forbidden(Need::ReadUsers)))
+                    }
                 })?;
                 if member.kind == MemberKind::User && select != MEMBER_SELECT {
                     users.push(
@@ -223,9 +226,7 @@ fn member_from_json(item: &Value, group_id: &ObjectId) -> Result<GroupMember, Me
     let upn = str_field(item, "userPrincipalName");
     if kind == MemberKind::User && upn.is_none() {
         return Err(MemberError::Permission(format!(
-            "Microsoft Graph returned member user {id} of group {group_id} without a userPrincipalName: the app \
-             lacks the User.Read.All application permission. Grant it (with admin consent) next to \
-             GroupMember.Read.All; see docs/permissions.md"
+            "Microsoft Graph returned member user {id} of group {group_id} without a userPrincipalName"
         )));
     }
     Ok(GroupMember {

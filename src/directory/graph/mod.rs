@@ -5,11 +5,11 @@
 //! All calls are async; the command layer drives them with [`crate::http::runtime`].
 //!
 //! Requests go through [`crate::http::Http`] (retries, `client-request-id`) and carry a bearer token from
-//! [`auth::TokenSource`]; a 401 makes the client fetch a new token and try once more. Reads (member pages, user
-//! lookups, everything but the write `$batch`) share one [`Pacer`]: once Graph throttles them, they go out at the
-//! rate it accepts. The write `$batch` is sent once per call: `apply`'s executor paces and retries its items.
+//! [`TokenSource`] (the credential chain of [`crate::signin`]); a 401 makes the client fetch a new token and try
+//! once more. Reads (member pages, user lookups, everything but the write `$batch`) share one [`Pacer`]: once
+//! Graph throttles them, they go out at the rate it accepts. The write `$batch` is sent once per call: `apply`'s
+//! executor paces and retries its items.
 
-pub mod auth;
 mod batch;
 mod groups;
 mod users;
@@ -25,7 +25,8 @@ use crate::pacing::Pacer;
 use crate::plan::precondition::sha256_hex;
 use crate::plan::{InputRecord, InputRole};
 
-pub use auth::{Credential, Secret, TokenSource, DEFAULT_GRAPH_URL, DEFAULT_LOGIN_URL};
+use crate::signin::{Chain, Endpoints, Need, SignInError, SignInSettings, TokenClaims};
+pub use crate::signin::{Secret, TokenSource};
 pub use batch::{BatchItem, BatchItemResponse, BatchReply, GraphErrorBody, MAX_BATCH_ITEMS};
 pub use groups::GraphGroup;
 pub use users::{scan_is_cheaper, USER_SELECT};
@@ -39,10 +40,10 @@ pub enum GraphError {
     /// Graph answered with an error status.
     #[error("{0}")]
     Service(Box<ServiceError>),
-    /// The sign-in endpoint refused.
-    #[error("cannot sign in to Microsoft Graph: {0}")]
-    Auth(Box<ServiceError>),
-    /// Credentials or endpoints are missing or malformed.
+    /// Signing in failed.
+    #[error(transparent)]
+    SignIn(#[from] SignInError),
+    /// Endpoints are missing or malformed.
     #[error("{location}: {message}")]
     Config {
         /// The variable, flag or file.
@@ -76,6 +77,7 @@ impl From<GraphError> for crate::Error {
     fn from(e: GraphError) -> Self {
         match e {
             GraphError::Http(h) => h.into(),
+            GraphError::SignIn(e) => e.into(),
             GraphError::Config { location, message } => crate::Error::Input { location, message },
             GraphError::GroupNotFound(message) => crate::Error::GroupNotManageable(message),
             GraphError::AmbiguousGroup(message) => crate::Error::Usage(message),
@@ -88,24 +90,18 @@ impl From<GraphError> for crate::Error {
 /// Where Graph and the sign-in endpoint are, and how to talk to them.
 #[derive(Debug, Clone)]
 pub struct GraphConfig {
-    /// Graph's base URL, e.g. `https://graph.microsoft.com/v1.0`.
-    pub graph_url: Url,
-    /// The sign-in endpoint, e.g. `https://login.microsoftonline.com`.
-    pub login_url: Url,
+    /// Graph's base URL, the sign-in host and the resource tokens are asked for.
+    pub endpoints: Endpoints,
     /// Timeouts and retries.
     pub http: HttpConfig,
 }
 
 impl GraphConfig {
-    /// The flags' values (`--graph-url`, `--login-url`), else `WRITEBACK_GRAPH_URL` / `WRITEBACK_LOGIN_URL`,
-    /// else the public cloud. Retries from the environment ([`HttpConfig::from_env`]).
-    pub fn resolve(graph_url: Option<&str>, login_url: Option<&str>) -> Result<GraphConfig, GraphError> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let graph = graph_url.map(str::to_string).or_else(|| env("WRITEBACK_GRAPH_URL"));
-        let login = login_url.map(str::to_string).or_else(|| env("WRITEBACK_LOGIN_URL"));
+    /// The endpoints of `settings` ([`Endpoints::resolve`], reading the process environment); retries from the
+    /// environment ([`HttpConfig::from_env`]).
+    pub fn resolve(settings: &SignInSettings) -> Result<GraphConfig, GraphError> {
         Ok(GraphConfig {
-            graph_url: crate::http::parse_endpoint(graph.as_deref().unwrap_or(DEFAULT_GRAPH_URL), "--graph-url")?,
-            login_url: crate::http::parse_endpoint(login.as_deref().unwrap_or(DEFAULT_LOGIN_URL), "--login-url")?,
+            endpoints: Endpoints::resolve(settings, &crate::signin::ProcessEnv)?,
             http: HttpConfig::from_env()?,
         })
     }
@@ -144,6 +140,25 @@ enum Kind {
     Lookup,
 }
 
+/// What a 403 to a request means: a permission writeback knows ([`Need`]), or a hint in words.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hint403 {
+    Need(Need),
+    Text(&'static str),
+}
+
+impl From<Need> for Hint403 {
+    fn from(need: Need) -> Self {
+        Hint403::Need(need)
+    }
+}
+
+impl From<&'static str> for Hint403 {
+    fn from(text: &'static str) -> Self {
+        Hint403::Text(text)
+    }
+}
+
 /// A Microsoft Graph client. Cheap to clone; clones share the token cache and the request counters.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
@@ -161,15 +176,16 @@ struct Inner {
 }
 
 impl GraphClient {
-    /// A client for `config`, signing in with `credential`.
-    pub fn new(config: GraphConfig, credential: Credential) -> Result<GraphClient, GraphError> {
+    /// A client for `config`, signing in with the first kind of `chain` that works.
+    pub fn new(config: GraphConfig, chain: Chain) -> Result<GraphClient, GraphError> {
         let http = Http::new("Microsoft Graph", &config.http)?;
         let login_http = Http::new("the sign-in endpoint", &config.http)?;
-        let tokens = TokenSource::new(login_http, credential, &config.login_url, &config.graph_url)?;
+        let base = config.endpoints.graph_url.clone();
+        let tokens = TokenSource::new(login_http, chain, config.endpoints);
         Ok(GraphClient {
             inner: Arc::new(Inner {
                 http,
-                base: config.graph_url,
+                base,
                 tokens,
                 counters: Counters::default(),
                 tenant: tokio::sync::OnceCell::new(),
@@ -178,10 +194,25 @@ impl GraphClient {
         })
     }
 
-    /// A client from flags (`None` when absent) and the environment: endpoints as [`GraphConfig::resolve`],
-    /// credentials as [`Credential::from_env`].
-    pub fn from_env(graph_url: Option<&str>, login_url: Option<&str>) -> Result<GraphClient, GraphError> {
-        GraphClient::new(GraphConfig::resolve(graph_url, login_url)?, Credential::from_env()?)
+    /// A client for the settings of the flags, environment and config: endpoints as [`GraphConfig::resolve`], the
+    /// credential chain as [`Chain::from_env`]. Nothing is sent yet.
+    pub fn connect(settings: &SignInSettings) -> Result<GraphClient, GraphError> {
+        GraphClient::new(GraphConfig::resolve(settings)?, Chain::from_env(settings.auth)?)
+    }
+
+    /// The token source (the kind in use, the token's claims).
+    pub fn tokens(&self) -> &TokenSource {
+        &self.inner.tokens
+    }
+
+    /// The claims of the token in use, once one was obtained (`None` before, or for an opaque token).
+    pub fn claims(&self) -> Option<TokenClaims> {
+        self.inner.tokens.current().and_then(|c| c.claims)
+    }
+
+    /// Why Graph refused `need` with 403, naming the missing permission or directory role.
+    pub fn explain_forbidden(&self, need: Need) -> String {
+        crate::signin::claims::explain_forbidden(self.claims().as_ref(), need)
     }
 
     /// Graph's base URL.
@@ -218,11 +249,11 @@ impl GraphClient {
             .tenant
             .get_or_try_init(|| async {
                 let token = self.inner.tokens.token().await?;
-                if let Some(tid) = auth::token_tenant_id(token.expose()) {
+                if let Some(tid) = TokenClaims::parse(token.expose()).and_then(|c| c.tenant_id) {
                     return Ok(tid);
                 }
-                if let Some(t) = self.inner.tokens.credential().tenant() {
-                    if let Ok(id) = crate::identity::ObjectId::parse(t) {
+                if let Some(t) = self.inner.tokens.configured_tenant() {
+                    if let Ok(id) = crate::identity::ObjectId::parse(&t) {
                         return Ok(id.to_string());
                     }
                 }
@@ -339,17 +370,20 @@ impl GraphClient {
     }
 
     /// Turns an error response into a [`GraphError`], with `hint_403` for 403 and a 401 hint.
-    async fn fail(&self, method: &Method, sent: Sent, hint_403: &str) -> GraphError {
+    async fn fail(&self, method: &Method, sent: Sent, hint_403: impl Into<Hint403>) -> GraphError {
         let err = ServiceError::from_response("Microsoft Graph", method, sent.response, &sent.client_request_id).await;
         let err = match err.status {
-            401 if !self.inner.tokens.credential().can_refresh() => {
+            401 if !self.inner.tokens.can_refresh() => {
                 err.with_hint("WRITEBACK_ACCESS_TOKEN was refused; get a new token for Microsoft Graph")
             }
             401 => err.with_hint("the token was refused twice; check the app registration and the tenant"),
-            403 if !hint_403.is_empty() => {
-                let hint = format!("The app {hint_403} (see docs/permissions.md)");
-                err.with_hint(hint)
-            }
+            403 => match hint_403.into() {
+                Hint403::Need(need) => {
+                    let hint = self.explain_forbidden(need);
+                    err.with_hint(hint)
+                }
+                Hint403::Text(text) => err.with_hint(format!("The token {text} (see docs/permissions.md)")),
+            },
             _ => err,
         };
         GraphError::Service(Box::new(err))
@@ -361,7 +395,7 @@ impl GraphClient {
         url: Url,
         kind: Kind,
         headers: &[(&str, &str)],
-        hint_403: &str,
+        hint_403: impl Into<Hint403>,
     ) -> Result<Value, GraphError> {
         let sent = self.execute(Method::GET, &url, kind, headers, None).await?;
         if !sent.response.status().is_success() {
@@ -452,6 +486,7 @@ fn str_field(value: &Value, name: &str) -> Option<String> {
 pub(crate) mod test_support {
     //! A tiny in-test Graph: just enough routes, on 127.0.0.1:0, to exercise the client.
     use super::*;
+    use crate::signin::Method;
 
     pub async fn bind() -> (tokio::net::TcpListener, Url) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -469,20 +504,28 @@ pub(crate) mod test_support {
         base
     }
 
-    pub fn client(base: &Url) -> GraphClient {
-        let config = GraphConfig {
+    pub fn config(base: &Url) -> GraphConfig {
+        let login = Url::parse(&base.origin().ascii_serialization()).unwrap();
+        let endpoints = Endpoints {
+            cloud: crate::signin::Cloud::Public,
+            login_url: login,
             graph_url: base.clone(),
-            login_url: Url::parse(&format!("{}://{}", base.scheme(), base.host_str().unwrap())).unwrap(),
-            http: HttpConfig::for_tests(),
+            resource: "https://graph.microsoft.com".into(),
         };
-        GraphClient::new(config, Credential::AccessToken(Secret::new("test-token"))).unwrap()
+        GraphConfig { endpoints, http: HttpConfig::for_tests() }
+    }
+
+    pub fn client(base: &Url) -> GraphClient {
+        let chain = Chain::single(crate::signin::AuthKind::Token, Method::Token(Secret::new("test-token")));
+        GraphClient::new(config(base), chain).unwrap()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{bind, spawn};
+    use super::test_support::{bind, config, spawn};
     use super::*;
+    use crate::signin::{AuthKind, Method};
     use axum::extract::Form;
     use axum::response::IntoResponse;
     use axum::routing::{get, post};
@@ -529,14 +572,12 @@ mod tests {
                 }),
             );
         spawn(listener, router);
-        let login = reqwest::Url::parse(&base.origin().ascii_serialization()).unwrap();
-        let config = GraphConfig { graph_url: base.clone(), login_url: login, http: HttpConfig::for_tests() };
-        let credential = Credential::ClientSecret {
+        let credential = Method::ClientSecret {
             tenant: "contoso.example".into(),
             client_id: "app-id".into(),
             secret: Secret::new("very-secret"),
         };
-        let client = GraphClient::new(config, credential).unwrap();
+        let client = GraphClient::new(config(&base), Chain::single(AuthKind::Secret, credential)).unwrap();
         assert!(!format!("{client:?}").contains("very-secret"));
         let id = crate::identity::ObjectId::parse("11111111-2222-3333-4444-555555555555").unwrap();
         assert_eq!(client.get_user(&id).await.unwrap(), None);
@@ -547,7 +588,7 @@ mod tests {
         assert_eq!(forms[0]["grant_type"], "client_credentials");
         assert_eq!(forms[0]["client_id"], "app-id");
         assert_eq!(forms[0]["client_secret"], "very-secret");
-        assert_eq!(forms[0]["scope"], format!("{}/.default", base.origin().ascii_serialization()));
+        assert_eq!(forms[0]["scope"], "https://graph.microsoft.com/.default", "the resource, not the test URL");
     }
 
     #[tokio::test]
@@ -564,11 +605,10 @@ mod tests {
             }),
         );
         spawn(listener, router);
-        let login = reqwest::Url::parse(&base.origin().ascii_serialization()).unwrap();
-        let config = GraphConfig { graph_url: base.clone(), login_url: login, http: HttpConfig::for_tests() };
         let credential =
-            Credential::ClientSecret { tenant: "t".into(), client_id: "a".into(), secret: Secret::new("wrong-secret") };
-        let err = GraphClient::new(config, credential).unwrap().tenant_id().await.unwrap_err().to_string();
+            Method::ClientSecret { tenant: "t".into(), client_id: "a".into(), secret: Secret::new("wrong-secret") };
+        let client = GraphClient::new(config(&base), Chain::single(AuthKind::Secret, credential)).unwrap();
+        let err = client.tenant_id().await.unwrap_err().to_string();
         assert!(err.contains("AADSTS7000215") && err.contains("AZURE_CLIENT_ID") && err.contains("tr-1"), "{err}");
         assert!(!err.contains("wrong-secret"));
     }

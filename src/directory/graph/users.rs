@@ -11,11 +11,12 @@ use super::{str_field, GraphClient, GraphError, Kind};
 use crate::directory::{DirectoryUser, UserType};
 use crate::http::{encode_query_value, odata_string, ServiceError};
 use crate::identity::{address_key, smtp_proxy_address, Email, ObjectId};
+use crate::signin::Need;
 
 /// The user properties writeback reads.
 pub const USER_SELECT: &str = "id,userPrincipalName,displayName,mail,userType,accountEnabled,proxyAddresses";
 
-const USER_READ_HINT: &str = "needs User.Read.All to look up users";
+const USER_READ_HINT: Need = Need::ReadUsers;
 
 /// Users per page when reading all users.
 const USER_PAGE: u64 = 999;
@@ -114,8 +115,7 @@ impl GraphClient {
                                 request_id: error.and_then(|e| e.request_id),
                                 client_request_id: String::new(),
                                 retry_after: None,
-                                hint: (status == 403)
-                                    .then(|| format!("The app {USER_READ_HINT} (see docs/permissions.md)")),
+                                hint: (status == 403).then(|| self.explain_forbidden(USER_READ_HINT)),
                             };
                             return Err(GraphError::Service(Box::new(err)));
                         }
