@@ -338,18 +338,14 @@ pub fn same_origin(link: &Url, base: &Url) -> bool {
         && link.port_or_known_default() == base.port_or_known_default()
 }
 
+/// RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`) stay; everything else is percent-encoded.
+const QUERY_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes everything but RFC 3986 unreserved characters, for a value inside a query string (an OData
 /// `$filter` literal, say).
 pub fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
 /// Writes an OData string literal: single quotes around, inner single quotes doubled.

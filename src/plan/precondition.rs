@@ -68,21 +68,12 @@ pub fn membership_hash(sorted_ids: &[ObjectId]) -> String {
         hasher.update(id.as_str().as_bytes());
         hasher.update(b"\n");
     }
-    hex(&hasher.finalize())
-}
-
-/// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    hex::encode(hasher.finalize())
 }
 
 /// SHA-256 of some bytes, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -2131,8 +2131,8 @@ fn retry_after_header(a: Answer, form: RetryAfter) -> Answer {
         RetryAfter::Seconds(s) => a.header("Retry-After", fmt_secs(s)),
         RetryAfter::HttpDate(s) => {
             // Whole seconds, rounded up: the date never ends before the wait it stands for.
-            let t = chrono::Utc::now() + chrono::Duration::seconds(s as i64) + chrono::Duration::milliseconds(999);
-            a.header("Retry-After", t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            let t = std::time::SystemTime::now() + Duration::from_secs(s) + Duration::from_millis(999);
+            a.header("Retry-After", httpdate::fmt_http_date(t))
         }
         RetryAfter::Missing => a,
     }

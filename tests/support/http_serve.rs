@@ -42,38 +42,10 @@ where
     }
 }
 
-/// Percent-decodes, with `+` as a space (query-string rules, as ASP.NET does).
+/// Percent-decodes, with `+` as a space (query-string rules, as ASP.NET does). A `%` not followed by two hex
+/// digits stays as it is.
 pub fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => match b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                }
-                None => {
-                    out.push(c);
-                    i += 1;
-                }
-            },
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 /// Splits a query string into decoded `(name, value)` pairs, in order.
