@@ -61,7 +61,8 @@ fn change(action: Action, id: &str) -> Change {
     Change {
         action,
         user_id: ObjectId::parse(id).expect("a GUID"),
-        upn: format!("{id}@contoso.example"),
+        // The fake's UPN for `guid(1, n)` is `user{n}@contoso.example`, as `plan` would have written it.
+        upn: format!("user{}@contoso.example", u64::from_str_radix(&id[24..], 16).expect("a fake user id")),
         mail: None,
         display_name: None,
         source_line: None,

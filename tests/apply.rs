@@ -54,7 +54,8 @@ fn change(action: Action, id: &str) -> Change {
     Change {
         action,
         user_id: oid(id),
-        upn: format!("{id}@contoso.example"),
+        // The fake's UPN for `guid(1, n)` is `user{n}@contoso.example`, as `plan` would have written it.
+        upn: format!("user{}@contoso.example", u64::from_str_radix(&id[24..], 16).expect("a fake user id")),
         mail: None,
         display_name: None,
         source_line: None,
@@ -200,6 +201,17 @@ fn after_member_read(e: &Env, act: impl FnOnce(&FakeGraph)) {
     act(&e.fake);
 }
 
+/// Like [`after_member_read`], after the read of the adds by id (`GET /users?$filter=id in (…)` in a `$batch`).
+fn after_object_reads(e: &Env, act: impl FnOnce(&FakeGraph)) {
+    after_member_read(e, |_| {});
+    let start = Instant::now();
+    while e.fake.count(|r| r.batch_item.is_some() && r.method == "GET" && r.path.contains("/users?")) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "apply never read the adds");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    act(&e.fake);
+}
+
 #[test]
 fn happy_path_at_the_floor_then_replay_is_refused_with_zero_writes() {
     let e = env(120, 50, FakeConfig::default());
@@ -210,8 +222,9 @@ fn happy_path_at_the_floor_then_replay_is_refused_with_zero_writes() {
     assert_eq!(e.members(), Env::target(&plan));
     let outcomes = e.accounted(&plan, &path);
     assert!(outcomes.values().all(|o| *o == Outcome::Applied));
-    // 45 adds = 3 PATCHes, 10 removes = 10 DELETEs: 13 items, one $batch.
-    assert_eq!(e.fake.count(|r| r.is_batch()), 1);
+    // The 45 adds read by id (3 sub-requests of 15, one $batch); 45 adds = 3 PATCHes, 10 removes = 10
+    // DELETEs: 13 items, one $batch.
+    assert_eq!(e.fake.count(|r| r.is_batch()), 2);
     assert_eq!(e.writes(), 13);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("complete"), "{stdout}");
@@ -374,7 +387,8 @@ fn a_resend_waits_for_every_retry_after_under_combined_faults() {
     let mut cmd = e.command(&path, &["--yes", "--concurrency", "1", "--max-removal-percent", "100"]);
     let child = cmd.env("WRITEBACK_RETRY_MAX_SECONDS", "0.5").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let child = child.unwrap();
-    after_member_read(&e, |f| {
+    // The faults start after the gates' reads (the members, then the adds read by id), so they meet the writes.
+    after_object_reads(&e, |f| {
         f.update_faults(|x| {
             x.drop_before = 1;
             x.server_errors = vec![503, 503];
@@ -518,26 +532,27 @@ fn drift_is_settled_without_writes_by_default() {
 }
 
 #[test]
-fn a_user_deleted_since_planning_fails_with_its_reason_and_exit_25() {
+fn a_user_deleted_since_planning_is_settled_with_its_own_outcome_and_no_write() {
     let e = env(80, 20, FakeConfig::default());
     let adds = slice(&e.users, 20..45);
     let plan = e.plan(&adds, &slice(&e.users, 0..2));
     let path = e.write(&plan, "plan.json");
     assert!(e.fake.delete_object(&adds[4]));
+    assert!(e.fake.is_deleted(&adds[4]));
     let out = e.apply(&path, &["--yes"]);
-    assert_eq!(code(&out), 25, "{}", text(&out.stderr));
+    ok(&out);
     let outcomes = e.accounted(&plan, &path);
-    assert_eq!(outcomes[&adds[4]], Outcome::Failed);
-    assert_eq!(outcomes.values().filter(|o| **o == Outcome::Failed).count(), 1);
+    assert_eq!(outcomes[&adds[4]], Outcome::DeletedSincePlanning);
+    assert_eq!(outcomes.values().filter(|o| **o == Outcome::Failed).count(), 0);
     let receipt = Receipt::decode(&std::fs::read(e.path("plan.json.receipt.json")).unwrap()).unwrap();
-    let failed = receipt.failures().next().unwrap().1;
-    assert!(failed.detail.as_deref().unwrap().contains("no longer exists"), "{failed:?}");
-    let err = failed.error.as_ref().unwrap();
-    assert!(err.code.is_some() && err.message.is_some() && err.request_id.is_some(), "{err:?}");
+    assert_eq!(receipt.counts.deleted_since_planning, 1);
+    assert_eq!(receipt.failures().count(), 0);
+    // The deleted user was never sent: no reference to it in any write.
+    let sent: Vec<String> = e.fake.requests().iter().filter(|r| r.is_write()).map(|r| format!("{r:?}")).collect();
+    assert!(sent.iter().all(|r| !r.contains(&adds[4])), "{sent:#?}");
     let mut target = Env::target(&plan);
     target.remove(&adds[4]);
     assert_eq!(e.members(), target);
-    assert!(text(&out.stdout).contains(&format!("{}@contoso.example", adds[4])));
     // The plan is finished: a rerun is a replay.
     assert_eq!(code(&e.apply(&path, &["--yes"])), 22);
 }
@@ -801,8 +816,9 @@ fn ctrl_c_finishes_the_request_in_flight_then_the_rerun_resumes() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{heard:?} {rest:?}");
     assert!(rest.iter().any(|l| l.contains("interrupted; run the same command to resume")), "{heard:?} {rest:?}");
-    // Exactly the batch in flight was written, and the journal holds its 20 outcomes.
-    assert_eq!(e.fake.count(|r| r.is_batch()), 1);
+    // Exactly the batch in flight was written (besides the gates' read of the adds by id, one $batch of GETs),
+    // and the journal holds its 20 outcomes.
+    assert_eq!(e.fake.count(|r| r.is_batch()), 2);
     assert_eq!(e.members().len(), 20);
     let journal_path = e.path("plan.json.journal.jsonl");
     let chain = journal::verify_chain(&std::fs::read(&journal_path).unwrap()).unwrap();
@@ -853,4 +869,64 @@ fn ctrl_c_ends_other_commands_with_130() {
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("interrupted"), "{}", text(&out.stderr));
     assert_eq!(e.writes(), 0);
+}
+
+#[test]
+fn objects_that_are_not_users_repeated_upns_and_renames_are_refused_with_zero_writes() {
+    let e = env(40, 10, FakeConfig::default());
+    // An add whose id is no user at all (here: an object the directory does not have), labelled with a UPN.
+    let mut plan = e.plan(&slice(&e.users, 10..12), &[]);
+    let stranger = "00000009-0000-4000-8000-000000000001";
+    plan.groups[0].changes.push(change(Action::Add, &e.users[12]));
+    plan.groups[0].changes.last_mut().unwrap().user_id = oid(stranger);
+    plan.groups[0].counts = Counts::tally(&plan.groups[0].changes, &[]);
+    let path = e.write(&plan, "stranger.json");
+    let out = e.apply(&path, &["--yes"]);
+    assert_eq!(code(&out), 27, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(stranger) && text(&out.stderr).contains("not a user"), "{}", text(&out.stderr));
+    // Two changes showing the same UPN.
+    let mut plan = e.plan(&slice(&e.users, 10..12), &[]);
+    let first = plan.groups[0].changes[0].upn.clone();
+    plan.groups[0].changes[1].upn = first.to_uppercase();
+    let path = e.write(&plan, "twice.json");
+    let out = e.apply(&path, &["--yes"]);
+    assert_eq!(code(&out), 27, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("two changes show the UPN"), "{}", text(&out.stderr));
+    // A user renamed since planning: refused, then accepted with --accept-renames and recorded in the receipt.
+    let mut plan = e.plan(&slice(&e.users, 10..12), &[]);
+    plan.groups[0].changes[0].upn = "old-name@contoso.example".into();
+    let path = e.write(&plan, "renamed.json");
+    let out = e.apply(&path, &["--yes"]);
+    assert_eq!(code(&out), 27, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("old-name@contoso.example is now user11@contoso.example"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(e.writes(), 0, "every refusal before any write");
+    ok(&e.apply(&path, &["--yes", "--accept-renames"]));
+    let receipt = Receipt::decode(&std::fs::read(e.path("renamed.json.receipt.json")).unwrap()).unwrap();
+    assert_eq!(receipt.renames.len(), 1);
+    assert_eq!(receipt.renames[0].graph_upn, "user11@contoso.example");
+}
+
+#[test]
+fn a_plan_for_another_group_is_refused_by_its_name_and_by_the_drift_limit() {
+    let e = env(100, 60, FakeConfig::default());
+    // A plan made against another group's 50 members, pointed at this group's id.
+    let mut plan = e.plan(&slice(&e.users, 60..70), &[]);
+    let others: Vec<ObjectId> = e.users[0..10].iter().chain(&e.users[70..100]).map(|u| oid(u)).collect();
+    plan.groups[0].precondition = Precondition::from_members(&others);
+    plan.groups[0].display_name = Some("All Staff".into());
+    let path = e.write(&plan, "named.json");
+    let out = e.apply(&path, &["--yes"]);
+    assert_eq!(code(&out), 27, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("Microsoft Graph calls it 'Staff'"), "{}", text(&out.stderr));
+    plan.groups[0].display_name = None;
+    let path = e.write(&plan, "unnamed.json");
+    let out = e.apply(&path, &["--yes"]);
+    assert_eq!(code(&out), 23, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--accept-drift"), "{}", text(&out.stderr));
+    assert_eq!(e.writes(), 0);
+    ok(&e.apply(&path, &["--yes", "--accept-drift"]));
 }

@@ -28,11 +28,13 @@ use serde::Serialize;
 
 use super::journal::PlanProgress;
 use super::{ChangeResult, Outcome};
+use crate::directory::graph::DeletedItem;
+use crate::directory::{DirectoryUser, GroupMember, MemberKind};
 use crate::error::{Error, Result};
 use crate::identity::ObjectId;
 use crate::ledger::cancel::Cancellation;
 use crate::ledger::Record;
-use crate::plan::{timestamp, Action, GroupPlan, Plan};
+use crate::plan::{timestamp, Action, Change, GroupPlan, Plan};
 
 /// The directory reads the gates need. Implemented for the Graph client, and by fakes in tests.
 pub trait DirectoryReads: Send + Sync {
@@ -40,8 +42,12 @@ pub trait DirectoryReads: Send + Sync {
     fn tenant_id(&self) -> impl Future<Output = Result<String>> + Send;
     /// A group's state, or `None` when it does not exist.
     fn group(&self, id: &ObjectId) -> impl Future<Output = Result<Option<GroupState>>> + Send;
-    /// The ids of the group's direct user members (other kinds left out).
-    fn user_members(&self, id: &ObjectId) -> impl Future<Output = Result<Vec<ObjectId>>> + Send;
+    /// The group's direct members, each with its kind (`@odata.type`), and its UPN and name when it is a user.
+    fn members(&self, id: &ObjectId) -> impl Future<Output = Result<Vec<GroupMember>>> + Send;
+    /// The users among `ids`; an id that is not a user the admin can see is absent from the answer.
+    fn users_by_id(&self, ids: &[ObjectId]) -> impl Future<Output = Result<Vec<DirectoryUser>>> + Send;
+    /// What each of `ids` is among the tenant's deleted items.
+    fn deleted_items(&self, ids: &[ObjectId]) -> impl Future<Output = Result<Vec<(ObjectId, DeletedItem)>>> + Send;
 }
 
 /// What the gates need to know about a group.
@@ -245,6 +251,13 @@ pub struct GroupWork {
     pub strict_drift: Drift,
     /// How many user members the group has now.
     pub member_count: u64,
+    /// How many user members the plan was made against.
+    pub planned_count: u64,
+    /// Graph's displayName of the group now (the review shows it, and the plan's label beside it when it differs).
+    pub live_name: Option<String>,
+    /// UPN and display name of the users the drift names, where known (from the member read, the plan, or the
+    /// users read).
+    pub names: std::collections::BTreeMap<ObjectId, (String, Option<String>)>,
     /// Adds still to send.
     pub adds: Vec<ObjectId>,
     /// Removes still to send.
@@ -286,6 +299,9 @@ pub fn plan_group(group: &GroupPlan, current: &BTreeSet<ObjectId>, progress: &Pl
         drift,
         strict_drift,
         member_count: current.len() as u64,
+        planned_count: group.precondition.member_count,
+        live_name: None,
+        names: Default::default(),
         adds: Vec::new(),
         removes: Vec::new(),
         settled: Vec::new(),
@@ -334,6 +350,259 @@ pub fn check_strict_drift(works: &[GroupWork]) -> Result<()> {
              without --strict to apply only the changes still needed",
         drifted.join("; ")
     )))
+}
+
+/// Gate 5b: when the plan names the group, Graph's displayName must be that name (case-insensitive), or the
+/// admin says `--accept-group-rename` (27). A plan made for one group and pointed at another fails here.
+pub fn check_group_name(group: &GroupPlan, live: Option<&str>, accept: bool) -> Result<()> {
+    let (Some(planned), Some(live)) = (group.display_name.as_deref(), live) else { return Ok(()) };
+    if accept || planned.trim().eq_ignore_ascii_case(live.trim()) {
+        return Ok(());
+    }
+    Err(Error::PlanMismatch(format!(
+        "the plan names group {} '{}', but Microsoft Graph calls it '{}': the plan may have been made for another \
+         group. Check the group; if it was only renamed, run again with --accept-group-rename",
+        group.group_id,
+        crate::terminal::escape(planned),
+        crate::terminal::escape(live)
+    )))
+}
+
+/// The drift limit: `max_drift_percent` of the members a plan was made against (default 20).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriftLimit {
+    /// The percentage.
+    pub max_percent: f64,
+    /// `--accept-drift`: apply whatever the drift.
+    pub accept: bool,
+    /// `--strict`: refuse any drift.
+    pub strict: bool,
+}
+
+impl Default for DriftLimit {
+    fn default() -> DriftLimit {
+        DriftLimit { max_percent: 20.0, accept: false, strict: false }
+    }
+}
+
+impl DriftLimit {
+    /// The most members that may have joined and left since planning: max(10, `max_percent` × planned / 100).
+    pub fn allowed(&self, planned: u64) -> u64 {
+        ((self.max_percent * planned as f64 / 100.0).floor() as u64).max(10)
+    }
+}
+
+/// Gate 7: drift (members joined plus members left since planning, not counting this plan's own changes
+/// made by an earlier run) above the limit refuses (23) unless `--accept-drift`; `--strict` refuses any drift.
+pub fn check_drift(works: &[GroupWork], limit: DriftLimit) -> Result<()> {
+    if limit.strict {
+        return check_strict_drift(works);
+    }
+    if limit.accept {
+        return Ok(());
+    }
+    for work in works {
+        let drift = (work.strict_drift.joined.len() + work.strict_drift.left.len()) as u64;
+        let allowed = limit.allowed(work.planned_count);
+        if drift > allowed {
+            return Err(Error::Drift(format!(
+                "group {}: {} members joined and {} left since the plan was made, {drift} in all, over the limit of \
+                 {allowed} (max(10, {}% of the {} members it was planned against)). The plan may be for another \
+                 group, or too old: make a new plan. If the drift is expected, run again with --accept-drift \
+                 (or raise --max-drift-percent)",
+                work.label,
+                work.strict_drift.joined.len(),
+                work.strict_drift.left.len(),
+                limit.max_percent,
+                work.planned_count
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A user whose UPN differs from the plan's (accepted with `--accept-renames`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Rename {
+    /// The group.
+    pub group_id: ObjectId,
+    /// The user.
+    pub user_id: ObjectId,
+    /// The UPN in the plan (what the reviewer saw).
+    pub planned_upn: String,
+    /// The UPN Graph gives now.
+    pub graph_upn: String,
+}
+
+/// What [`check_objects`] found: the renames to show, and the adds whose user was deleted since planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Objects {
+    /// UPNs that differ from the plan's.
+    pub renames: Vec<Rename>,
+    /// (group, user) of adds whose user is among the deleted items: settled, not sent.
+    pub deleted: Vec<(ObjectId, ObjectId)>,
+}
+
+/// What Graph says about the objects a plan acts on: the members of each group (by group), the users read by id,
+/// and the deleted items looked up for the ids `/users` did not return.
+#[derive(Debug, Default)]
+pub struct Seen<'a> {
+    /// Each group's members, by group id.
+    pub members: std::collections::BTreeMap<ObjectId, &'a [GroupMember]>,
+    /// Users read by id.
+    pub users: std::collections::BTreeMap<ObjectId, &'a DirectoryUser>,
+    /// Deleted items, by id.
+    pub deleted: std::collections::BTreeMap<ObjectId, &'a DeletedItem>,
+}
+
+/// Gate 6b: every object the run will add or remove is a user the admin can see, with the plan's UPN (27).
+/// A remove or an add already in effect is judged by the member read (its `@odata.type` and UPN); any other
+/// add by the users read, and when `/users` does not return it, by the deleted items: a deleted user is settled
+/// ("deleted since planning"), anything else refuses the whole plan. A UPN that differs from the plan's
+/// (case-insensitive) refuses unless `accept_renames`.
+pub fn check_objects(plan: &Plan, works: &[GroupWork], seen: &Seen<'_>, accept_renames: bool) -> Result<Objects> {
+    let mut found = Objects::default();
+    let mut wrong = Vec::new();
+    for (group, work) in plan.groups.iter().zip(works) {
+        let members = seen.members.get(&group.group_id).copied().unwrap_or(&[]);
+        let pending: BTreeSet<&ObjectId> =
+            work.adds.iter().chain(&work.removes).chain(work.settled.iter().map(|s| &s.user_id)).collect();
+        for change in group.changes.iter().filter(|c| pending.contains(&c.user_id)) {
+            let graph_upn = if let Some(m) = members.iter().find(|m| m.id == change.user_id) {
+                if m.kind != MemberKind::User {
+                    wrong.push(describe(change, &format!("a {} member of the group, not a user", m.kind.label())));
+                    continue;
+                }
+                m.upn.clone()
+            } else if change.action == Action::Remove {
+                continue; // not a member: nothing is sent
+            } else if let Some(u) = seen.users.get(&change.user_id) {
+                Some(u.upn.clone())
+            } else {
+                match seen.deleted.get(&change.user_id) {
+                    Some(DeletedItem::User { .. }) => {
+                        found.deleted.push((group.group_id.clone(), change.user_id.clone()));
+                        continue;
+                    }
+                    Some(DeletedItem::Other(kind)) => {
+                        wrong.push(describe(change, &format!("a deleted {}, not a user", kind.label())))
+                    }
+                    _ => wrong.push(describe(change, "not a user the admin's credentials can see")),
+                }
+                continue;
+            };
+            let graph_upn = graph_upn.unwrap_or_default();
+            if !graph_upn.eq_ignore_ascii_case(&change.upn) {
+                found.renames.push(Rename {
+                    group_id: group.group_id.clone(),
+                    user_id: change.user_id.clone(),
+                    planned_upn: change.upn.clone(),
+                    graph_upn,
+                });
+            }
+        }
+    }
+    if !wrong.is_empty() {
+        return Err(Error::PlanMismatch(format!(
+            "the plan acts on objects that are not what its labels say: {}. Nothing was sent; do not apply this \
+             plan, and ask the planner how it was made",
+            wrong.join("; ")
+        )));
+    }
+    if !found.renames.is_empty() && !accept_renames {
+        let list: Vec<String> = found
+            .renames
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} is now {} ({})",
+                    crate::terminal::escape(&r.planned_upn),
+                    crate::terminal::escape(&r.graph_upn),
+                    r.user_id
+                )
+            })
+            .collect();
+        let more = list.len().saturating_sub(10);
+        let shown = list.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+        let shown = if more > 0 { format!("{shown}; and {more} more") } else { shown };
+        return Err(Error::PlanMismatch(format!(
+            "{} user(s) have another UPN in Microsoft Graph than in the plan: {}. A label that hides another person \
+             must not pass silently: check each; if they were only renamed, run again with --accept-renames",
+            list.len(),
+            shown
+        )));
+    }
+    Ok(found)
+}
+
+/// The ids `apply` reads from `/users` before any write: the adds not already in a group (by any kind), then,
+/// in the room the last `$batch` leaves (or one `$batch` when there are no adds), members who left since
+/// planning, so that the drift list can name them. Returns (the adds, every id to read). With ids read 300 to a
+/// request, the reads stay within ceil(adds/300) requests, plus one when there are no adds.
+pub fn ids_to_read(works: &[GroupWork], members: &[Vec<GroupMember>]) -> (Vec<ObjectId>, Vec<ObjectId>) {
+    const PER_REQUEST: usize = 300;
+    const NAMED: usize = 10;
+    let mut adds = BTreeSet::new();
+    for (work, members) in works.iter().zip(members) {
+        let present: BTreeSet<&ObjectId> = members.iter().map(|m| &m.id).collect();
+        adds.extend(work.adds.iter().filter(|id| !present.contains(id)).cloned());
+    }
+    let adds: Vec<ObjectId> = adds.into_iter().collect();
+    let room = if adds.is_empty() { PER_REQUEST } else { adds.len().div_ceil(PER_REQUEST) * PER_REQUEST - adds.len() };
+    let mut all = adds.clone();
+    let known: BTreeSet<&ObjectId> = adds.iter().collect();
+    let left = works.iter().flat_map(|w| w.strict_drift.left.iter().take(NAMED)).filter(|id| !known.contains(id));
+    let left: BTreeSet<ObjectId> = left.cloned().collect();
+    all.extend(left.into_iter().take(room));
+    (adds, all)
+}
+
+/// Moves the adds whose user was deleted since planning from the work to the settled changes, with their own
+/// outcome ([`Outcome::DeletedSincePlanning`]): nothing is sent for them, and they are not failures.
+pub fn settle_deleted(works: &mut [GroupWork], deleted: &[(ObjectId, ObjectId)]) {
+    for work in works {
+        let gone: BTreeSet<&ObjectId> = deleted.iter().filter(|(g, _)| *g == work.group_id).map(|(_, u)| u).collect();
+        let (keep, settled): (Vec<ObjectId>, Vec<ObjectId>) = work.adds.drain(..).partition(|u| !gone.contains(u));
+        work.adds = keep;
+        for user in settled {
+            work.settled.push(ChangeResult {
+                group_id: work.group_id.clone(),
+                user_id: user,
+                action: Action::Add,
+                outcome: Outcome::DeletedSincePlanning,
+                detail: Some("the user was deleted since planning (it is in the deleted items); no write sent".into()),
+                error: None,
+            });
+        }
+    }
+}
+
+/// Fills [`GroupWork::names`] for the users the drift names: from the member read, the users read, or the
+/// plan's own changes.
+pub fn name_drift(work: &mut GroupWork, group: &GroupPlan, seen: &Seen<'_>) {
+    let members = seen.members.get(&group.group_id).copied().unwrap_or(&[]);
+    let ids: Vec<ObjectId> = work.drift.joined.iter().chain(&work.drift.left).cloned().collect();
+    for id in ids {
+        let name = if let Some(m) = members.iter().find(|m| m.id == id) {
+            m.upn.clone().map(|u| (u, m.display_name.clone()))
+        } else if let Some(u) = seen.users.get(&id) {
+            Some((u.upn.clone(), u.display_name.clone()))
+        } else {
+            group.changes.iter().find(|c| c.user_id == id).map(|c| (c.upn.clone(), c.display_name.clone()))
+        };
+        if let Some(name) = name {
+            work.names.insert(id, name);
+        }
+    }
+}
+
+fn describe(change: &Change, what: &str) -> String {
+    format!(
+        "the {} labelled {} is object {}, {what}",
+        change.action.as_str(),
+        crate::terminal::escape(&change.upn),
+        change.user_id
+    )
 }
 
 /// The removal limits (gate 8).

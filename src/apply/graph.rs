@@ -7,7 +7,6 @@ use super::executor::{BatchAnswer, ItemResponse, Method, Request, Transport, Tra
 use super::gates::{DirectoryReads, GroupState};
 use super::GraphFailure;
 use crate::directory::graph::{BatchItem, GraphClient, GraphError};
-use crate::directory::MemberKind;
 use crate::error::Result;
 use crate::http::HttpError;
 use crate::identity::ObjectId;
@@ -56,9 +55,16 @@ impl DirectoryReads for GraphBackend {
         }
     }
 
-    async fn user_members(&self, id: &ObjectId) -> Result<Vec<ObjectId>> {
-        let members = self.client.list_members(id).await?;
-        Ok(members.into_iter().filter(|m| m.kind == MemberKind::User).map(|m| m.id).collect())
+    async fn members(&self, id: &ObjectId) -> Result<Vec<crate::directory::GroupMember>> {
+        Ok(self.client.list_members(id).await?)
+    }
+
+    async fn users_by_id(&self, ids: &[ObjectId]) -> Result<Vec<crate::directory::DirectoryUser>> {
+        Ok(self.client.users_by_id(ids).await?)
+    }
+
+    async fn deleted_items(&self, ids: &[ObjectId]) -> Result<Vec<(ObjectId, crate::directory::graph::DeletedItem)>> {
+        Ok(self.client.deleted_items(ids).await?)
     }
 }
 

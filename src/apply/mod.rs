@@ -38,6 +38,9 @@ pub enum Outcome {
     AlreadyAbsent,
     /// The change could not be made; the record carries Graph's reason.
     Failed,
+    /// An add whose user was deleted since planning (found in the deleted items before any write): nothing was
+    /// sent, and it is not a failure.
+    DeletedSincePlanning,
 }
 
 impl Outcome {
@@ -48,6 +51,7 @@ impl Outcome {
             Outcome::AlreadyMember => "already-member",
             Outcome::AlreadyAbsent => "already-absent",
             Outcome::Failed => "failed",
+            Outcome::DeletedSincePlanning => "deleted-since-planning",
         }
     }
 
@@ -127,6 +131,13 @@ pub struct OutcomeCounts {
     pub already_absent: u64,
     /// [`Outcome::Failed`].
     pub failed: u64,
+    /// [`Outcome::DeletedSincePlanning`] (absent from receipts written before it existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deleted_since_planning: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl OutcomeCounts {
@@ -137,6 +148,7 @@ impl OutcomeCounts {
             Outcome::AlreadyMember => self.already_member += 1,
             Outcome::AlreadyAbsent => self.already_absent += 1,
             Outcome::Failed => self.failed += 1,
+            Outcome::DeletedSincePlanning => self.deleted_since_planning += 1,
         }
     }
 
@@ -151,7 +163,7 @@ impl OutcomeCounts {
 
     /// All outcomes together.
     pub fn total(&self) -> u64 {
-        self.applied + self.already_member + self.already_absent + self.failed
+        self.applied + self.already_member + self.already_absent + self.failed + self.deleted_since_planning
     }
 }
 

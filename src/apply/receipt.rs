@@ -18,7 +18,8 @@ use crate::plan::{timestamp, Action, Plan};
 /// The `format` marker of a receipt.
 pub const RECEIPT_FORMAT: &str = "writeback-receipt";
 /// The receipt format version this build writes.
-pub const RECEIPT_VERSION: &str = "1.0";
+/// 1.1 added `renames` and the `deleted-since-planning` outcome (both optional: 1.0 receipts still read).
+pub const RECEIPT_VERSION: &str = "1.1";
 /// The SSHSIG namespace of receipt signatures.
 pub const RECEIPT_NAMESPACE: &str = "writeback-receipt";
 
@@ -61,6 +62,9 @@ pub struct Receipt {
     /// [`ReceiptMode::ManualVerified`] receipt, which has no journal.
     #[serde(default, skip_serializing_if = "JournalAnchor::is_empty")]
     pub journal: JournalAnchor,
+    /// Users whose UPN in Graph differed from the plan's, accepted with `--accept-renames` (old → new).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renames: Vec<crate::apply::gates::Rename>,
 }
 
 /// How a receipt's outcomes were established.
@@ -250,6 +254,7 @@ impl Receipt {
             counts: total,
             groups,
             journal: input.journal,
+            renames: Vec::new(),
         })
     }
 

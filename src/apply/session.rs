@@ -8,10 +8,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::executor::{self, Config, ExecError, Sink, Stats, Transport, Written};
-use super::gates::{self, DirectoryReads, GroupWork, Thresholds};
+use super::gates::{self, DirectoryReads, DriftLimit, GroupWork, Thresholds};
 use super::journal::{self, Chain, Event, Journal, PlanProgress, WriteRecord};
 use super::receipt::{self, JournalAnchor, Receipt, ReceiptInput};
 use super::{Applier, ChangeResult, OutcomeCounts};
+use crate::directory::MemberKind;
 use crate::error::{Error, Result};
 use crate::identity::ObjectId;
 use crate::plan::Plan;
@@ -38,6 +39,12 @@ pub struct GateOptions {
     pub strict: bool,
     /// The removal limits.
     pub thresholds: Thresholds,
+    /// The drift limit (`--max-drift-percent`, `--accept-drift`; `strict` above also refuses any drift).
+    pub drift: gates::DriftLimit,
+    /// `--accept-renames`: users whose UPN changed since planning pass (listed in the review and the receipt).
+    pub accept_renames: bool,
+    /// `--accept-group-rename`: a group whose name differs from the plan's passes.
+    pub accept_group_rename: bool,
 }
 
 /// The result of the gates: the work a run will do.
@@ -51,6 +58,8 @@ pub struct Prepared {
     pub progress: PlanProgress,
     /// The journal as read by the gates (`None` when there is none yet).
     pub journal: Option<Chain>,
+    /// Users whose UPN in Graph differs from the plan's (accepted with `--accept-renames`).
+    pub renames: Vec<gates::Rename>,
 }
 
 impl Prepared {
@@ -78,10 +87,14 @@ pub async fn prepare<R: DirectoryReads>(
     // 4. Tenant.
     let tenant_id = reads.tenant_id().await?;
     gates::check_tenant(plan, &tenant_id)?;
-    // 5. Groups exist and are manageable.
+    // 5. Groups exist, are manageable, and are the groups the plan names.
+    let mut live_names = Vec::with_capacity(plan.groups.len());
     for group in &plan.groups {
         let state = reads.group(&group.group_id).await?;
         gates::check_group(group, state.as_ref())?;
+        let live = state.and_then(|s| s.display_name);
+        gates::check_group_name(group, live.as_deref(), options.accept_group_rename)?;
+        live_names.push(live);
     }
     // 6. Replay.
     let chain = journal::read(journal_path)?;
@@ -90,18 +103,38 @@ pub async fn prepare<R: DirectoryReads>(
         None => PlanProgress::default(),
     };
     gates::check_replay(plan, plan_sha256, &progress, receipt_path.exists())?;
-    // 7. Drift.
+    // 6b. The objects: read every one the run will add or remove.
+    let mut members = Vec::with_capacity(plan.groups.len());
     let mut works = Vec::with_capacity(plan.groups.len());
-    for group in &plan.groups {
-        let current: BTreeSet<ObjectId> = reads.user_members(&group.group_id).await?.into_iter().collect();
-        works.push(gates::plan_group(group, &current, &progress));
+    for (group, live) in plan.groups.iter().zip(live_names) {
+        let read = reads.members(&group.group_id).await?;
+        let current: BTreeSet<ObjectId> =
+            read.iter().filter(|m| m.kind == MemberKind::User).map(|m| m.id.clone()).collect();
+        let mut work = gates::plan_group(group, &current, &progress);
+        work.live_name = live;
+        members.push(read);
+        works.push(work);
     }
-    if options.strict {
-        gates::check_strict_drift(&works)?;
+    let (adds, lookups) = gates::ids_to_read(&works, &members);
+    let users = if lookups.is_empty() { Vec::new() } else { reads.users_by_id(&lookups).await? };
+    let found: BTreeSet<&ObjectId> = users.iter().map(|u| &u.id).collect();
+    let missing: Vec<ObjectId> = adds.into_iter().filter(|id| !found.contains(id)).collect();
+    let deleted = if missing.is_empty() { Vec::new() } else { reads.deleted_items(&missing).await? };
+    let seen = gates::Seen {
+        members: plan.groups.iter().map(|g| g.group_id.clone()).zip(members.iter().map(Vec::as_slice)).collect(),
+        users: users.iter().map(|u| (u.id.clone(), u)).collect(),
+        deleted: deleted.iter().map(|(id, d)| (id.clone(), d)).collect(),
+    };
+    let objects = gates::check_objects(plan, &works, &seen, options.accept_renames)?;
+    gates::settle_deleted(&mut works, &objects.deleted);
+    for (work, group) in works.iter_mut().zip(&plan.groups) {
+        gates::name_drift(work, group, &seen);
     }
+    // 7. Drift.
+    gates::check_drift(&works, DriftLimit { strict: options.strict, ..options.drift })?;
     // 8. Thresholds.
     gates::check_thresholds(&works, options.thresholds)?;
-    Ok(Prepared { tenant_id, works, progress, journal: chain })
+    Ok(Prepared { tenant_id, works, progress, journal: chain, renames: objects.renames })
 }
 
 /// How an apply ended.
@@ -258,6 +291,7 @@ pub async fn execute<T: Transport>(
     .map_err(|e| Error::Internal(format!("{}: {e}", run.journal_path.display())))?;
     journal.append(finished_at, Event::ApplyFinished { plan_id: plan.plan_id, status, counts })?;
     journal.sync()?;
+    receipt.renames = prepared.renames.clone();
     receipt.journal.head = journal.head().to_string();
     receipt.journal.seq = journal.seq();
     Ok(Finished { receipt, stats, settled: settled.len() as u64, resumed })

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::apply::executor;
-use crate::apply::gates::Thresholds;
+use crate::apply::gates::{DriftLimit, Thresholds};
 use crate::apply::run::{self, ApplyOutcome, ApplyRequest, ApplyUi, Review};
 use crate::apply::session::GateOptions;
 use crate::apply::ChangeResult;
@@ -51,6 +51,24 @@ pub struct ApplyArgs {
     /// applied).
     #[arg(long)]
     pub strict: bool,
+
+    /// Refuse when more members joined and left a group since planning than max(10, P% of the members the plan
+    /// was made against) [default: max_drift_percent in the config, else 20].
+    #[arg(long, value_name = "P")]
+    pub max_drift_percent: Option<f64>,
+
+    /// Apply even when the drift is above the limit (only the changes still needed are sent).
+    #[arg(long, conflicts_with = "strict")]
+    pub accept_drift: bool,
+
+    /// Apply even when users' UPNs in Graph differ from the plan's; each old → new UPN is listed in the review
+    /// and the receipt.
+    #[arg(long)]
+    pub accept_renames: bool,
+
+    /// Apply even when a group's name in Graph differs from the name the plan gives it.
+    #[arg(long)]
+    pub accept_group_rename: bool,
 
     /// Refuse when the plan removes more members than this, over all groups [default: 500].
     #[arg(long, value_name = "N")]
@@ -122,6 +140,13 @@ fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
     if !(args.request_timeout.is_finite() && args.request_timeout > 0.0 && args.request_timeout < 86_400.0) {
         return Err(Error::Usage(format!("--request-timeout {} is not a number of seconds", args.request_timeout)));
     }
+    let max_drift_percent = args
+        .max_drift_percent
+        .or_else(|| config.and_then(|c| c.defaults.max_drift_percent))
+        .unwrap_or(DriftLimit::default().max_percent);
+    if !(0.0..=100.0).contains(&max_drift_percent) {
+        return Err(Error::Usage(format!("--max-drift-percent {max_drift_percent} is not between 0 and 100")));
+    }
     if !(0.0..=100.0).contains(&max_removal_percent) {
         return Err(Error::Usage(format!("--max-removal-percent {max_removal_percent} is not between 0 and 100")));
     }
@@ -143,7 +168,13 @@ fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
         journal: args.journal.clone().unwrap_or_else(|| crate::archive::journal_path(&args.plan)),
         ledger: crate::ledger::resolve_dir(args.ledger.as_deref(), config)?,
         key: args.key.clone(),
-        gates: GateOptions { strict: args.strict, thresholds },
+        gates: GateOptions {
+            strict: args.strict,
+            thresholds,
+            drift: DriftLimit { max_percent: max_drift_percent, accept: args.accept_drift, strict: args.strict },
+            accept_renames: args.accept_renames,
+            accept_group_rename: args.accept_group_rename,
+        },
         dry_run: args.dry_run,
         patches_per_batch: args.patches_per_batch,
         concurrency: args.concurrency,

@@ -47,6 +47,9 @@ pub enum VerifyError {
     /// The plan's format version is not read by this build (exit 14).
     #[error("{0}")]
     UnsupportedVersion(String),
+    /// Two changes of one group name the same user or the same UPN (exit 27).
+    #[error("{0}; the plan hides which object each change is about. Ask for a new plan")]
+    Repeated(String),
     /// The plan has expired (exit 12).
     #[error("the plan expired at {expires_at} (it is now {now}); make a new plan")]
     Expired {
@@ -68,6 +71,7 @@ impl VerifyError {
             VerifyError::Malformed(message) => crate::Error::MalformedPlan { path, message },
             VerifyError::UnsupportedVersion(_) => crate::Error::UnsupportedVersion { path, message },
             VerifyError::Expired { .. } => crate::Error::Expired { path, message },
+            VerifyError::Repeated(_) => crate::Error::PlanMismatch(format!("{}: {message}", path.display())),
         }
     }
 }
@@ -165,6 +169,10 @@ pub fn verify_plan(
         PlanError::Malformed(m) => VerifyError::Malformed(m),
         e => VerifyError::UnsupportedVersion(e.to_string()),
     })?;
+    // (e) Every change of a group names its own user, under its own UPN.
+    if let Some(repeat) = plan.repeated_change() {
+        return Err(VerifyError::Repeated(crate::terminal::escape(&repeat).into_owned()));
+    }
     // (e) Expiry: reported, not refused.
     let expired = plan.is_expired(now);
     Ok(VerifiedPlan {

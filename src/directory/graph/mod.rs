@@ -11,6 +11,7 @@
 //! executor paces and retries its items.
 
 mod batch;
+mod by_id;
 mod groups;
 mod users;
 
@@ -28,6 +29,7 @@ use crate::plan::{InputRecord, InputRole};
 use crate::signin::{Chain, Endpoints, Need, SignInError, SignInSettings, TokenClaims};
 pub use crate::signin::{Secret, TokenSource};
 pub use batch::{BatchItem, BatchItemResponse, BatchReply, GraphErrorBody, MAX_BATCH_ITEMS};
+pub use by_id::{DeletedItem, IDS_PER_FILTER};
 pub use groups::GraphGroup;
 pub use users::{scan_is_cheaper, USER_SELECT};
 
