@@ -155,7 +155,8 @@ fn change(action: Action, id: &str) -> Change {
     Change {
         action,
         user_id: oid(id),
-        upn: format!("{id}@contoso.example"),
+        // The fake's UPN for `guid(1, n)` is `user{n}@contoso.example`: apply checks the UPN against Graph's.
+        upn: format!("user{}@contoso.example", u64::from_str_radix(&id[24..], 16).expect("a fake user id")),
         mail: None,
         display_name: Some(format!("User {id}")),
         source_line: None,
