@@ -13,8 +13,15 @@
 //! than `A-Z a-z 0-9 . _ @ -` replaced by `_` (see [`file_label`]). The name is only a convenience: who approved
 //! is always taken from the signature's key and the allowed_signers file, never from the file name.
 //!
-//! [`check`] is the gate `apply` and `export` run: it needs `required` valid approvals from distinct keys and
-//! distinct principals, none of them the plan's signer, each allowed to sign `writeback-approval`.
+//! [`check`] is the gate `apply` and `export` run: it needs `required` valid approvals from distinct people, none
+//! of them the plan's signer, each allowed to sign `writeback-approval`.
+//!
+//! **Two people means two people.** An approval counts only when its key differs from the plan's key and none of
+//! the principals allowed_signers lists for the approval key could name the plan's signer: no name of one is
+//! matched by a principal pattern the file lists for the other's key (case-insensitively, with the file's `*`,
+//! `?` and `!` rules; see [`crate::trust::allowed_signers::principals_overlap`]). So a planner whose key is
+//! listed as `planner@x,pl@x` cannot sign as `pl@x` and approve with a second key listed as `planner@x`. Among
+//! the approvals, each person counts once by the same rule.
 
 use std::path::{Path, PathBuf};
 
@@ -22,18 +29,46 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::trust::allowed_signers::principals_overlap;
 use crate::trust::{verify_detached, AllowedSigners, SshSignature, VerifyError, APPROVAL_NAMESPACE};
 
 /// The longest label kept in an approval file name.
 const MAX_LABEL: usize = 80;
 
-/// Who signed the plan: approvals by the same key or the same principal do not count.
+/// Who signed the plan: approvals by the same key, or by a key that allowed_signers lists under one of the same
+/// names, do not count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanSigner {
     /// The plan signer's principal.
     pub principal: String,
     /// The plan signing key's `SHA256:…` fingerprint.
     pub fingerprint: String,
+    /// Every principal pattern allowed_signers lists for the plan's signing key.
+    pub names: Vec<String>,
+}
+
+impl PlanSigner {
+    /// The signer of a verified plan.
+    pub fn of(verified: &crate::trust::VerifiedPlan) -> PlanSigner {
+        PlanSigner {
+            principal: verified.principal.clone(),
+            fingerprint: verified.fingerprint.clone(),
+            names: verified.signer_names.clone(),
+        }
+    }
+
+    /// Every name the signer goes by: the plan's `signer` and the patterns listed for the key.
+    fn all_names(&self) -> Vec<String> {
+        let mut names = vec![self.principal.clone()];
+        names.extend(self.names.iter().cloned());
+        names
+    }
+}
+
+/// Why an approval key with these allowed_signers `names` (its principal first) may not approve the plan of
+/// `signer`: the pair of names that could be one person. `None` when it may.
+pub fn same_person(signer: &PlanSigner, names: &[String]) -> Option<(String, String)> {
+    principals_overlap(names, &signer.all_names())
 }
 
 /// An approval that counts.
@@ -101,6 +136,8 @@ pub fn evaluate(
     at: DateTime<Utc>,
 ) -> ApprovalReport {
     let mut report = ApprovalReport::default();
+    // The names of each counted approver, in the order of `report.valid`.
+    let mut counted: Vec<Vec<String>> = Vec::new();
     for file in files {
         let reject = |principal: Option<String>, fingerprint: Option<String>, reason: String| Rejection {
             file: file.clone(),
@@ -132,7 +169,6 @@ pub fn evaluate(
                 continue;
             }
         };
-        let same_principal = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
         let principal = verified.principal.clone();
         let fingerprint = verified.fingerprint.clone();
         if fingerprint == signer.fingerprint {
@@ -143,17 +179,18 @@ pub fn evaluate(
             ));
             continue;
         }
-        let key_principals =
-            SshSignature::parse(&bytes).map(|s| allowed.principals_of(s.public_key())).unwrap_or_default();
-        if same_principal(&principal, &signer.principal)
-            || key_principals.iter().any(|p| same_principal(p, &signer.principal))
-        {
+        // The approval key's names: the principal it verified as, and every pattern listed for the key.
+        let mut names = vec![principal.clone()];
+        names.extend(SshSignature::parse(&bytes).map(|s| allowed.principals_of(s.public_key())).unwrap_or_default());
+        if let Some((theirs, planners)) = same_person(signer, &names) {
             report.rejected.push(reject(
                 Some(principal),
                 Some(fingerprint),
                 format!(
-                    "made by the plan's signer ({}) with another key; the planner cannot approve their own plan",
-                    signer.principal
+                    "the approving key is listed in allowed_signers as '{theirs}', a name of the plan's signer \
+                     ('{planners}' is listed for the plan's key, {}); the planner cannot approve their own plan. \
+                     Approvers need their own key under their own name",
+                    signer.fingerprint
                 ),
             ));
             continue;
@@ -163,14 +200,18 @@ pub fn evaluate(
             report.rejected.push(reject(Some(principal), Some(fingerprint), reason));
             continue;
         }
-        if let Some(first) = report.valid.iter().find(|a| same_principal(&a.principal, &principal)) {
+        if let Some((first, (theirs, _))) =
+            report.valid.iter().zip(&counted).find_map(|(a, n)| principals_overlap(&names, n).map(|pair| (a, pair)))
+        {
             let reason = format!(
-                "{principal} already approved with another key in {}; a person counts once",
+                "{theirs} already approved as {} in {}; a person counts once",
+                first.principal,
                 first.file.display()
             );
             report.rejected.push(reject(Some(principal), Some(fingerprint), reason));
             continue;
         }
+        counted.push(names);
         report.valid.push(Approver { principal, fingerprint, file: file.clone() });
     }
     report
@@ -210,7 +251,7 @@ pub fn require_for(
         return Err(Error::input(plan_path, "the file changed while it was being checked; run the command again"));
     }
     let allowed = AllowedSigners::load(allowed_path)?;
-    let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
+    let signer = PlanSigner::of(verified);
     check(&bytes, &signer, &crate::archive::approval_files(plan_path), &allowed, required, at)
 }
 
@@ -312,7 +353,11 @@ mod tests {
 
     impl Fixture {
         fn signer(&self) -> PlanSigner {
-            PlanSigner { principal: "planner@x".into(), fingerprint: self.planner.fingerprint() }
+            PlanSigner {
+                principal: "planner@x".into(),
+                fingerprint: self.planner.fingerprint(),
+                names: vec!["planner@x".into()],
+            }
         }
         fn approve(&self, key: &SigningKey, label: &str, bytes: &[u8], namespace: &str) -> PathBuf {
             let path = crate::archive::approval_path(&self.plan, label);
@@ -395,5 +440,34 @@ mod tests {
         let err = check(&f.bytes, &f.signer(), &[], &f.allowed, 1, now()).unwrap_err();
         assert!(err.to_string().contains("writeback approve"), "{err}");
         assert!(render_section(&[], None).contains("none"));
+    }
+
+    #[test]
+    fn a_planner_listed_under_an_alias_cannot_approve_with_a_second_key() {
+        let f = fixture();
+        // The plan's key is listed as planner@x and pl@x; the plan says pl@x. A second key, listed as
+        // planner@x for approvals only, is the same person.
+        let text = format!(
+            "planner@x,PL@x namespaces=\"writeback-plan\" {}\nplanner@x namespaces=\"writeback-approval\" {}\n\
+             b@x namespaces=\"writeback-approval\" {}\n",
+            f.planner.public_key_openssh(),
+            f.keys[0].public_key_openssh(),
+            f.keys[1].public_key_openssh()
+        );
+        let allowed = AllowedSigners::parse(&text, "as").unwrap();
+        let signer = PlanSigner {
+            principal: "pl@x".into(),
+            fingerprint: f.planner.fingerprint(),
+            names: vec!["planner@x".into(), "PL@x".into()],
+        };
+        f.approve(&f.keys[0], "planner-again", &f.bytes, APPROVAL_NAMESPACE);
+        let files = crate::archive::approval_files(&f.plan);
+        let err = check(&f.bytes, &signer, &files, &allowed, 1, now()).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::APPROVALS);
+        assert!(err.to_string().contains("'planner@x', a name of the plan's signer"), "{err}");
+        f.approve(&f.keys[1], "b@x", &f.bytes, APPROVAL_NAMESPACE);
+        let files = crate::archive::approval_files(&f.plan);
+        let report = check(&f.bytes, &signer, &files, &allowed, 1, now()).unwrap();
+        assert_eq!(report.valid.iter().map(|a| a.principal.as_str()).collect::<Vec<_>>(), ["b@x"]);
     }
 }

@@ -50,6 +50,14 @@ impl Lab {
         std::fs::write(self.path("allowed_signers"), lines).unwrap();
     }
 
+    /// Writes `key` (unencrypted, mode 0600) as `name` and returns its path.
+    fn key_file(&self, key: &SigningKey, name: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, key.to_openssh_bytes(None).unwrap()).unwrap();
+        common::set_private(&path);
+        path
+    }
+
     /// A plan against the fake's membership that adds `adds` and removes `removes` (indexes into `users`).
     fn plan_of(&self, adds: &[usize], removes: &[usize], created_at: DateTime<Utc>, lifetime: Duration) -> Plan {
         let members: Vec<ObjectId> = self.fake.members(&self.group).iter().map(|m| oid(m)).collect();
@@ -320,4 +328,57 @@ fn the_note_names_a_writeback_toml_in_the_plans_folder_too() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("note: ignoring ./handoff/writeback.toml"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// §4 Two people means two people.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_planner_listed_under_an_alias_cannot_approve_their_own_plan() {
+    let lab = Lab::new();
+    let second = SigningKey::generate(SIGNER).unwrap();
+    lab.key_file(&second, "second-key");
+    // The planner's key is listed as planner@… and pl@…; a second key of theirs is listed as planner@… for
+    // approvals. The plan is signed as pl@…, the approval made as planner@….
+    lab.trust(&format!(
+        "{SIGNER},pl@contoso.example namespaces=\"writeback-plan\" {}\n{SIGNER} namespaces=\"writeback-approval\" {}\n",
+        lab.planner.public_key_openssh(),
+        second.public_key_openssh()
+    ));
+    let mut plan = lab.plan();
+    plan.signer = "pl@contoso.example".into();
+    let bytes = plan::encode(&plan, PlanFormat::Json);
+    let path = lab.sign_bytes(&bytes, "plan.json");
+
+    let approve = lab.run(&["approve", "plan.json", "--key", "second-key", "--allowed-signers", "allowed_signers"]);
+    refused(&approve, 15, &["'planner@contoso.example', a name of the plan's signer", "someone else"]);
+    assert!(common::files(lab.dir.path()).iter().all(|f| !f.contains(".approval-")));
+
+    // The same approval made by hand still does not count, for apply, export and audit alike.
+    std::fs::write(
+        lab.path("plan.json.approval-planner@contoso.example.sig"),
+        second.sign("writeback-approval", &bytes).unwrap(),
+    )
+    .unwrap();
+    let needles = ["needs 1 approval", "has 0 valid", "NOT COUNTED", "a name of the plan's signer"];
+    refused(&lab.apply(&path, &["--require-approvals", "1"]), 15, &needles);
+    let export = lab.run(&[
+        "export",
+        "plan.json",
+        "--to",
+        "powershell",
+        "--require-approvals",
+        "1",
+        "--allowed-signers",
+        "allowed_signers",
+    ]);
+    refused(&export, 15, &needles);
+    let audit = lab.run(&["audit", ".", "--allowed-signers", "allowed_signers", "--json"]);
+    assert_eq!(audit.status.code(), Some(31), "{}", text(&audit.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(report["plans"][0]["approvers"], serde_json::json!([]), "{report:#}");
+    let findings = report["findings"].to_string();
+    assert!(findings.contains("approved by the plan's own signer"), "{findings}");
+    lab.assert_no_writes();
 }

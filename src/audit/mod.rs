@@ -272,13 +272,30 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
                 )),
                 Err(e) => findings.push(Finding::at(approval, format!("the approval does not check out: {e}"))),
                 Ok(a) => {
-                    let own = verified.as_ref().is_some_and(|v| {
-                        v.fingerprint == a.fingerprint || v.principal.eq_ignore_ascii_case(&a.principal)
+                    // Two people means two people: the rule `apply` uses (see crate::approvals).
+                    let mut names = vec![a.principal.clone()];
+                    names.extend(
+                        trust::SshSignature::parse(sig)
+                            .map(|s| allowed.principals_of(s.public_key()))
+                            .unwrap_or_default(),
+                    );
+                    let signer = verified.as_ref().map(crate::approvals::PlanSigner::of);
+                    let own = signer.as_ref().and_then(|signer| {
+                        if signer.fingerprint == a.fingerprint {
+                            Some(format!("made with the plan's own key ({})", a.fingerprint))
+                        } else {
+                            crate::approvals::same_person(signer, &names).map(|(theirs, planners)| {
+                                format!(
+                                    "its key is listed as '{theirs}', a name of the plan's signer ('{planners}' is listed \
+                                     for the plan's key)"
+                                )
+                            })
+                        }
                     });
-                    if own {
+                    if let Some(why) = own {
                         findings.push(Finding::at(
                             approval,
-                            format!("approved by the plan's own signer ({}); it does not count", a.principal),
+                            format!("approved by the plan's own signer ({}): {why}; it does not count", a.principal),
                         ));
                     } else if !approvers.contains(&a.principal) {
                         approvers.push(a.principal);

@@ -60,11 +60,13 @@ pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
             path: args.key.clone(),
             message: format!("{e}; ask whoever keeps {} to list it for writeback-approval", allowed_path.display()),
         })?;
-    if principal.eq_ignore_ascii_case(&verified.principal)
-        || allowed.principals_of(key.public_key()).iter().any(|p| p.eq_ignore_ascii_case(&verified.principal))
-    {
+    let mut names = vec![principal.clone()];
+    names.extend(allowed.principals_of(key.public_key()));
+    if let Some((theirs, planners)) = approvals::same_person(&PlanSigner::of(&verified), &names) {
         return Err(Error::Approvals(format!(
-            "{}: {principal} signed the plan; an approval must come from someone else",
+            "{}: your key is listed in allowed_signers as '{theirs}', a name of the plan's signer ('{planners}' is \
+             listed for the key that signed the plan); an approval must come from someone else, with their own key \
+             under their own name",
             args.plan.display()
         )));
     }
@@ -109,7 +111,7 @@ pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
         verified.sha256
     );
 
-    let signer = PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
+    let signer = PlanSigner::of(&verified);
     let files = crate::archive::approval_files(&args.plan);
     let report = approvals::evaluate(&bytes, &signer, &files, &allowed, ctx.now);
     crate::out!("{}", approvals::render_section(&files, Some(&report)));

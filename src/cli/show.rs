@@ -39,10 +39,7 @@ pub fn run(args: ShowArgs, ctx: &Context) -> Result<()> {
         Some(allowed) => {
             match crate::trust::verify_plan_files(&args.plan, args.signature.as_deref(), allowed, ctx.now) {
                 Ok(verified) => {
-                    signer = Some(crate::approvals::PlanSigner {
-                        principal: verified.principal.clone(),
-                        fingerprint: verified.fingerprint.clone(),
-                    });
+                    signer = Some(crate::approvals::PlanSigner::of(&verified));
                     (SignatureStatus::Valid { principal: verified.principal, fingerprint: verified.fingerprint }, None)
                 }
                 Err(e @ (Error::BadSignature { .. } | Error::UntrustedSigner { .. })) => {

@@ -41,8 +41,7 @@ pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let sig_path = args.signature.clone().unwrap_or_else(|| crate::archive::signature_path(&args.plan));
     // Approvals are listed, not required: `apply` and `export` enforce `--require-approvals`.
     let approval_files = crate::archive::approval_files(&args.plan);
-    let signer =
-        approvals::PlanSigner { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
+    let signer = approvals::PlanSigner::of(&verified);
     let bytes = std::fs::read(&args.plan).map_err(|e| crate::Error::read(&args.plan, e))?;
     let report =
         approvals::evaluate(&bytes, &signer, &approval_files, &trust::AllowedSigners::load(&allowed)?, ctx.now);

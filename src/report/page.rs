@@ -134,7 +134,7 @@ fn signature_check(
                 status: CheckStatus::Pass,
                 detail: format!("signed by {} with key {}, allowed in {}", v.principal, v.fingerprint, name_of(path)),
             });
-            let signer = PlanSigner { principal: v.principal.clone(), fingerprint: v.fingerprint.clone() };
+            let signer = PlanSigner::of(&v);
             Ok((SignatureStatus::Valid { principal: v.principal, fingerprint: v.fingerprint }, Some(signer)))
         }
         Err(e @ (Error::BadSignature { .. } | Error::UntrustedSigner { .. })) => {

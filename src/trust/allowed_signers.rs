@@ -310,6 +310,33 @@ impl AllowedSigners {
     }
 }
 
+/// The first pair of principals by which two principal lists (each as written in allowed_signers, with
+/// wildcards and `!` exclusions) could name the same person: a principal of one that the other's patterns
+/// match, compared case-insensitively. `None` when no name of either list is matched by the other.
+pub fn principals_overlap(a: &[String], b: &[String]) -> Option<(String, String)> {
+    let lower = |list: &[String]| list.iter().map(|p| p.to_lowercase()).collect::<Vec<_>>();
+    let (la, lb) = (lower(a), lower(b));
+    for (i, name) in la.iter().enumerate() {
+        if name.starts_with('!') {
+            continue;
+        }
+        if match_pattern_list(name, &lb) == Match::Yes {
+            let by = lb.iter().position(|p| !p.starts_with('!') && match_pattern(name, p)).unwrap_or(0);
+            return Some((a[i].clone(), b.get(by).cloned().unwrap_or_default()));
+        }
+    }
+    for (i, name) in lb.iter().enumerate() {
+        if name.starts_with('!') {
+            continue;
+        }
+        if match_pattern_list(name, &la) == Match::Yes {
+            let by = la.iter().position(|p| !p.starts_with('!') && match_pattern(name, p)).unwrap_or(0);
+            return Some((a.get(by).cloned().unwrap_or_default(), b[i].clone()));
+        }
+    }
+    None
+}
+
 /// The allowed_signers line that lets `key` sign as `principal` for `namespaces`, e.g.
 /// `alice@contoso.com namespaces="writeback-plan" ssh-ed25519 AAAA…`.
 pub fn line_for(principal: &str, key: &PublicKey, namespaces: &[&str]) -> String {
@@ -686,5 +713,23 @@ mod tests {
         for bad in ["2025", "20251301", "2025010203", "20250102x", "20250102250000Z"] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn principal_lists_overlap_by_the_files_pattern_rules() {
+        let l = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let planner = l(&["planner@contoso.example", "pl@contoso.example"]);
+        assert_eq!(
+            principals_overlap(&l(&["Planner@Contoso.example"]), &planner),
+            Some(("Planner@Contoso.example".into(), "planner@contoso.example".into()))
+        );
+        assert!(principals_overlap(&l(&["approver@contoso.example"]), &planner).is_none());
+        // A wildcard on either side names everyone it matches.
+        assert!(principals_overlap(&l(&["*@contoso.example"]), &planner).is_some());
+        assert!(principals_overlap(&l(&["ann@contoso.example"]), &l(&["*@contoso.example"])).is_some());
+        // An exclusion is not a name, and it excludes.
+        let all_but_ann = l(&["*@contoso.example", "!ann@contoso.example"]);
+        assert!(principals_overlap(&l(&["ann@contoso.example"]), &all_but_ann).is_none());
+        assert!(principals_overlap(&l(&["!planner@contoso.example"]), &planner).is_none());
     }
 }

@@ -98,6 +98,9 @@ pub struct VerifiedPlan {
     pub principal: String,
     /// The signing key's `SHA256:…` fingerprint.
     pub fingerprint: String,
+    /// Every principal pattern allowed_signers lists for the signing key (on any line that holds it): the names
+    /// of the person who signed, which no approval of theirs may carry.
+    pub signer_names: Vec<String>,
     /// True when the plan had expired at the time of the check.
     pub expired: bool,
 }
@@ -179,6 +182,7 @@ pub fn verify_plan(
         sha256: plan::precondition::sha256_hex(plan_bytes),
         principal,
         fingerprint: sig.fingerprint(),
+        signer_names: allowed.principals_of(sig.public_key()),
         expired,
         plan,
     })
