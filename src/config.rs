@@ -72,6 +72,9 @@ pub struct Defaults {
     pub allowed_signers: Option<PathBuf>,
     /// How many approvals `apply` and `export` require.
     pub require_approvals: Option<u32>,
+    /// The longest a plan may live (`expires_at - created_at`), e.g. `30d`: `plan --expires-in` may not ask for
+    /// more, and `verify`, `approve`, `export` and `apply` refuse a plan that does (default 30 days).
+    pub max_plan_lifetime: Option<String>,
     /// `apply`'s removal limit.
     pub max_removals: Option<u64>,
     /// `apply`'s removal limit as a percentage of the group.
@@ -163,6 +166,15 @@ impl Config {
             fix(&mut sync.users);
             fix(&mut sync.keep);
         }
+    }
+}
+
+/// `max_plan_lifetime` from the config, or the default of 30 days ([`crate::trust::DEFAULT_MAX_PLAN_LIFETIME`]).
+/// A value that is not a duration is an input error naming the config file.
+pub fn max_plan_lifetime(config: Option<&Config>) -> Result<chrono::TimeDelta> {
+    match config.and_then(|c| c.defaults.max_plan_lifetime.as_deref().map(|raw| (c, raw))) {
+        None => Ok(crate::trust::DEFAULT_MAX_PLAN_LIFETIME),
+        Some((c, raw)) => parse_duration(raw).map_err(|e| Error::input(&c.path, format!("max_plan_lifetime: {e}"))),
     }
 }
 

@@ -1,6 +1,8 @@
 //! End-to-end tests of signatures and trust: `writeback keygen`, `writeback verify`, and interoperability with
 //! the real `ssh-keygen` in both directions.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -72,7 +74,11 @@ fn current_plan(signer: &str) -> Vec<u8> {
 
 fn writeback() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
-    cmd.env_remove("WRITEBACK_ALLOWED_SIGNERS").env_remove("WRITEBACK_KEY_PASSPHRASE").stdin(Stdio::null());
+    cmd.env_remove("WRITEBACK_ALLOWED_SIGNERS")
+        .env_remove("WRITEBACK_KEY_PASSPHRASE")
+        .env_remove("WRITEBACK_CONFIG")
+        .stdin(Stdio::null());
+    common::isolate(&mut cmd);
     cmd
 }
 
@@ -148,12 +154,8 @@ fn writeback_keygen_and_signature_verify_with_ssh_keygen() {
     let out = writeback().args(["keygen", "--principal", PRINCIPAL, "--out"]).arg(&key).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        line.starts_with(&format!(
-            "{PRINCIPAL} namespaces=\"writeback-plan,writeback-approval,writeback-receipt\" ssh-ed25519 AAAA"
-        )),
-        "{line}"
-    );
+    // The default role is planner: the line grants writeback-plan and nothing else.
+    assert!(line.starts_with(&format!("{PRINCIPAL} namespaces=\"writeback-plan\" ssh-ed25519 AAAA")), "{line}");
     let allowed = dir.path().join("allowed_signers");
     std::fs::write(&allowed, &line).unwrap();
 
@@ -284,16 +286,35 @@ fn signature_for_another_namespace_exits_10() {
 }
 
 #[test]
-fn validity_windows_are_checked_at_signing_time() {
+fn validity_windows_are_checked_now_or_at_the_time_asked_about() {
     let created = Utc.with_ymd_and_hms(2025, 3, 1, 9, 0, 0).unwrap();
     let plan = plan_bytes(PRINCIPAL, created, created + Duration::days(7));
-    // The key's window closed after the plan was made: still trusted (the plan is only reported expired).
+    let then = ["--at", "2025-03-01T09:30:00Z"];
+    // The key's window closed after the plan was made: trusted then, not now.
     let s = setup("valid-after=\"20250101Z\",valid-before=\"20250301100000Z\"", plan.clone());
-    verify(&s).assert().code(12);
+    verify(&s).assert().code(11).stderr(predicate::str::contains("stopped being valid at 2025-03-01T10:00:00Z"));
+    verify(&s).args(then).assert().success().stdout(predicate::str::contains("Checked as of 2025-03-01T09:30:00Z"));
     let s = setup("valid-after=\"20250302Z\"", plan.clone());
-    verify(&s).assert().code(11).stderr(predicate::str::contains("valid-after"));
+    verify(&s).args(then).assert().code(11).stderr(predicate::str::contains("starts being valid at 2025-03-02"));
     let s = setup("valid-before=\"20250228Z\"", plan);
-    verify(&s).assert().code(11).stderr(predicate::str::contains("valid-before"));
+    verify(&s).args(then).assert().code(11).stderr(predicate::str::contains("valid-before"));
+    verify(&s).args(["--at", "yesterday"]).assert().code(2).stderr(predicate::str::contains("2026-01-15T10:00:00Z"));
+}
+
+#[test]
+fn keygen_roles_grant_one_namespace_each() {
+    let dir = tempfile::tempdir().unwrap();
+    for (role, namespace) in
+        [("planner", "writeback-plan"), ("approver", "writeback-approval"), ("admin", "writeback-receipt")]
+    {
+        let key = dir.path().join(role);
+        let out = writeback().args(["keygen", "--role", role, "--principal", PRINCIPAL, "--out"]).arg(&key).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        assert!(line.starts_with(&format!("{PRINCIPAL} namespaces=\"{namespace}\" ssh-ed25519 ")), "{line}");
+    }
+    writeback().args(["keygen", "--role", "root", "--out"]).arg(dir.path().join("x")).assert().code(2);
 }
 
 #[test]
@@ -382,10 +403,12 @@ fn broken_allowed_signers_names_file_and_line() {
 
 /// The commands docs/trust.md gives auditors: plain `ssh-keygen`, with the signing time.
 #[test]
-fn ssh_keygen_alone_checks_a_plan_at_its_signing_time() {
-    let created = Utc.with_ymd_and_hms(2025, 3, 1, 9, 0, 0).unwrap();
-    let s = setup("namespaces=\"writeback-plan\",valid-before=\"20250302Z\"", plan_bytes(PRINCIPAL, created, created));
-    let run = |extra: &[&str]| {
+fn ssh_keygen_and_writeback_agree_on_a_plan_whose_key_has_expired() {
+    // The key stopped being valid on 2026-01-01; the plan says it was made the day before and lives until 2099.
+    let created = Utc.with_ymd_and_hms(2025, 12, 31, 9, 0, 0).unwrap();
+    let expires = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
+    let s = setup("namespaces=\"writeback-plan\",valid-before=\"20260101Z\"", plan_bytes(PRINCIPAL, created, expires));
+    let stock = |extra: &[&str]| {
         Command::new("ssh-keygen")
             .args(["-Y", "verify", "-f"])
             .arg(&s.allowed)
@@ -397,6 +420,29 @@ fn ssh_keygen_alone_checks_a_plan_at_its_signing_time() {
             .output()
             .unwrap()
     };
-    assert!(!run(&[]).status.success(), "today is past valid-before");
-    assert!(run(&["-O", "verify-time=20250301090000Z"]).status.success());
+    // Now: both refuse.
+    assert!(!stock(&[]).status.success(), "ssh-keygen checks the key at the current time");
+    verify(&s).assert().code(11).stderr(predicate::str::contains("stopped being valid at 2026-01-01T00:00:00Z"));
+    // As of a moment inside the window: both accept the signature (writeback then refuses the plan's lifetime).
+    assert!(stock(&["-O", "verify-time=20251231100000Z"]).status.success());
+    verify(&s)
+        .args(["--at", "2025-12-31T10:00:00Z"])
+        .assert()
+        .code(16)
+        .stderr(predicate::str::contains("longer than max_plan_lifetime"));
+    // And a current key with a believable plan: both accept.
+    let s = setup("namespaces=\"writeback-plan\",valid-before=\"20990101Z\"", current_plan(PRINCIPAL));
+    assert!(ssh_keygen_verify(&s).status.success());
+    verify(&s).assert().success();
+}
+
+fn ssh_keygen_verify(s: &Setup) -> std::process::Output {
+    Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-f"])
+        .arg(&s.allowed)
+        .args(["-I", PRINCIPAL, "-n", "writeback-plan", "-s"])
+        .arg(format!("{}.sig", s.plan.display()))
+        .stdin(std::fs::File::open(&s.plan).unwrap())
+        .output()
+        .unwrap()
 }

@@ -382,3 +382,192 @@ fn a_planner_listed_under_an_alias_cannot_approve_their_own_plan() {
     assert!(findings.contains("approved by the plan's own signer"), "{findings}");
     lab.assert_no_writes();
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// §2 Keys are trusted at the time they are used.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `YYYYMMDDHHMMSSZ`, the allowed_signers spelling of a UTC time.
+fn ssh_time(t: DateTime<Utc>) -> String {
+    t.format("%Y%m%d%H%M%SZ").to_string()
+}
+
+#[test]
+fn a_plan_signed_before_its_key_was_revoked_is_not_applied_after() {
+    let lab = Lab::new();
+    let revoked = Utc::now() - Duration::days(1);
+    lab.trust(&format!(
+        "{SIGNER} namespaces=\"writeback-plan\",valid-before=\"{}\" {}\n",
+        ssh_time(revoked),
+        lab.planner.public_key_openssh()
+    ));
+    // The plan says it was made two days ago, when the key was still trusted, and it has not expired.
+    let plan = lab.plan_made(ten_minutes_ago() - Duration::days(2), Duration::days(7));
+    let path = lab.sign_bytes(&plan::encode(&plan, PlanFormat::Json), "plan.json");
+    let needles = ["stopped being valid at", "valid-before at allowed_signers:1", "signed again with a key"];
+    refused(&lab.apply(&path, &[]), 11, &needles);
+    refused(&lab.apply(&path, &["--dry-run"]), 11, &needles);
+    let export = lab.run(&["export", "plan.json", "--to", "powershell", "--allowed-signers", "allowed_signers"]);
+    refused(&export, 11, &needles);
+    lab.assert_no_writes();
+    assert!(!lab.path("plan.ps1").exists() && common::files(lab.dir.path()).iter().all(|f| !f.ends_with(".ps1")));
+}
+
+#[test]
+fn an_approval_key_is_checked_now_too() {
+    let lab = Lab::new();
+    let approver = SigningKey::generate("approver@contoso.example").unwrap();
+    lab.key_file(&approver, "approver-key");
+    lab.trust(&format!(
+        "{SIGNER} namespaces=\"writeback-plan\" {}\napprover@contoso.example namespaces=\"writeback-approval\",valid-after=\"{}\" {}\n",
+        lab.planner.public_key_openssh(),
+        ssh_time(Utc::now() + Duration::days(2)),
+        approver.public_key_openssh()
+    ));
+    lab.sign_bytes(&plan::encode(&lab.plan(), PlanFormat::Json), "plan.json");
+    let approve = lab.run(&["approve", "plan.json", "--key", "approver-key", "--allowed-signers", "allowed_signers"]);
+    refused(&approve, 11, &["starts being valid at", "valid-after"]);
+}
+
+#[test]
+fn a_plan_from_the_future_or_that_lives_too_long_is_refused_with_zero_writes() {
+    let lab = Lab::new();
+    let approver = SigningKey::generate("approver@contoso.example").unwrap();
+    lab.key_file(&approver, "approver-key");
+    lab.trust(&format!(
+        "{SIGNER} namespaces=\"writeback-plan\" {}\napprover@contoso.example namespaces=\"writeback-approval\" {}\n",
+        lab.planner.public_key_openssh(),
+        approver.public_key_openssh()
+    ));
+    let future = lab.plan_made(ten_minutes_ago() + Duration::hours(1), Duration::days(1));
+    lab.sign_bytes(&plan::encode(&future, PlanFormat::Json), "future.json");
+    let long = lab.plan_made(ten_minutes_ago(), Duration::days(60));
+    lab.sign_bytes(&plan::encode(&long, PlanFormat::Json), "long.json");
+    for (name, needles) in [
+        ("future.json", &["minutes after", "from the future", "clock"][..]),
+        ("long.json", &["lives 60 days", "longer than max_plan_lifetime (30 days)", "--expires-in"][..]),
+    ] {
+        let trust = ["--allowed-signers", "allowed_signers"];
+        refused(&lab.run(&[&["verify", name][..], &trust].concat()), 16, needles);
+        refused(&lab.run(&[&["export", name, "--to", "powershell"][..], &trust].concat()), 16, needles);
+        refused(&lab.run(&[&["approve", name, "--key", "approver-key"][..], &trust].concat()), 16, needles);
+        refused(&lab.apply(&lab.path(name), &[]), 16, needles);
+    }
+    lab.assert_no_writes();
+    assert!(common::files(lab.dir.path()).iter().all(|f| !f.contains(".approval-") && !f.ends_with(".ps1")));
+    // The admin's own config may allow longer lives.
+    lab.user_config("[defaults]\nmax_plan_lifetime = \"90d\"\n");
+    let out = lab.run(&["verify", "long.json", "--allowed-signers", "allowed_signers"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn plan_refuses_an_expiry_beyond_max_plan_lifetime() {
+    let dir = common::workspace();
+    let out = common::writeback(
+        dir.path(),
+        &["plan", "--config", "writeback.toml", "--out", "plan.json", "--expires-in", "45d"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--expires-in 45d is longer than max_plan_lifetime (30 days)"), "{stderr}");
+    assert!(!dir.path().join("plan.json").exists());
+}
+
+#[test]
+fn audit_judges_each_plan_when_its_signed_receipt_says_it_was_applied_else_now() {
+    use writeback::apply::receipt::{JournalAnchor, Receipt, ReceiptInput, ReceiptMode, RECEIPT_NAMESPACE};
+    use writeback::apply::{Applier, ChangeResult, Outcome};
+
+    let lab = Lab::new();
+    let admin = SigningKey::generate("admin@contoso.example").unwrap();
+    let revoked = Utc::now() - Duration::days(1);
+    lab.trust(&format!(
+        "{SIGNER} namespaces=\"writeback-plan\",valid-before=\"{}\" {}\nadmin@contoso.example namespaces=\"writeback-receipt\" {}\n",
+        ssh_time(revoked),
+        lab.planner.public_key_openssh(),
+        admin.public_key_openssh()
+    ));
+    let made = ten_minutes_ago() - Duration::days(3);
+    let receipt_for = |name: &str, sign: bool| {
+        let plan = lab.plan_made(made, Duration::days(7));
+        let bytes = plan::encode(&plan, PlanFormat::Json);
+        lab.sign_bytes(&bytes, name);
+        let outcomes = plan.groups[0]
+            .changes
+            .iter()
+            .map(|c| {
+                let key = (plan.groups[0].group_id.clone(), c.user_id.clone());
+                let result = ChangeResult {
+                    group_id: key.0.clone(),
+                    user_id: key.1.clone(),
+                    action: c.action,
+                    outcome: Outcome::Applied,
+                    detail: None,
+                    error: None,
+                };
+                (key, result)
+            })
+            .collect();
+        let mut receipt = Receipt::build(ReceiptInput {
+            plan: &plan,
+            plan_sha256: &writeback::plan::precondition::sha256_hex(&bytes),
+            plan_file: name.into(),
+            tenant_id: None,
+            applier: Applier {
+                os_user: Some("admin".into()),
+                key_principal: None,
+                key_fingerprint: None,
+                tool_version: "t".into(),
+            },
+            started_at: made + Duration::days(1),
+            finished_at: made + Duration::days(1),
+            runs: 0,
+            outcomes: &outcomes,
+            journal: JournalAnchor::default(),
+        })
+        .unwrap();
+        receipt.mode = ReceiptMode::ManualVerified;
+        let encoded = receipt.encode();
+        std::fs::write(lab.path(&format!("{name}.receipt.json")), &encoded).unwrap();
+        if sign {
+            std::fs::write(
+                lab.path(&format!("{name}.receipt.json.sig")),
+                admin.sign(RECEIPT_NAMESPACE, &encoded).unwrap(),
+            )
+            .unwrap();
+        }
+    };
+    // Applied (the admin signed the receipt) two days ago, while the key was trusted: fine.
+    receipt_for("applied.json", true);
+    // Its receipt is not signed, so nothing vouches for when it was applied: judged now.
+    receipt_for("unvouched.json", false);
+    // Never applied: judged now.
+    lab.sign_bytes(&plan::encode(&lab.plan_made(made, Duration::days(7)), PlanFormat::Json), "pending.json");
+
+    let out = lab.run(&["audit", ".", "--allowed-signers", "allowed_signers", "--json"]);
+    assert_eq!(out.status.code(), Some(31), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings: Vec<String> =
+        report["findings"].as_array().unwrap().iter().map(|f| f["text"].as_str().unwrap().to_string()).collect();
+    let about =
+        |file: &str| findings.iter().filter(|f| f.starts_with(&format!("{file}:"))).cloned().collect::<Vec<_>>();
+    assert!(about("applied.json").is_empty(), "{findings:#?}");
+    for file in ["pending.json", "unvouched.json"] {
+        let found = about(file);
+        assert!(
+            found.iter().any(|f| f.contains("does not check out now (it has no signed receipt)")
+                && f.contains("stopped being valid")),
+            "{file}: {findings:#?}"
+        );
+    }
+    let valid: Vec<(String, bool)> = report["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["plan_file"].as_str().unwrap().to_string(), p["signature_valid"].as_bool().unwrap()))
+        .collect();
+    assert!(valid.contains(&("applied.json".into(), true)), "{valid:?}");
+    assert!(valid.contains(&("pending.json".into(), false)), "{valid:?}");
+    lab.assert_no_writes();
+}

@@ -59,6 +59,8 @@ pub struct ApplyRequest {
     pub sign_in: crate::signin::SignInSettings,
     /// The time the command started, for expiry and key validity.
     pub now: DateTime<Utc>,
+    /// The longest a plan may live (`max_plan_lifetime`).
+    pub max_plan_lifetime: chrono::TimeDelta,
 }
 
 /// What the offline checks (gates 1–3, approvals, the receipt key) produced.
@@ -173,6 +175,8 @@ pub fn check(request: &ApplyRequest) -> Result<Checked> {
     // Gates 1 and 2: signature, signer, format (trust verifies the bytes before it parses them).
     let verified =
         trust::verify_plan_files(&request.plan, request.signature.as_deref(), &request.allowed_signers, request.now)?;
+    // Believable times: not made in the future, not living longer than max_plan_lifetime.
+    verified.check_times(&request.plan, request.now, request.max_plan_lifetime)?;
     // Gate 3: expiry. There is no override.
     verified.ensure_unexpired(&request.plan, request.now)?;
     // The two-person rule: N approvals from allowed signers other than the planner (offline, before any request).

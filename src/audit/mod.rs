@@ -29,7 +29,7 @@ use crate::apply::receipt::{Receipt, ReceiptMode};
 use crate::apply::OutcomeCounts;
 use crate::archive::{APPROVAL_INFIX, RECEIPT_SUFFIX, SIGNATURE_SUFFIX};
 use crate::plan::{self, Plan};
-use crate::trust::{self, AllowedSigners, TrustError, VerifyError, APPROVAL_NAMESPACE, RECEIPT_NAMESPACE};
+use crate::trust::{self, AllowedSigners, VerifyError, APPROVAL_NAMESPACE, RECEIPT_NAMESPACE};
 
 /// One file of the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,12 +171,32 @@ fn counts_text(c: &OutcomeCounts) -> String {
     )
 }
 
-/// A time-window refusal, which an approval may pass at another moment of the plan's life.
-fn is_time_window(e: &VerifyError) -> bool {
-    matches!(e, VerifyError::Untrusted(TrustError::NotYetValid { .. } | TrustError::NoLongerValid { .. }))
+/// When each plan was applied, by the SHA-256 its receipt records, for the receipts whose signature checks out
+/// (at the receipt's own `finished_at`, when the admin signed it): the admin's signature vouches for the time.
+/// The receipt's `started_at` is when apply checked the plan's signer. With several, the earliest counts.
+fn signed_receipt_times(
+    by_path: &BTreeMap<&str, &[u8]>,
+    receipt_paths: &BTreeSet<&str>,
+    allowed: &AllowedSigners,
+) -> BTreeMap<String, DateTime<Utc>> {
+    let mut times: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    for &path in receipt_paths {
+        let (Some(&bytes), Some(&sig)) = (by_path.get(path), by_path.get(format!("{path}{SIGNATURE_SUFFIX}").as_str()))
+        else {
+            continue;
+        };
+        let Ok(receipt) = Receipt::decode(bytes) else { continue };
+        if trust::verify_detached(bytes, sig, RECEIPT_NAMESPACE, allowed, None, receipt.finished_at).is_err() {
+            continue;
+        }
+        let at = times.entry(receipt.plan_sha256.to_ascii_lowercase()).or_insert(receipt.started_at);
+        *at = (*at).min(receipt.started_at);
+    }
+    times
 }
 
-/// Audits an archive. `now` only decides whether plans are reported as expired (which is not a finding).
+/// Audits an archive. A plan and its approvals are judged at the time its signed receipt says it was applied,
+/// else at `now`; `now` also decides whether plans are reported as expired (which is not a finding).
 pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>) -> AuditReport {
     let mut report = AuditReport::default();
     let mut findings = Vec::new();
@@ -227,12 +247,20 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
         }
     }
 
-    // 2. Plans, their signatures and approvals.
+    // 2. Plans, their signatures and approvals: each judged at the time its signed receipt says it was applied,
+    // else now; never at the plan's own created_at, which its signer writes.
+    let applied_at = signed_receipt_times(&by_path, &receipt_paths, allowed);
     let mut plans: Vec<PlanFile<'_>> = Vec::new();
     for &path in &plan_paths {
         let Some(&bytes) = by_path.get(path) else { continue };
         report.files.plans += 1;
         let sha256 = plan::precondition::sha256_hex(bytes);
+        let (at, when) = match applied_at.get(sha256.as_str()) {
+            Some(at) => {
+                (*at, format!("at {}, when its signed receipt says it was applied", plan::timestamp::format(at)))
+            }
+            None => (now, "now (it has no signed receipt)".to_string()),
+        };
         let decoded = plan::decode(bytes);
         let sig_path = format!("{path}.sig");
         let verified = match by_path.get(sig_path.as_str()) {
@@ -240,11 +268,13 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
                 findings.push(Finding::at(path, format!("the plan is not signed: {sig_path} is missing")));
                 None
             }
-            Some(sig) => match trust::verify_plan(bytes, sig, allowed, now) {
+            Some(sig) => match trust::verify_plan(bytes, sig, allowed, at) {
                 Ok(v) => Some(v),
                 Err(e) => {
-                    findings
-                        .push(Finding::at(path, format!("the plan's signature ({sig_path}) does not check out: {e}")));
+                    findings.push(Finding::at(
+                        path,
+                        format!("the plan's signature ({sig_path}) does not check out {when}: {e}"),
+                    ));
                     None
                 }
             },
@@ -258,14 +288,7 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
         let mut approvers: Vec<String> = Vec::new();
         for &approval in approvals.get(path).map(Vec::as_slice).unwrap_or(&[]) {
             let Some(&sig) = by_path.get(approval) else { continue };
-            let (from, to) = plan.as_ref().map(|p| (p.created_at, p.expires_at)).unwrap_or((now, now));
-            let checked = match trust::verify_detached(bytes, sig, APPROVAL_NAMESPACE, allowed, None, from) {
-                Err(e) if is_time_window(&e) => {
-                    trust::verify_detached(bytes, sig, APPROVAL_NAMESPACE, allowed, None, to)
-                }
-                other => other,
-            };
-            match checked {
+            match trust::verify_detached(bytes, sig, APPROVAL_NAMESPACE, allowed, None, at) {
                 Err(VerifyError::BadSignature(trust::SigError::Mismatch)) => findings.push(Finding::at(
                     approval,
                     format!("the approval does not match the bytes of {path} (it approves another file or version)"),

@@ -181,6 +181,7 @@ fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
         request_timeout: std::time::Duration::from_secs_f64(args.request_timeout),
         sign_in,
         now: ctx.now,
+        max_plan_lifetime: crate::config::max_plan_lifetime(config)?,
     })
 }
 

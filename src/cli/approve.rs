@@ -40,6 +40,7 @@ pub fn run(args: ApproveArgs, ctx: &Context) -> Result<()> {
     let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "approve")?;
     // The plan first: never approve a plan that is forged, untrusted or expired.
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_path, ctx.now)?;
+    verified.check_times(&args.plan, ctx.now, crate::config::max_plan_lifetime(config.as_ref())?)?;
     verified.ensure_unexpired(&args.plan, ctx.now)?;
     let bytes = std::fs::read(&args.plan).map_err(|e| Error::read(&args.plan, e))?;
     if crate::plan::precondition::sha256_hex(&bytes) != verified.sha256 {

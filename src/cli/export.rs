@@ -48,11 +48,14 @@ pub struct ExportArgs {
 pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
     let config = args.trust.load_config(args.plan.parent())?;
     let allowed_path = args.trust.require_allowed_signers(config.as_ref(), "export")?;
+    let max_lifetime = crate::config::max_plan_lifetime(config.as_ref())?;
     let defaults = config.map(|c| c.defaults).unwrap_or_default();
     let required = args.require_approvals.or(defaults.require_approvals).unwrap_or(0);
 
-    // The same checks as apply, in the same order: signature, signer, version, expiry, approvals.
+    // The same checks as apply, in the same order: signature, signer (trusted now), version, times, expiry,
+    // approvals.
     let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed_path, ctx.now)?;
+    verified.check_times(&args.plan, ctx.now, max_lifetime)?;
     verified.ensure_unexpired(&args.plan, ctx.now)?;
     let report = approvals::require_for(&args.plan, &verified, &allowed_path, required, ctx.now)?;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::Context;
 use crate::error::{Error, Result};
 use crate::trust::allowed_signers::{check_principal, line_for};
-use crate::trust::{SigningKey, ALL_NAMESPACES, PASSPHRASE_ENV};
+use crate::trust::{SigningKey, APPROVAL_NAMESPACE, PASSPHRASE_ENV, PLAN_NAMESPACE, RECEIPT_NAMESPACE};
 
 /// Arguments of `writeback keygen`.
 #[derive(Debug, clap::Args)]
@@ -19,6 +19,11 @@ pub struct KeygenArgs {
     #[arg(long, value_name = "NAME")]
     pub principal: Option<String>,
 
+    /// What the key is for; the printed allowed_signers line grants only that role's namespace: planner
+    /// (writeback-plan), approver (writeback-approval) or admin (writeback-receipt). One key per role.
+    #[arg(long, value_enum, default_value_t = Role::Planner)]
+    pub role: Role,
+
     /// Replace PATH and PATH.pub if they exist.
     #[arg(long)]
     pub force: bool,
@@ -27,6 +32,28 @@ pub struct KeygenArgs {
     /// encrypted with WRITEBACK_KEY_PASSPHRASE when that is set, and left unencrypted otherwise.
     #[arg(long)]
     pub passphrase_prompt: bool,
+}
+
+/// Who a key belongs to, and so what it may sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Signs plans (`writeback-plan`).
+    Planner,
+    /// Signs approvals (`writeback-approval`).
+    Approver,
+    /// Signs apply receipts (`writeback-receipt`).
+    Admin,
+}
+
+impl Role {
+    /// The one namespace the role signs.
+    pub fn namespace(self) -> &'static str {
+        match self {
+            Role::Planner => PLAN_NAMESPACE,
+            Role::Approver => APPROVAL_NAMESPACE,
+            Role::Admin => RECEIPT_NAMESPACE,
+        }
+    }
 }
 
 /// Runs `writeback keygen`.
@@ -67,8 +94,12 @@ pub fn run(args: KeygenArgs, _ctx: &Context) -> Result<()> {
         pub_path.display()
     );
     crate::eoutln!("Key fingerprint: {}", key.fingerprint());
-    crate::eoutln!("Add this line to the allowed_signers file that verifiers use:");
-    crate::outln!("{}", line_for(&principal, key.public_key(), &ALL_NAMESPACES));
+    crate::eoutln!(
+        "Add this line to the allowed_signers file that verifiers use (it lets the key sign {} only; a person with \
+         another role needs another key):",
+        args.role.namespace()
+    );
+    crate::outln!("{}", line_for(&principal, key.public_key(), &[args.role.namespace()]));
     Ok(())
 }
 

@@ -112,8 +112,16 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
     let defaults = config.as_ref().map(|c| c.defaults.clone()).unwrap_or_default();
     let mappings = mapping::merge(&mapping_flags(args), config.as_ref())?;
     let sign_in = args.graph.resolve(config.as_ref());
-    let expires_in = parse_duration(args.expires_in.as_deref().or(defaults.expires_in.as_deref()).unwrap_or("7d"))
-        .map_err(|e| Error::Usage(format!("--expires-in: {e}")))?;
+    let expires_raw = args.expires_in.as_deref().or(defaults.expires_in.as_deref()).unwrap_or("7d");
+    let expires_in = parse_duration(expires_raw).map_err(|e| Error::Usage(format!("--expires-in: {e}")))?;
+    let max_lifetime = config::max_plan_lifetime(config.as_ref())?;
+    if expires_in > max_lifetime {
+        return Err(Error::Usage(format!(
+            "--expires-in {expires_raw} is longer than max_plan_lifetime ({}): verify, approve, export and apply \
+             would refuse the plan. Ask for a shorter lifetime, or raise max_plan_lifetime in the config",
+            plan::human_duration(max_lifetime)
+        )));
+    }
     let format = args.format.or(defaults.format).unwrap_or(PlanFormat::Json);
     let key_path = args.key.clone().or(defaults.key.clone()).ok_or_else(|| {
         Error::Usage(

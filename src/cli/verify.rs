@@ -30,6 +30,15 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Check as of this time instead of now (RFC 3339, e.g. 2026-01-15T10:00:00Z): were the keys trusted, and
+    /// was the plan valid, then?
+    #[arg(long, value_name = "TIME", value_parser = parse_at)]
+    pub at: Option<DateTime<Utc>>,
+}
+
+fn parse_at(raw: &str) -> std::result::Result<DateTime<Utc>, String> {
+    timestamp::parse(raw).map_err(|e| format!("{e} (write it like 2026-01-15T10:00:00Z)"))
 }
 
 /// Runs `writeback verify`. Exit 0 only for a valid, unexpired plan; an expired plan is described, then
@@ -37,25 +46,28 @@ pub struct VerifyArgs {
 pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let config = args.trust.load_config(args.plan.parent())?;
     let allowed = args.trust.require_allowed_signers(config.as_ref(), "verify")?;
-    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, ctx.now)?;
+    let max_lifetime = crate::config::max_plan_lifetime(config.as_ref())?;
+    // Keys are trusted, and the plan valid, at the time of the check: now, or the time asked about.
+    let at = args.at.unwrap_or(ctx.now);
+    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, at)?;
+    verified.check_times(&args.plan, at, max_lifetime)?;
     let sig_path = args.signature.clone().unwrap_or_else(|| crate::archive::signature_path(&args.plan));
     // Approvals are listed, not required: `apply` and `export` enforce `--require-approvals`.
     let approval_files = crate::archive::approval_files(&args.plan);
     let signer = approvals::PlanSigner::of(&verified);
     let bytes = std::fs::read(&args.plan).map_err(|e| crate::Error::read(&args.plan, e))?;
-    let report =
-        approvals::evaluate(&bytes, &signer, &approval_files, &trust::AllowedSigners::load(&allowed)?, ctx.now);
+    let report = approvals::evaluate(&bytes, &signer, &approval_files, &trust::AllowedSigners::load(&allowed)?, at);
     if args.json {
-        let mut value = as_json(&args, &allowed, &sig_path, &verified, ctx.now);
+        let mut value = as_json(&args, &allowed, &sig_path, &verified, at);
         if let Some(map) = value.as_object_mut() {
             map.insert("approvals".into(), serde_json::to_value(&report).unwrap_or_default());
         }
         crate::outln!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
-        print_text(&args, &allowed, &sig_path, &verified, ctx.now);
+        print_text(&args, &allowed, &sig_path, &verified, at);
         crate::out!("{}", approvals::render_section(&approval_files, Some(&report)));
     }
-    verified.ensure_unexpired(&args.plan, ctx.now)
+    verified.ensure_unexpired(&args.plan, at)
 }
 
 fn as_json(
@@ -113,10 +125,16 @@ fn print_text(
         crate::outln!("Tenant:      {tenant}");
     }
     crate::outln!("Created:     {}", timestamp::format(&v.plan.created_at));
+    if args.at.is_some() {
+        crate::outln!(
+            "Checked as of {} (--at): the keys' validity and the expiry below are judged then",
+            timestamp::format(&now)
+        );
+    }
     let status = if v.expired {
-        format!("EXPIRED {} ago", human(now - v.plan.expires_at))
+        format!("EXPIRED {} ago", crate::plan::human_duration(now - v.plan.expires_at))
     } else {
-        format!("valid for {} more", human(v.plan.expires_at - now))
+        format!("valid for {} more", crate::plan::human_duration(v.plan.expires_at - now))
     };
     crate::outln!("Expires:     {} ({status})", timestamp::format(&v.plan.expires_at));
     crate::outln!("Groups:      {}", v.plan.groups.len());
@@ -128,21 +146,5 @@ fn print_text(
         crate::outln!("Result:      the signature is good but the plan has EXPIRED; it cannot be applied");
     } else {
         crate::outln!("Result:      OK, the plan is signed by a trusted signer and has not expired");
-    }
-}
-
-/// A duration in the largest sensible unit, e.g. `3 days 4 hours`, `25 minutes`.
-fn human(d: chrono::Duration) -> String {
-    let secs = d.num_seconds().max(0);
-    let (days, hours, minutes) = (secs / 86_400, (secs % 86_400) / 3_600, (secs % 3_600) / 60);
-    let unit = |n: i64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-    if days > 0 {
-        format!("{} {}", unit(days, "day"), unit(hours, "hour"))
-    } else if hours > 0 {
-        format!("{} {}", unit(hours, "hour"), unit(minutes, "minute"))
-    } else if minutes > 0 {
-        unit(minutes, "minute")
-    } else {
-        unit(secs, "second")
     }
 }

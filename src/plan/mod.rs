@@ -492,6 +492,24 @@ pub fn encode(plan: &Plan, format: PlanFormat) -> Vec<u8> {
     }
 }
 
+/// A duration for people, in its two largest units, e.g. `3 days 4 hours`, `25 minutes`, `30 days` (a zero second
+/// unit is left out; negative durations read as zero).
+pub fn human_duration(d: chrono::TimeDelta) -> String {
+    let secs = d.num_seconds().max(0);
+    let (days, hours, minutes) = (secs / 86_400, (secs % 86_400) / 3_600, (secs % 3_600) / 60);
+    let unit = |n: i64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let two = |big: String, n: i64, word: &str| if n == 0 { big } else { format!("{big} {}", unit(n, word)) };
+    if days > 0 {
+        two(unit(days, "day"), hours, "hour")
+    } else if hours > 0 {
+        two(unit(hours, "hour"), minutes, "minute")
+    } else if minutes > 0 {
+        unit(minutes, "minute")
+    } else {
+        unit(secs, "second")
+    }
+}
+
 /// RFC 3339 timestamps in UTC with whole seconds and a `Z`, the one spelling plans use.
 pub mod timestamp {
     use super::*;

@@ -88,12 +88,12 @@ pub enum TrustError {
         /// The line: `file:line`.
         location: String,
     },
-    /// The signing time is before the key's `valid-after`.
-    #[error("the key {fingerprint} ({principal}) is valid only from {} (valid-after at {location}), but the signing time is {}", timestamp::format(valid_after), timestamp::format(at))]
+    /// The time of the check is before the key's `valid-after`.
+    #[error("the key {fingerprint} ({principal}) starts being valid at {} (valid-after at {location}), and this check is at {}; it is not trusted yet, so wait, or ask whoever keeps the allowed_signers file", timestamp::format(valid_after), timestamp::format(at))]
     NotYetValid {
         /// The bound.
         valid_after: DateTime<Utc>,
-        /// The signing time.
+        /// The time of the check.
         at: DateTime<Utc>,
         /// The key's fingerprint.
         fingerprint: String,
@@ -102,12 +102,12 @@ pub enum TrustError {
         /// The line: `file:line`.
         location: String,
     },
-    /// The signing time is after the key's `valid-before`.
-    #[error("the key {fingerprint} ({principal}) was valid only until {} (valid-before at {location}), but the signing time is {}", timestamp::format(valid_before), timestamp::format(at))]
+    /// The time of the check is after the key's `valid-before`.
+    #[error("the key {fingerprint} ({principal}) stopped being valid at {} (valid-before at {location}), and this check is at {}; what it signed is no longer trusted: ask for it to be signed again with a key that is valid now", timestamp::format(valid_before), timestamp::format(at))]
     NoLongerValid {
         /// The bound.
         valid_before: DateTime<Utc>,
-        /// The signing time.
+        /// The time of the check.
         at: DateTime<Utc>,
         /// The key's fingerprint.
         fingerprint: String,

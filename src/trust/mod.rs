@@ -2,10 +2,13 @@
 //!
 //! A signed file is checked in a fixed order, and each failure has its own exit code:
 //! 1. the signature over the file's exact bytes, before anything reads the file (exit 10);
-//! 2. the file decodes as a plan (exit 13);
-//! 3. the signing key is allowed, in allowed_signers, to sign plans at the plan's `created_at`, and the plan's
-//!    `signer` is one of the key's principals (exit 11);
-//! 4. the plan's format version is one this writeback reads (exit 14);
+//! 2. the file decodes as a plan in a format version this writeback reads (exit 13, or 14 for a version it does
+//!    not read, once the key is known to be one allowed to sign plans);
+//! 3. the signing key is allowed, in allowed_signers, to sign plans at the time of the check (the current time,
+//!    as `ssh-keygen -Y verify` checks by default; never the plan's own `created_at`, which the signer writes),
+//!    and the plan's `signer` is one of the key's principals (exit 11);
+//! 4. the plan's times are believable: not made more than [`MAX_CLOCK_AHEAD`] after the time of the check, and
+//!    living no longer than `max_plan_lifetime` ([`VerifiedPlan::check_times`], exit 16);
 //! 5. the plan has not expired (exit 12), reported separately so that `show` and `verify` can still describe
 //!    an expired plan.
 
@@ -31,6 +34,11 @@ pub const APPROVAL_NAMESPACE: &str = "writeback-approval";
 pub const RECEIPT_NAMESPACE: &str = "writeback-receipt";
 /// Every namespace writeback uses, in the order `keygen` lists them.
 pub const ALL_NAMESPACES: [&str; 3] = [PLAN_NAMESPACE, APPROVAL_NAMESPACE, RECEIPT_NAMESPACE];
+
+/// How far in the future a plan's `created_at` may lie (clocks differ a little; more is not believable).
+pub const MAX_CLOCK_AHEAD: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// The longest a plan may live (`expires_at - created_at`) unless the config's `max_plan_lifetime` says otherwise.
+pub const DEFAULT_MAX_PLAN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::days(30);
 
 /// Why a signed file failed verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +129,37 @@ impl VerifiedPlan {
     pub fn ensure_unexpired(&self, path: &Path, now: DateTime<Utc>) -> crate::Result<()> {
         self.check_unexpired(now).map_err(|e| e.into_error(path))
     }
+
+    /// Refuses a plan whose times are not believable ([`crate::Error::PlanTimes`], exit 16): made more than
+    /// [`MAX_CLOCK_AHEAD`] after `at`, or living (`expires_at - created_at`) longer than `max_lifetime`.
+    pub fn check_times(&self, path: &Path, at: DateTime<Utc>, max_lifetime: chrono::TimeDelta) -> crate::Result<()> {
+        check_plan_times(&self.plan, at, max_lifetime)
+            .map_err(|message| crate::Error::PlanTimes { path: path.to_path_buf(), message })
+    }
+}
+
+/// The plan-times rule of [`VerifiedPlan::check_times`]; the message says which time is wrong and what to do.
+pub fn check_plan_times(plan: &Plan, at: DateTime<Utc>, max_lifetime: chrono::TimeDelta) -> Result<(), String> {
+    let created = plan::timestamp::format(&plan.created_at);
+    if plan.created_at > at + MAX_CLOCK_AHEAD {
+        return Err(format!(
+            "the plan says it was made at {created}, {} after {} (the time of this check); a plan from the future \
+             is not believable. Check the planner's clock and this one, then ask for a new plan",
+            crate::plan::human_duration(plan.created_at - at),
+            plan::timestamp::format(&at)
+        ));
+    }
+    let lifetime = plan.expires_at - plan.created_at;
+    if lifetime > max_lifetime {
+        return Err(format!(
+            "the plan lives {} (from {created} to {}), longer than max_plan_lifetime ({}); ask for a plan with a \
+             shorter --expires-in, or raise max_plan_lifetime in your config file",
+            crate::plan::human_duration(lifetime),
+            plan::timestamp::format(&plan.expires_at),
+            crate::plan::human_duration(max_lifetime)
+        ));
+    }
+    Ok(())
 }
 
 /// Verifies a detached signature over `bytes` for `namespace`, and checks in `allowed` that its key may sign
@@ -145,13 +184,14 @@ fn check_signature(bytes: &[u8], signature: &[u8], namespace: &str) -> Result<Ss
 }
 
 /// Verifies a plan: the signature over the raw bytes first, then decoding, then the signer (allowed for
-/// `writeback-plan` at the plan's `created_at`, as the plan's `signer`), then the format version. Expiry is
-/// reported in [`VerifiedPlan::expired`], not as an error. Pure: no I/O.
+/// `writeback-plan` at `at`, the time of the check, as the plan's `signer`), then the format version. Expiry at
+/// `at` is reported in [`VerifiedPlan::expired`], not as an error; the plan's times are checked separately
+/// ([`VerifiedPlan::check_times`]). Pure: no I/O.
 pub fn verify_plan(
     plan_bytes: &[u8],
     signature: &[u8],
     allowed: &AllowedSigners,
-    now: DateTime<Utc>,
+    at: DateTime<Utc>,
 ) -> Result<VerifiedPlan, VerifyError> {
     // (a) The signature, over the exact bytes, before anything parses them.
     let sig = check_signature(plan_bytes, signature, PLAN_NAMESPACE)?;
@@ -165,8 +205,9 @@ pub fn verify_plan(
             return Err(VerifyError::UnsupportedVersion(e.to_string()));
         }
     };
-    // (c) The signer, at signing time, as the principal the plan names.
-    let principal = allowed.authorize(sig.public_key(), PLAN_NAMESPACE, Some(&plan.signer), plan.created_at)?;
+    // (c) The signer, trusted at the time of the check, as the principal the plan names. Never at the plan's own
+    // `created_at`: the signer writes it, so a revoked key could sign a plan dated before its revocation.
+    let principal = allowed.authorize(sig.public_key(), PLAN_NAMESPACE, Some(&plan.signer), at)?;
     // (d) The format version (decode checks it; checked again here so the order never depends on a decoder).
     plan::check_version(&plan.format_version).map_err(|e| match e {
         PlanError::Malformed(m) => VerifyError::Malformed(m),
@@ -177,7 +218,7 @@ pub fn verify_plan(
         return Err(VerifyError::Repeated(crate::terminal::escape(&repeat).into_owned()));
     }
     // (e) Expiry: reported, not refused.
-    let expired = plan.is_expired(now);
+    let expired = plan.is_expired(at);
     Ok(VerifiedPlan {
         sha256: plan::precondition::sha256_hex(plan_bytes),
         principal,
@@ -189,12 +230,12 @@ pub fn verify_plan(
 }
 
 /// Reads a plan, its signature (`sig_path`, default `<plan>.sig`) and the allowed_signers file, and runs
-/// [`verify_plan`]. A missing signature file is a bad signature (exit 10).
+/// [`verify_plan`] at time `at`. A missing signature file is a bad signature (exit 10).
 pub fn verify_plan_files(
     plan_path: &Path,
     sig_path: Option<&Path>,
     allowed_path: &Path,
-    now: DateTime<Utc>,
+    at: DateTime<Utc>,
 ) -> crate::Result<VerifiedPlan> {
     let bytes = std::fs::read(plan_path).map_err(|e| crate::Error::read(plan_path, e))?;
     let sig_path = sig_path.map(Path::to_path_buf).unwrap_or_else(|| crate::archive::signature_path(plan_path));
@@ -212,7 +253,7 @@ pub fn verify_plan_files(
         Err(e) => return Err(crate::Error::read(&sig_path, e)),
     };
     let allowed = AllowedSigners::load(allowed_path)?;
-    verify_plan(&bytes, &signature, &allowed, now).map_err(|e| match e {
+    verify_plan(&bytes, &signature, &allowed, at).map_err(|e| match e {
         VerifyError::BadSignature(e) => crate::Error::BadSignature {
             path: plan_path.to_path_buf(),
             message: format!("{e} (signature file {})", sig_path.display()),
@@ -326,20 +367,41 @@ mod tests {
     }
 
     #[test]
-    fn validity_is_judged_at_signing_time() {
+    fn validity_is_judged_at_the_time_of_the_check_not_at_created_at() {
         let f = fixture();
         let line = |opts: &str| {
             AllowedSigners::parse(&format!("alice@contoso.com {opts} {}", f.key.public_key_openssh()), "as").unwrap()
         };
-        // Valid when the plan was made (2025-03-01), not now: still fine.
-        let ok = line("valid-before=20250302Z");
-        verify_plan(&f.bytes, f.sig.as_bytes(), &ok, t(2030, 1, 1)).unwrap();
-        let late = line("valid-after=20250302Z");
-        let err = verify_plan(&f.bytes, f.sig.as_bytes(), &late, t(2025, 3, 3)).unwrap_err();
-        assert!(matches!(err, VerifyError::Untrusted(TrustError::NotYetValid { .. })), "{err}");
-        let early = line("valid-before=20250228Z");
-        let err = verify_plan(&f.bytes, f.sig.as_bytes(), &early, t(2025, 3, 3)).unwrap_err();
+        // The plan says it was made 2025-03-01, when the key was valid; checked on 2030-01-01 it is not.
+        let until = line("valid-before=20250302Z");
+        verify_plan(&f.bytes, f.sig.as_bytes(), &until, t(2025, 3, 1)).unwrap();
+        let err = verify_plan(&f.bytes, f.sig.as_bytes(), &until, t(2030, 1, 1)).unwrap_err();
         assert!(matches!(err, VerifyError::Untrusted(TrustError::NoLongerValid { .. })), "{err}");
+        assert!(err.to_string().contains("stopped being valid at 2025-03-02T00:00:00Z"), "{err}");
+        // A key valid only later does not make an earlier-dated plan valid before that.
+        let late = line("valid-after=20250302Z");
+        let err = verify_plan(&f.bytes, f.sig.as_bytes(), &late, t(2025, 3, 1)).unwrap_err();
+        assert!(matches!(err, VerifyError::Untrusted(TrustError::NotYetValid { .. })), "{err}");
+        assert!(err.to_string().contains("starts being valid at 2025-03-02T00:00:00Z"), "{err}");
+        verify_plan(&f.bytes, f.sig.as_bytes(), &late, t(2025, 3, 3)).unwrap();
+    }
+
+    #[test]
+    fn plan_times_must_be_believable() {
+        let plan = sample_plan("alice@contoso.com");
+        let month = DEFAULT_MAX_PLAN_LIFETIME;
+        check_plan_times(&plan, t(2025, 3, 2), month).unwrap();
+        // Created at 09:00; checked at 08:56 is within the 5 minutes, 08:54 is not.
+        let early = |m: u32| Utc.with_ymd_and_hms(2025, 3, 1, 8, m, 0).unwrap();
+        check_plan_times(&plan, early(56), month).unwrap();
+        let err = check_plan_times(&plan, early(54), month).unwrap_err();
+        assert!(err.contains("6 minutes after") && err.contains("clock"), "{err}");
+        let err = check_plan_times(&plan, t(2025, 3, 2), chrono::TimeDelta::days(6)).unwrap_err();
+        assert!(err.contains("lives 7 days") && err.contains("max_plan_lifetime (6 days)"), "{err}");
+        let f = fixture();
+        let v = verify_plan(&f.bytes, f.sig.as_bytes(), &f.allowed, t(2025, 3, 2)).unwrap();
+        let e = v.check_times(Path::new("p"), early(0), month).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::PLAN_TIMES);
     }
 
     #[test]
