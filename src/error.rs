@@ -136,6 +136,43 @@ pub enum Error {
         message: String,
     },
 
+    /// `plan --out` would replace a file it must not (an input, a key, an allowed_signers file, a plan that was
+    /// applied or approved), or another existing file without `--force`.
+    #[error("{}: {message}", path.display())]
+    WouldOverwrite {
+        /// The file that would have been replaced.
+        path: PathBuf,
+        /// What the file is and what to do.
+        message: String,
+    },
+
+    /// The receipt beside a plan records another plan's SHA-256: it is not this plan's receipt.
+    #[error("{}: {message}", path.display())]
+    ForeignReceipt {
+        /// The receipt.
+        path: PathBuf,
+        /// Which plan it belongs to and what to do.
+        message: String,
+    },
+
+    /// A signed receipt would be replaced by an unsigned one.
+    #[error("{}: {message}", path.display())]
+    SignedReceipt {
+        /// The receipt.
+        path: PathBuf,
+        /// What to do.
+        message: String,
+    },
+
+    /// `plan`: a list has no contacts, and `--allow-empty` was not given.
+    #[error("{location}: {message}")]
+    EmptyList {
+        /// The list: a file, or the PoliteMail list.
+        location: String,
+        /// What it means and what to do.
+        message: String,
+    },
+
     /// The plan's times are not believable (created in the future, or too long a lifetime).
     #[error("{}: {message}", path.display())]
     PlanTimes {
@@ -227,6 +264,10 @@ impl Error {
             Error::MalformedPlan { .. } => exit::MALFORMED_PLAN,
             Error::UnsupportedVersion { .. } => exit::UNSUPPORTED_VERSION,
             Error::PlanTimes { .. } => exit::PLAN_TIMES,
+            Error::WouldOverwrite { .. } => exit::INPUT,
+            Error::ForeignReceipt { .. } => exit::INPUT,
+            Error::SignedReceipt { .. } => exit::INPUT,
+            Error::EmptyList { .. } => exit::INPUT,
             Error::Approvals(_) => exit::APPROVALS,
             Error::Service(_) => exit::SERVICE,
             Error::TenantMismatch(_) => exit::TENANT_MISMATCH,

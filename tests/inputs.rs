@@ -149,6 +149,11 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 /// Runs `writeback plan` with the samples, replacing the contacts file by `contacts`; returns (exit code, stderr,
 /// whether the plan file exists).
 fn plan_with_contacts(contacts: &[u8]) -> (i32, String, bool) {
+    plan_with_contacts_and(contacts, &[])
+}
+
+/// [`plan_with_contacts`] with more arguments.
+fn plan_with_contacts_and(contacts: &[u8], extra: &[&str]) -> (i32, String, bool) {
     let dir = tempfile::tempdir().unwrap();
     let contacts = write(dir.path(), "contacts.csv", contacts);
     let key = dir.path().join("key");
@@ -172,6 +177,7 @@ fn plan_with_contacts(contacts: &[u8]) -> (i32, String, bool) {
         .arg(&key)
         .arg("--out")
         .arg(&out)
+        .args(extra)
         .output()
         .unwrap();
     (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned(), out.exists())
@@ -198,8 +204,13 @@ fn plan_refuses_bad_contact_files() {
 }
 
 #[test]
-fn plan_accepts_header_only_contacts() {
+fn plan_refuses_header_only_contacts_unless_allowed() {
+    // A header-only export would plan "remove everyone": refused, unless the planner says the list is empty.
     let (code, stderr, wrote) = plan_with_contacts(b"Email,First Name\r\n");
+    assert_eq!(code, writeback::error::exit::INPUT, "{stderr}");
+    assert!(stderr.contains("contacts.csv: ") && stderr.contains("has no contacts"), "{stderr}");
+    assert!(!wrote);
+    let (code, stderr, wrote) = plan_with_contacts_and(b"Email,First Name\r\n", &["--allow-empty"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(wrote);
 }

@@ -571,3 +571,161 @@ fn audit_judges_each_plan_when_its_signed_receipt_says_it_was_applied_else_now()
     assert!(valid.contains(&("pending.json".into(), false)), "{valid:?}");
     lab.assert_no_writes();
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// §6 No silent loss of a plan that was applied. §7 (plan side) The wrong list.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn plan_out_never_replaces_an_applied_plan_its_inputs_keys_or_signers() {
+    let dir = common::workspace();
+    let d = dir.path();
+    let plan = |out: &str, extra: &[&str]| {
+        let mut args = vec!["plan", "--config", "writeback.toml", "--out", out];
+        args.extend_from_slice(extra);
+        common::writeback(d, &args)
+    };
+    // The README's first command, twice: a plan nobody acted on is replaced, with its signature.
+    for _ in 0..2 {
+        let out = plan("plan.json", &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    // Once applied (a receipt beside it), approved or journaled, never, not even with --force.
+    let applied = std::fs::read(d.join("plan.json")).unwrap();
+    for trail in
+        ["plan.json.receipt.json", "plan.json.journal.jsonl", "plan.json.approval-approver@contoso.example.sig"]
+    {
+        std::fs::write(d.join(trail), "{}").unwrap();
+        for extra in [&[][..], &["--force"][..]] {
+            let out = plan("plan.json", extra);
+            refused(&out, 3, &["plan.json", trail, "a new plan never replaces it", "--out"]);
+        }
+        std::fs::remove_file(d.join(trail)).unwrap();
+    }
+    assert_eq!(std::fs::read(d.join("plan.json")).unwrap(), applied);
+    // Its own inputs, the config, the key and the allowed_signers file: never.
+    for (file, what) in [
+        ("politemail-all-staff.csv", "which this plan reads or signs with"),
+        ("entra-members-managers.csv", "which this plan reads or signs with"),
+        ("keep.txt", "which this plan reads or signs with"),
+        ("writeback.toml", "which this plan reads or signs with"),
+        ("keys/demo-planner", "which this plan reads or signs with"),
+        ("keys/demo-approver", "a private key"),
+        ("keys/allowed_signers", "allowed_signers"),
+    ] {
+        let before = std::fs::read(d.join(file)).unwrap();
+        refused(&plan(file, &["--force"]), 3, &[file, what, "even with --force"]);
+        assert_eq!(std::fs::read(d.join(file)).unwrap(), before, "{file} was changed");
+    }
+    // Any other existing file needs --force.
+    std::fs::write(d.join("notes.txt"), "mine").unwrap();
+    refused(&plan("notes.txt", &[]), 3, &["notes.txt", "not a writeback plan", "--force"]);
+    assert_eq!(std::fs::read_to_string(d.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(plan("notes.txt", &["--force"]).status.code(), Some(0));
+    // Placeholders give each run its own file.
+    let out = plan("nightly-{date}-{plan_id}.json", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let made: Vec<String> = common::files(d).into_iter().filter(|f| f.starts_with("nightly-")).collect();
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(!made[0].contains('{'), "{made:?}");
+}
+
+#[test]
+fn a_receipt_of_another_plan_is_never_taken_for_this_ones() {
+    let lab = Lab::new();
+    let first = lab.plan();
+    let path = lab.sign_bytes(&plan::encode(&first, PlanFormat::Json), "plan.json");
+    let out = lab.apply(&path, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let writes = lab.fake.count(|r| r.is_write() || r.is_batch());
+    // A newer plan written over the applied one by hand (plan --out would refuse): its receipt is not this one's.
+    let second = lab.plan_of(&[9], &[], ten_minutes_ago(), Duration::days(1));
+    lab.sign_bytes(&plan::encode(&second, PlanFormat::Json), "plan.json");
+    let needles = ["plan.json.receipt.json", "receipt of another plan", &first.plan_id.to_string(), "Move it"];
+    refused(&lab.apply(&path, &[]), 3, &needles);
+    refused(&lab.apply(&path, &["--dry-run"]), 3, &needles);
+    refused(&lab.run(&["check", "plan.json", "--allowed-signers", "allowed_signers"]), 3, &needles);
+    assert_eq!(lab.fake.count(|r| r.is_write() || r.is_batch()), writes, "no write after the first apply");
+    assert!(!lab.fake.is_member(&lab.group, &lab.users[9]));
+}
+
+#[test]
+fn a_signed_receipt_is_never_replaced_by_an_unsigned_one() {
+    let lab = Lab::new();
+    let admin = SigningKey::generate("admin@contoso.example").unwrap();
+    lab.key_file(&admin, "admin-key");
+    let path = lab.sign_bytes(&plan::encode(&lab.plan(), PlanFormat::Json), "plan.json");
+    let out = lab.apply(&path, &["--key", "admin-key"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let writes = lab.fake.count(|r| r.is_write() || r.is_batch());
+    // The receipt is lost, its signature is still there: a run without the key must not write an unsigned one.
+    std::fs::remove_file(lab.path("plan.json.receipt.json")).unwrap();
+    refused(&lab.apply(&path, &[]), 3, &["plan.json.receipt.json.sig", "never replaces a signed receipt", "--key"]);
+    assert!(!lab.path("plan.json.receipt.json").exists());
+    let out = lab.apply(&path, &["--key", "admin-key"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bytes = std::fs::read(lab.path("plan.json.receipt.json")).unwrap();
+    let sig = writeback::trust::SshSignature::parse(&std::fs::read(lab.path("plan.json.receipt.json.sig")).unwrap());
+    sig.unwrap().verify("writeback-receipt", &bytes).unwrap();
+    assert_eq!(lab.fake.count(|r| r.is_write() || r.is_batch()), writes);
+}
+
+#[test]
+fn a_journal_whose_last_line_lacks_its_line_feed_keeps_that_line() {
+    let lab = Lab::new();
+    let admin = SigningKey::generate("admin@contoso.example").unwrap();
+    lab.key_file(&admin, "admin-key");
+    lab.trust(&format!(
+        "{SIGNER} namespaces=\"writeback-plan\" {}\nadmin@contoso.example namespaces=\"writeback-receipt\" {}\n",
+        lab.planner.public_key_openssh(),
+        admin.public_key_openssh()
+    ));
+    let path = lab.sign_bytes(&plan::encode(&lab.plan(), PlanFormat::Json), "plan.json");
+    let out = lab.apply(&path, &["--key", "admin-key"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let journal = lab.path("plan.json.journal.jsonl");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    assert_eq!(bytes.pop(), Some(b'\n'));
+    std::fs::write(&journal, &bytes).unwrap();
+    let audit = lab.run(&["audit", ".", "--allowed-signers", "allowed_signers"]);
+    assert_eq!(audit.status.code(), Some(0), "{}\n{}", text(&audit.stdout), text(&audit.stderr));
+    assert!(text(&audit.stdout).contains("Findings: none"), "{}", text(&audit.stdout));
+    // The apply-finished line still counts: the plan is not applied again.
+    let writes = lab.fake.count(|r| r.is_write() || r.is_batch());
+    let again = lab.apply(&path, &["--key", "admin-key"]);
+    assert_eq!(again.status.code(), Some(22), "{}", text(&again.stderr));
+    assert_eq!(lab.fake.count(|r| r.is_write() || r.is_batch()), writes);
+}
+
+#[test]
+fn plan_refuses_an_empty_list_and_warns_about_large_removals() {
+    let dir = common::workspace();
+    let d = dir.path();
+    let list = d.join("politemail-all-staff.csv");
+    let full = std::fs::read_to_string(&list).unwrap();
+    let header = full.lines().next().unwrap().to_string();
+    std::fs::write(&list, format!("{header}\n")).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["plan", "--config", "writeback.toml", "--sync", "all-staff", "--out", "p.json"];
+        args.extend_from_slice(extra);
+        common::writeback(d, &args)
+    };
+    refused(&run(&[]), 3, &["politemail-all-staff.csv", "has no contacts", "remove every member", "--allow-empty"]);
+    assert!(!d.join("p.json").exists());
+    let out = run(&["--allow-empty"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Two contacts left of about three hundred: the planner is warned, with the group and the figures.
+    let mut lines = full.lines();
+    std::fs::write(&list, format!("{}\n{}\n{}\n", header, lines.nth(1).unwrap(), lines.next().unwrap())).unwrap();
+    std::fs::remove_file(d.join("p.json")).unwrap();
+    std::fs::remove_file(d.join("p.json.sig")).unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("warning: all-staff: the plan removes")
+            && stderr.contains("members of All Staff (b53a97e9-e214-49f9-9d7e-4e4a23c5c243)")
+            && stderr.contains("more than max_removal_percent (20%)"),
+        "{stderr}"
+    );
+}

@@ -6,6 +6,7 @@
 //! namespace `writeback-receipt`) into `<plan>.receipt.json.sig`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -279,6 +280,39 @@ impl Receipt {
         }
         Ok(receipt)
     }
+
+    /// True when this receipt is the receipt of the plan whose file has SHA-256 `plan_sha256`: a receipt belongs
+    /// to the plan whose SHA-256 it records, and to no other.
+    pub fn is_for(&self, plan_sha256: &str) -> bool {
+        self.plan_sha256.eq_ignore_ascii_case(plan_sha256)
+    }
+}
+
+/// Reads the receipt at `path` (a plan's receipt path) when there is one, and refuses one that belongs to
+/// another plan ([`crate::Error::ForeignReceipt`], exit 3): it must never be taken for this plan's, for "applied
+/// already" or for the audit trail. A file there that is not a receipt is refused the same way.
+pub fn read_own(path: &Path, plan_id: Uuid, plan_sha256: &str) -> crate::Result<Option<Receipt>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::Error::read(path, e)),
+    };
+    let foreign = |message: String| crate::Error::ForeignReceipt { path: path.to_path_buf(), message };
+    let receipt = Receipt::decode(&bytes).map_err(|e| {
+        foreign(format!(
+            "this is where plan {plan_id}'s receipt goes, but the file is not a writeback receipt ({e}); move it \
+             away, then run the command again"
+        ))
+    })?;
+    if !receipt.is_for(plan_sha256) {
+        return Err(foreign(format!(
+            "this is the receipt of another plan: it records plan {} (SHA-256 {}), but this plan is {plan_id} \
+             (SHA-256 {plan_sha256}). It says nothing about this plan. Move it, and its .sig, beside plan {} (the \
+             plan file was probably replaced by a newer one), then run the command again",
+            receipt.plan_id, receipt.plan_sha256, receipt.plan_id
+        )));
+    }
+    Ok(Some(receipt))
 }
 
 #[cfg(test)]

@@ -196,6 +196,8 @@ pub fn check(request: &ApplyRequest) -> Result<Checked> {
         None => PlanProgress::default(),
     };
     let receipt = crate::archive::receipt_path(&request.plan);
+    // A receipt beside the plan counts only when it records this plan's SHA-256.
+    super::receipt::read_own(&receipt, verified.plan.plan_id, &verified.sha256)?;
     // A journal that finished the plan but no receipt beside it: the run writes the receipt from the journal
     // and sends nothing, even though the ledger has the plan as finished.
     let rebuilding = progress.finished.is_some() && !receipt.exists();
@@ -312,12 +314,23 @@ fn finish(request: &ApplyRequest, checked: &Checked, finished: Finished, forbidd
 /// path when there is one.
 pub fn write_receipt(path: &Path, receipt: &Receipt, key: Option<&SigningKey>) -> Result<Option<PathBuf>> {
     let bytes = receipt.encode();
+    let sig_path = crate::archive::signature_path(path);
+    if key.is_none() && sig_path.exists() {
+        // A signed receipt (or its signature, left behind) is never replaced by an unsigned receipt.
+        return Err(Error::SignedReceipt {
+            path: path.to_path_buf(),
+            message: format!(
+                "{} is there: this receipt was signed, and writeback never replaces a signed receipt with an \
+                 unsigned one. Run the command again with --key (the admin's writeback-receipt key)",
+                sig_path.display()
+            ),
+        });
+    }
     match key {
         Some(key) => {
             let sig = key
                 .sign(RECEIPT_NAMESPACE, &bytes)
                 .map_err(|e| Error::Internal(format!("cannot sign the receipt: {e}")))?;
-            let sig_path = crate::archive::signature_path(path);
             crate::atomic_write::write_together(&[(path, &bytes), (&sig_path, sig.as_bytes())])?;
             Ok(Some(sig_path))
         }

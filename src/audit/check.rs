@@ -79,6 +79,10 @@ impl Checked {
 pub fn check(request: &CheckRequest) -> Result<Checked> {
     let verified =
         trust::verify_plan_files(&request.plan, request.signature.as_deref(), &request.allowed_signers, request.now)?;
+    // An existing receipt is never replaced, and one of another plan is never taken for this one's (checked before
+    // any request).
+    let path = request.receipt_out.clone().unwrap_or_else(|| crate::archive::receipt_path(&request.plan));
+    let existing = crate::apply::receipt::read_own(&path, verified.plan.plan_id, &verified.sha256)?.is_some();
     // Load the key before any request, so that a bad key fails fast.
     let key = match &request.key {
         Some(path) => Some(SigningKey::load(path)?),
@@ -91,8 +95,7 @@ pub fn check(request: &CheckRequest) -> Result<Checked> {
     if !report.all_in_effect() {
         return Ok(Checked { verified, report, receipt: ReceiptWrite::NotInEffect });
     }
-    let path = request.receipt_out.clone().unwrap_or_else(|| crate::archive::receipt_path(&request.plan));
-    if path.exists() {
+    if existing {
         return Ok(Checked { verified, report, receipt: ReceiptWrite::Exists(path) });
     }
     let receipt = effect::manual_receipt(

@@ -9,6 +9,7 @@ use crate::config::{self, parse_duration, Scope};
 use crate::error::{Error, Result};
 use crate::plan::{self, Plan, PlanFormat};
 use crate::planning::mapping::{self, MappingFlags};
+use crate::planning::output::{self, OutputPolicy};
 use crate::planning::services::Endpoints;
 use crate::planning::{self, PlanRequest};
 use crate::trust::keys::SigningKey;
@@ -85,6 +86,16 @@ pub struct PlanArgs {
     #[arg(long, env = "WRITEBACK_SIGNER", value_name = "PRINCIPAL")]
     pub signer: Option<String>,
 
+    /// Replace an existing file at --out that is not a plan. Never replaced, even so: the plan's inputs, the
+    /// config, a key, an allowed_signers file, or a plan with a receipt, journal or approval beside it.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Plan a list that has no contacts (it removes every member of the group); without it, such a list is
+    /// refused.
+    #[arg(long)]
+    pub allow_empty: bool,
+
     /// Print the plan summary as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -129,10 +140,14 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
         )
     })?;
     let created_at = chrono::DateTime::from_timestamp(ctx.now.timestamp(), 0).unwrap_or(ctx.now);
+    let plan_id = uuid::Uuid::new_v4();
     let out = args.out.clone().or(defaults.out.clone()).unwrap_or_else(|| {
-        let ext = if format == PlanFormat::Csv { "csv" } else { "json" };
-        PathBuf::from(format!("plan-{}.{ext}", created_at.format("%Y%m%d-%H%M%S")))
+        PathBuf::from(if format == PlanFormat::Csv { "plan-{date}.csv" } else { "plan-{date}.json" })
     });
+    let out = output::expand(&out, created_at, plan_id);
+    let allowed_signers: Vec<PathBuf> =
+        std::env::var_os(crate::trust::ALLOWED_SIGNERS_ENV).map(PathBuf::from).into_iter().collect();
+    let output = OutputPolicy::new(args.force, &mappings, config.as_ref(), &key_path, &allowed_signers);
     let key = SigningKey::load(&key_path)?;
     let signer = args.signer.clone().or(defaults.signer.clone()).unwrap_or_else(|| key.comment().to_string());
     if signer.trim().is_empty() {
@@ -144,13 +159,18 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
         mappings,
         endpoints: Endpoints { sign_in, politemail_url: defaults.politemail_url.clone() },
         format,
-        plan_id: uuid::Uuid::new_v4(),
+        plan_id,
         created_at,
         expires_in,
         signer,
         key,
         key_path,
         out,
+        output,
+        allow_empty: args.allow_empty,
+        max_removal_percent: defaults
+            .max_removal_percent
+            .unwrap_or(crate::apply::gates::Thresholds::default().max_removal_percent),
     })
 }
 

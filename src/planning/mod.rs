@@ -15,6 +15,7 @@
 
 pub mod inputs;
 pub mod mapping;
+pub mod output;
 pub mod pipeline;
 pub mod services;
 
@@ -54,6 +55,12 @@ pub struct PlanRequest {
     pub key_path: PathBuf,
     /// Where the plan goes; its signature goes beside it.
     pub out: PathBuf,
+    /// What writing `out` may replace ([`output::check`]).
+    pub output: output::OutputPolicy,
+    /// `--allow-empty`: plan a list with no contacts (which removes every member).
+    pub allow_empty: bool,
+    /// Warn when a plan removes more than this percentage of a group (`max_removal_percent`).
+    pub max_removal_percent: f64,
 }
 
 /// A plan written to disk with its signature.
@@ -73,8 +80,11 @@ pub struct WrittenPlan {
 /// Reads every mapping's inputs, reconciles, builds the plan, signs it and writes the plan and its signature
 /// together.
 pub fn plan(request: PlanRequest) -> Result<WrittenPlan> {
+    // Before anything is read: the plan must not replace what matters (and the check is repeated before the write).
+    output::check(&request.out, &request.output)?;
     let mut phases = Phases::start();
     let (plan, warnings) = build_timed(&request, &mut phases)?;
+    output::check(&request.out, &request.output)?;
     let bytes = plan::encode(&plan, request.format);
     phases.lap("plan: encode");
     let signature = request
@@ -103,6 +113,12 @@ fn build_timed(request: &PlanRequest, phases: &mut Phases) -> Result<(Plan, Vec<
     let mut warnings = Vec::new();
     for mapping in &request.mappings {
         let planned = plan_mapping(mapping, &mut user_cache, &mut services, phases)?;
+        if planned.contacts == 0 && !request.allow_empty {
+            return Err(empty_list(mapping, &planned));
+        }
+        if let Some(warning) = removal_warning(&planned, request.max_removal_percent) {
+            warnings.push(format!("{}: {warning}", mapping.name));
+        }
         let (result, records) = (planned.result, planned.records);
         warnings.extend(planned.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
         warnings.extend(result.warnings.iter().map(|w| format!("{}: {w}", mapping.name)));
@@ -139,6 +155,43 @@ fn build_timed(request: &PlanRequest, phases: &mut Phases) -> Result<(Plan, Vec<
     Ok((plan, warnings))
 }
 
+/// The refusal of a list with no contacts: planned as it is, it would remove every member of the group.
+fn empty_list(mapping: &Mapping, planned: &MappingPlan) -> Error {
+    let location = match &mapping.contacts {
+        mapping::ContactsSource::Csv(path) => path.display().to_string(),
+        mapping::ContactsSource::Api(list) => format!("PoliteMail list '{}'", crate::terminal::escape(list)),
+    };
+    Error::EmptyList {
+        location,
+        message: format!(
+            "{}: the list has no contacts (a header-only or failed export?); planned as it is, it would remove \
+             every member of the group ({} now). Check the list, or pass --allow-empty if it really is empty",
+            mapping.name, planned.result.precondition.member_count
+        ),
+    }
+}
+
+/// The planner's warning when the plan removes more than `max_percent` of a group's user members: the admin's
+/// removal limit will refuse it, and a list that lost most of its contacts is more often a broken export than a
+/// real change.
+fn removal_warning(planned: &MappingPlan, max_percent: f64) -> Option<String> {
+    let members = planned.result.precondition.member_count;
+    let removes = planned.result.changes.iter().filter(|c| c.action == crate::plan::Action::Remove).count() as u64;
+    if members == 0 || removes as f64 * 100.0 <= max_percent * members as f64 {
+        return None;
+    }
+    let group = match &planned.display_name {
+        Some(name) => format!("{} ({})", crate::terminal::escape(name), planned.group_id),
+        None => planned.group_id.to_string(),
+    };
+    Some(format!(
+        "the plan removes {removes} of the {members} members of {group} ({:.1}%), more than max_removal_percent \
+         ({max_percent}%). apply will refuse it unless the admin raises the limit; check that the list export is \
+         complete",
+        removes as f64 * 100.0 / members as f64
+    ))
+}
+
 /// One mapping's reconciliation and what the plan records about its inputs.
 pub struct MappingPlan {
     /// The group's id.
@@ -149,6 +202,8 @@ pub struct MappingPlan {
     pub records: Vec<InputRecord>,
     /// The tenant, when read from Graph.
     pub tenant_id: Option<String>,
+    /// How many contacts the list had (every row, valid or not).
+    pub contacts: u64,
     /// Things the planner should know about the group.
     pub warnings: Vec<String>,
     /// Adds, removes, entries not acted on and the precondition.
@@ -176,6 +231,7 @@ fn plan_mapping(
         display_name: inputs.display_name,
         records,
         tenant_id: inputs.tenant_id,
+        contacts: inputs.contacts.contacts.len() as u64,
         warnings: inputs.warnings,
         result,
     })

@@ -72,6 +72,7 @@ pub fn plan_from_files(
             reconciler.add_contact_refs(contacts.iter());
             members.join().unwrap_or_else(|_| Err(stopped("members")))
         });
+        let contacts_count = contacts.len() as u64;
         drop(contacts);
         let (members, members_input, took) = members?;
         phases.lap("list: resolve (members beside it)");
@@ -86,6 +87,7 @@ pub fn plan_from_files(
             display_name: mapping.group_name.clone(),
             records,
             tenant_id: None,
+            contacts: contacts_count,
             warnings: Vec::new(),
             result,
         })

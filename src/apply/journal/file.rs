@@ -60,6 +60,12 @@ impl Journal {
                     file.set_len(torn.offset).map_err(|e| Error::write(path, e))?;
                     file.sync_all().map_err(|e| Error::write(path, e))?;
                 }
+                if chain.unterminated {
+                    // The last line is complete: keep it, and end it before anything is appended.
+                    let mut file = OpenOptions::new().append(true).open(path).map_err(|e| Error::write(path, e))?;
+                    file.write_all(b"\n").map_err(|e| Error::write(path, e))?;
+                    file.sync_all().map_err(|e| Error::write(path, e))?;
+                }
                 let journal = Journal::append_to(path, chain.tip())?;
                 Ok(Opened { journal, chain, created: false })
             }
@@ -159,6 +165,23 @@ mod tests {
     fn a_missing_journal_reads_as_none() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read(&dir.path().join("none.jsonl")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_last_line_without_its_line_feed_is_ended_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        write_sample(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.pop();
+        std::fs::write(&path, &bytes).unwrap();
+        let opened = Journal::open(&path, t(9)).unwrap();
+        assert_eq!(opened.chain.seq, 3);
+        let mut j = opened.journal;
+        j.append(t(10), outcome(3, Outcome::Applied)).unwrap();
+        let chain = verify_chain(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(chain.seq, 4);
+        assert!(!chain.unterminated && chain.torn_tail.is_none());
     }
 
     #[test]

@@ -229,6 +229,9 @@ pub struct Chain {
     pub links: Vec<String>,
     /// An incomplete last line, if there was one. It is not part of the chain.
     pub torn_tail: Option<TornTail>,
+    /// The last line is complete and part of the chain, but the file lacks its final line feed (a crash between
+    /// the line and its line feed, or an editor that strips it). The next append writes the line feed first.
+    pub unterminated: bool,
 }
 
 impl Chain {
@@ -239,7 +242,15 @@ impl Chain {
 
     /// An empty chain: a journal with only its header.
     pub fn empty(header: Header, tip: &Tip) -> Chain {
-        Chain { header, entries: Vec::new(), head: tip.head.clone(), seq: tip.seq, links: Vec::new(), torn_tail: None }
+        Chain {
+            header,
+            entries: Vec::new(),
+            head: tip.head.clone(),
+            seq: tip.seq,
+            links: Vec::new(),
+            torn_tail: None,
+            unterminated: false,
+        }
     }
 }
 
@@ -278,33 +289,55 @@ pub fn verify_chain(bytes: &[u8]) -> Result<Chain, ChainError> {
         }
         let entry: Entry = serde_json::from_slice(line)
             .map_err(|e| ChainError { line: line_no, message: format!("not a journal entry: {e}") })?;
-        if entry.prev != head {
-            return Err(ChainError {
-                line: line_no,
-                message: format!(
-                    "the chain is broken: prev is {} but the line before hashes to {head} (an earlier line was \
-                     changed, inserted or deleted)",
-                    entry.prev
-                ),
-            });
-        }
-        if entry.seq != seq + 1 {
-            return Err(ChainError {
-                line: line_no,
-                message: format!("seq is {} but {} was expected", entry.seq, seq + 1),
-            });
-        }
+        check_link(&entry, &head, seq, line_no)?;
         seq = entry.seq;
         head = link(line);
         links.push(head.clone());
         entries.push(entry);
     }
-    let torn_tail = (!torn.is_empty()).then(|| TornTail {
-        offset: complete.len() as u64,
-        len: torn.len() as u64,
-        line: line_no + 1,
-    });
-    Ok(Chain { header, entries, head, seq, links, torn_tail })
+    // A last line without its line feed: a crash in the middle of the write leaves a line that does not parse,
+    // which is torn off. One that parses as an entry is complete (only its line feed is missing) and is part of
+    // the chain, checked like every other line.
+    let mut unterminated = false;
+    let mut torn_tail = None;
+    if !torn.is_empty() {
+        match serde_json::from_slice::<Entry>(torn) {
+            Ok(entry) => {
+                line_no += 1;
+                check_link(&entry, &head, seq, line_no)?;
+                seq = entry.seq;
+                head = link(torn);
+                links.push(head.clone());
+                entries.push(entry);
+                unterminated = true;
+            }
+            Err(_) => {
+                torn_tail = Some(TornTail { offset: complete.len() as u64, len: torn.len() as u64, line: line_no + 1 });
+            }
+        }
+    }
+    Ok(Chain { header, entries, head, seq, links, torn_tail, unterminated })
+}
+
+/// Checks that `entry` (line `line_no`) follows the line whose link is `head` and whose `seq` is `seq`.
+fn check_link(entry: &Entry, head: &str, seq: u64, line_no: u64) -> Result<(), ChainError> {
+    if entry.prev != head {
+        return Err(ChainError {
+            line: line_no,
+            message: format!(
+                "the chain is broken: prev is {} but the line before hashes to {head} (an earlier line was \
+                 changed, inserted or deleted)",
+                entry.prev
+            ),
+        });
+    }
+    if entry.seq != seq + 1 {
+        return Err(ChainError {
+            line: line_no,
+            message: format!("seq is {} but {} was expected", entry.seq, seq + 1),
+        });
+    }
+    Ok(())
 }
 
 /// What one journal says about one plan.
@@ -524,6 +557,24 @@ mod tests {
     fn a_blank_line_in_the_middle_is_an_error() {
         let text = String::from_utf8(sample()).unwrap().replacen('\n', "\n\n", 1);
         assert_eq!(verify_chain(text.as_bytes()).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn a_complete_last_line_without_its_line_feed_is_kept() {
+        let mut bytes = sample();
+        let full = verify_chain(&bytes).unwrap();
+        assert_eq!(bytes.pop(), Some(b'\n'));
+        let chain = verify_chain(&bytes).unwrap();
+        assert!(chain.unterminated && chain.torn_tail.is_none());
+        assert_eq!((chain.seq, &chain.head, chain.entries.len()), (full.seq, &full.head, full.entries.len()));
+        // Complete but not chained: that is a changed line, not a crash.
+        let mut changed = sample();
+        changed.pop();
+        let at = changed.iter().rposition(|b| *b == b'\n').unwrap();
+        let last = String::from_utf8(changed[at + 1..].to_vec()).unwrap().replace("\"seq\":3", "\"seq\":7");
+        changed.truncate(at + 1);
+        changed.extend_from_slice(last.as_bytes());
+        assert!(verify_chain(&changed).unwrap_err().message.contains("seq is 7"));
     }
 
     #[test]
