@@ -277,16 +277,22 @@ fn shortfall_message(report: &ApprovalReport, required: u32) -> String {
 /// One line per approval: principal, fingerprint and whether it counts (or why not). Empty when there are none.
 pub fn render(report: &ApprovalReport) -> String {
     let mut out = String::new();
+    use crate::terminal::escape;
     for a in &report.valid {
-        out.push_str(&format!("  {}  {}  valid ({})\n", a.principal, a.fingerprint, file_name(&a.file)));
+        out.push_str(&format!(
+            "  {}  {}  valid ({})\n",
+            escape(&a.principal),
+            a.fingerprint,
+            escape(&file_name(&a.file))
+        ));
     }
     for r in &report.rejected {
         out.push_str(&format!(
             "  {}  {}  NOT COUNTED ({}): {}\n",
-            r.principal.as_deref().unwrap_or("unknown signer"),
+            escape(r.principal.as_deref().unwrap_or("unknown signer")),
             r.fingerprint.as_deref().unwrap_or("unknown key"),
-            file_name(&r.file),
-            r.reason
+            escape(&file_name(&r.file)),
+            escape(&r.reason)
         ));
     }
     out
@@ -303,7 +309,10 @@ pub fn render_section(files: &[PathBuf], report: Option<&ApprovalReport>) -> Str
         Some(report) => out.push_str(&render(report)),
         None => {
             for file in files {
-                out.push_str(&format!("  {}  not checked (give --allowed-signers)\n", file_name(file)));
+                out.push_str(&format!(
+                    "  {}  not checked (give --allowed-signers)\n",
+                    crate::terminal::escape(&file_name(file))
+                ));
             }
         }
     }

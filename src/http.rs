@@ -156,7 +156,7 @@ impl ServiceError {
         let header_id = request_id_from_headers(response.headers());
         let retry_after = retry_after(response.headers(), wall_clock().into());
         let body = response.bytes().await.unwrap_or_default();
-        let parsed = parse_error_body(&body);
+        let parsed = if service == SIGN_IN { parse_sign_in_error(&body) } else { parse_error_body(&body) };
         ServiceError {
             service,
             method: method.to_string(),
@@ -187,6 +187,33 @@ pub struct ErrorBody {
     pub message: Option<String>,
     /// `error.innerError.request-id`.
     pub request_id: Option<String>,
+}
+
+/// The service name of the Entra sign-in (token) endpoint, whose errors are read by [`parse_sign_in_error`].
+pub const SIGN_IN: &str = "the sign-in endpoint";
+
+/// The most characters of the sign-in endpoint's `error` and `error_description` shown together.
+pub const SIGN_IN_ERROR_MAX: usize = 300;
+
+/// Reads the sign-in endpoint's error answer as its `error` and `error_description` only (OAuth 2.0, RFC 6749
+/// section 5.2), at most [`SIGN_IN_ERROR_MAX`] characters together, plus its `trace_id`. Nothing else of the body
+/// is ever shown: the request carried the client secret or assertion, and an endpoint that echoes the request
+/// must not get it printed. A body that is not such a JSON object gives no message.
+pub fn parse_sign_in_error(body: &[u8]) -> ErrorBody {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return ErrorBody::default() };
+    let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::trim).filter(|s| !s.is_empty());
+    let code: Option<String> = field("error").map(|c| c.chars().take(SIGN_IN_ERROR_MAX / 3).collect());
+    let room = SIGN_IN_ERROR_MAX - code.as_ref().map_or(0, |c| c.chars().count());
+    let message = field("error_description").map(|d| {
+        let first = d.lines().next().unwrap_or("");
+        let mut cut: String = first.chars().take(room).collect();
+        if first.chars().count() > room {
+            cut.pop();
+            cut.push('…');
+        }
+        cut
+    });
+    ErrorBody { code, message, request_id: field("trace_id").map(|t| t.chars().take(64).collect()) }
 }
 
 /// Reads the error envelopes Graph, OData services and the sign-in endpoint use. Anything else gives the first
@@ -729,5 +756,24 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("after 4 attempt(s)"), "{text}");
         assert!(text.contains("GET /x"), "{text}");
+    }
+
+    #[test]
+    fn the_sign_in_endpoints_error_is_its_error_and_description_only() {
+        let echoed = b"client_id=abc&client_secret=s3cret&grant_type=client_credentials";
+        assert_eq!(parse_sign_in_error(echoed), ErrorBody::default());
+        let long = "AADSTS7000215: Invalid client secret provided. ".repeat(20);
+        let body = serde_json::json!({
+            "error": "invalid_client",
+            "error_description": format!("{long}\r\nTrace ID: x"),
+            "trace_id": "t-1",
+            "request": "client_secret=s3cret",
+        });
+        let parsed = parse_sign_in_error(body.to_string().as_bytes());
+        assert_eq!(parsed.code.as_deref(), Some("invalid_client"));
+        let message = parsed.message.unwrap();
+        assert!(message.starts_with("AADSTS7000215") && message.ends_with('…'), "{message}");
+        assert_eq!("invalid_client".chars().count() + message.chars().count(), SIGN_IN_ERROR_MAX);
+        assert_eq!(parsed.request_id.as_deref(), Some("t-1"));
     }
 }

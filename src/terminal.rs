@@ -55,8 +55,9 @@ pub fn write_stdout(args: fmt::Arguments<'_>) {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return;
     }
+    let text = render(args);
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+    if let Err(e) = out.write_all(escape_stream(&text).as_bytes()).and_then(|()| out.flush()) {
         STDOUT_CLOSED.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             if let Ok(mut failed) = STDOUT_FAILED.lock() {
@@ -71,8 +72,9 @@ pub fn write_stderr(args: fmt::Arguments<'_>) {
     if STDERR_CLOSED.load(Ordering::Relaxed) {
         return;
     }
+    let text = render(args);
     let mut err = std::io::stderr().lock();
-    if err.write_fmt(args).and_then(|()| err.flush()).is_err() {
+    if err.write_all(escape_stream(&text).as_bytes()).and_then(|()| err.flush()).is_err() {
         STDERR_CLOSED.store(true, Ordering::Relaxed);
     }
 }
@@ -114,6 +116,34 @@ pub fn escape(text: &str) -> Cow<'_, str> {
             c if (c as u32) < 0x100 => write!(out, "\\x{:02x}", c as u32),
             c => write!(out, "\\u{{{:04x}}}", c as u32),
         };
+    }
+    Cow::Owned(out)
+}
+
+/// The text of `args`, borrowed when it is a plain string.
+fn render(args: fmt::Arguments<'_>) -> Cow<'static, str> {
+    match args.as_str() {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(args.to_string()),
+    }
+}
+
+/// The last line of defence, applied to everything written through [`write_stdout`] and [`write_stderr`]: every
+/// unsafe character ([`is_unsafe`]) except the line feed becomes `\uXXXX`. That is a visible escape on a terminal
+/// and, inside a JSON string, the JSON escape of the same character, so `--json` output stays valid and means
+/// what it meant (serde_json writes bidirectional controls and C1 characters raw). Strings from outside should
+/// still go through [`escape`] where they are placed, so that a line feed in them is shown too.
+pub fn escape_stream(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c != '\n' && is_unsafe(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c == '\n' || !is_unsafe(c) {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
     }
     Cow::Owned(out)
 }
@@ -175,5 +205,18 @@ mod tests {
             let shown = escape(&c.to_string()).into_owned();
             assert!(!shown.chars().any(is_unsafe), "{c:?} -> {shown:?}");
         }
+    }
+
+    #[test]
+    fn the_output_stream_keeps_lines_and_json_and_escapes_the_rest() {
+        let text = "row 1 \u{1b}[1A\u{1b}[2K\u{7}\trow\r\n\u{202e}evil\u{85}\n";
+        assert_eq!(escape_stream(text), "row 1 \\u001b[1A\\u001b[2K\\u0007\\u0009row\\u000d\n\\u202eevil\\u0085\n");
+        assert!(matches!(escape_stream("plain\nlines\n"), Cow::Borrowed(_)));
+        // JSON as serde_json writes it (C0 escaped, bidi and C1 raw) stays valid and means the same.
+        let value = serde_json::json!({ "upn": "bob@x\u{1b}[31m\u{202e}\u{9b}" });
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let shown = escape_stream(&pretty);
+        assert!(!shown.chars().any(|c| c != '\n' && is_unsafe(c)), "{shown}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).unwrap(), value);
     }
 }

@@ -729,3 +729,170 @@ fn plan_refuses_an_empty_list_and_warns_about_large_removals() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// §9 What reaches a terminal is what the bytes say.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The raw bytes that must never reach a terminal: ESC, BEL, C1 CSI, and the bidi override U+202E.
+fn assert_no_raw_controls(label: &str, bytes: &[u8]) {
+    let shown = String::from_utf8_lossy(bytes);
+    for (needle, name) in [("\u{1b}", "ESC"), ("\u{7}", "BEL"), ("\u{202e}", "U+202E"), ("\u{9b}", "CSI")] {
+        assert!(!shown.contains(needle), "{label}: a raw {name} reached the output:\n{shown}");
+    }
+    assert!(!shown.chars().any(|c| c != '\n' && writeback::terminal::is_unsafe(c)), "{label}:\n{shown}");
+}
+
+#[test]
+fn hostile_names_in_a_plan_reach_no_terminal_raw() {
+    let lab = Lab::new();
+    let admin = SigningKey::generate("admin@contoso.example").unwrap();
+    lab.key_file(&admin, "admin-key");
+    let mut plan = lab.plan();
+    let hostile = "bob@contoso.example\u{1b}[31m\u{1b}[1A\u{1b}[2K\u{1b}]0;pwned\u{7}\u{202e}moc.elpmaxe";
+    for change in &mut plan.groups[0].changes {
+        change.upn = format!("{hostile}-{}", change.user_id);
+        change.display_name = Some("Bob \u{1b}[1A\u{1b}[2K\u{202e}evil\u{9b}2J".to_string());
+        change.reason = "on the list \u{1b}]8;;http://evil\u{7}".into();
+    }
+    plan.groups[0].display_name = Some("Staff\u{1b}[2K\u{202e}".into());
+    plan.tool_version = "writeback\u{1b}[8m hidden".into();
+    let bytes = plan::encode(&plan, PlanFormat::Json);
+    let path = lab.sign_bytes(&bytes, "plan.json");
+    lab.sign_bytes(&plan::encode(&plan, PlanFormat::Csv), "plan.csv");
+    let trust = ["--allowed-signers", "allowed_signers"];
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["show", "plan.json"],
+        vec!["show", "plan.csv"],
+        vec!["show", "plan.json", "--json"],
+        vec!["verify", "plan.json"],
+        vec!["export", "plan.json", "--to", "powershell"],
+        vec!["export", "plan.json", "--to", "entra-bulk-add"],
+        vec!["check", "plan.json"],
+        vec!["report", "plan.json", "--out", "report.html"],
+    ];
+    for args in runs {
+        let out = lab.run(&[&args[..], &trust].concat());
+        let label = args.join(" ");
+        assert_no_raw_controls(&format!("stdout of {label}"), &out.stdout);
+        assert_no_raw_controls(&format!("stderr of {label}"), &out.stderr);
+        if args[0] == "show" && args.len() == 2 {
+            let stdout = text(&out.stdout);
+            assert!(stdout.contains("\\x1b[31m") && stdout.contains("\\u{202e}"), "{stdout}");
+        }
+    }
+    let apply = lab.apply(&path, &["--dry-run"]);
+    assert_eq!(apply.status.code(), Some(0), "{}", text(&apply.stderr));
+    assert_no_raw_controls("stdout of apply --dry-run", &apply.stdout);
+    assert_no_raw_controls("stderr of apply --dry-run", &apply.stderr);
+    let json = lab.run(&["show", "plan.json", "--json", "--allowed-signers", "allowed_signers"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(value["groups"][0]["changes"][0]["upn"].as_str().unwrap().starts_with(hostile), "JSON keeps the value");
+    let page = std::fs::read(lab.path("report.html")).unwrap();
+    assert_no_raw_controls("report.html", &page);
+    lab.assert_no_writes();
+}
+
+/// A sign-in endpoint that answers every request with `answer(request)` (status 400), on 127.0.0.1. The
+/// thread serves until the returned guard is dropped.
+struct SignIn {
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SignIn {
+    fn start(answer: fn(&str) -> (String, String)) -> SignIn {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then the body its Content-Length announces.
+                let body_start = loop {
+                    let Ok(n) = stream.read(&mut buf) else { break None };
+                    if n == 0 {
+                        break None;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(at + 4);
+                    }
+                };
+                let Some(body_start) = body_start else { continue };
+                let head = String::from_utf8_lossy(&request[..body_start]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                while request.len() < body_start + length {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let (content_type, body) = answer(&String::from_utf8_lossy(&request));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        SignIn { url, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for SignIn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.url.trim_start_matches("http://"));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn the_sign_in_endpoints_error_shows_its_error_and_description_only() {
+    let lab = Lab::new();
+    let path = lab.sign_bytes(&plan::encode(&lab.plan(), PlanFormat::Json), "plan.json");
+    let secret = fake_url(&lab.fake, "AZURE_CLIENT_SECRET");
+    // One endpoint echoes the request (with the secret) as plain text; another puts it, with escapes, in a long
+    // error_description.
+    let plain = SignIn::start(|request| ("text/plain".into(), request.replace("\r\n", " | ")));
+    let json = SignIn::start(|request| {
+        let description =
+            format!("AADSTS7000215: Invalid client secret \u{1b}[2K\u{202e}{} {}", "x".repeat(400), request);
+        (
+            "application/json".into(),
+            serde_json::json!({"error": "invalid_client", "error_description": description}).to_string(),
+        )
+    });
+    for endpoint in [&plain, &json] {
+        let out = lab
+            .command(&["apply", path.to_str().unwrap(), "--allowed-signers", "allowed_signers", "--yes"])
+            .env("WRITEBACK_LOGIN_URL", &endpoint.url)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{stderr}");
+        assert!(!stderr.contains(&secret) && !stderr.contains("client_secret"), "the request was echoed: {stderr}");
+        assert_no_raw_controls("stderr", &out.stderr);
+        assert!(stderr.contains("the sign-in endpoint"), "{stderr}");
+        if std::ptr::eq(endpoint, &json) {
+            assert!(stderr.contains("invalid_client: AADSTS7000215"), "{stderr}");
+            let shown = stderr.split("invalid_client: ").nth(1).unwrap().split(" (").next().unwrap();
+            assert!(shown.chars().count() <= 300, "{} characters: {shown}", shown.chars().count());
+        }
+    }
+    lab.assert_no_writes();
+}

@@ -96,7 +96,7 @@ pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
         "Plan {} (SHA-256 {}) signed by {}, valid until {}; {} valid approval{} ({} required).",
         plan.plan_id,
         verified.sha256,
-        verified.principal,
+        crate::terminal::Escaped(&verified.principal),
         crate::plan::timestamp::format(&plan.expires_at),
         report.valid.len(),
         if report.valid.len() == 1 { "" } else { "s" },
@@ -104,12 +104,17 @@ pub fn run(args: ExportArgs, ctx: &Context) -> Result<()> {
     );
     for (path, file) in paths.iter().zip(&out.files) {
         match &file.group {
-            Some(group) => crate::outln!("Wrote {} ({} members, {group})", path.display(), file.changes),
+            Some(group) => crate::outln!(
+                "Wrote {} ({} members, {})",
+                path.display(),
+                file.changes,
+                crate::terminal::Escaped(group)
+            ),
             None => crate::outln!("Wrote {} ({} changes)", path.display(), file.changes),
         }
     }
     for note in &out.notes {
-        crate::outln!("{note}");
+        crate::outln!("{}", crate::terminal::Escaped(note));
     }
     if out.files.is_empty() {
         crate::outln!("Nothing written: the plan has no changes of this kind.");

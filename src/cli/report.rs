@@ -55,7 +55,7 @@ pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
             CheckStatus::Warn => "note",
             CheckStatus::NotChecked => "not checked",
         };
-        crate::outln!("  {:<28} {label}: {}", check.name, check.detail);
+        crate::outln!("  {:<28} {label}: {}", check.name, crate::terminal::Escaped(&check.detail));
     }
     match page.failure {
         Some(e) => Err(e),

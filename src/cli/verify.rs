@@ -10,6 +10,7 @@ use crate::approvals;
 use crate::cli::Context;
 use crate::error::Result;
 use crate::plan::timestamp;
+use crate::terminal::Escaped;
 use crate::trust::{self, VerifiedPlan};
 
 /// Arguments of `writeback verify`.
@@ -116,13 +117,13 @@ fn print_text(
     let (adds, removes) = v.plan.totals();
     crate::outln!("Plan:        {}", args.plan.display());
     crate::outln!("Signature:   good ({}, namespace {})", sig_path.display(), trust::PLAN_NAMESPACE);
-    crate::outln!("Signed by:   {} (key {})", v.principal, v.fingerprint);
+    crate::outln!("Signed by:   {} (key {})", Escaped(&v.principal), v.fingerprint);
     crate::outln!("Trusted by:  {}", allowed.display());
     crate::outln!("Plan id:     {}", v.plan.plan_id);
     crate::outln!("SHA-256:     {}", v.sha256);
-    crate::outln!("Format:      {} ({})", v.plan.format_version, v.plan.tool_version);
+    crate::outln!("Format:      {} ({})", v.plan.format_version, Escaped(&v.plan.tool_version));
     if let Some(tenant) = &v.plan.tenant_id {
-        crate::outln!("Tenant:      {tenant}");
+        crate::outln!("Tenant:      {}", Escaped(tenant));
     }
     crate::outln!("Created:     {}", timestamp::format(&v.plan.created_at));
     if args.at.is_some() {
@@ -139,7 +140,7 @@ fn print_text(
     crate::outln!("Expires:     {} ({status})", timestamp::format(&v.plan.expires_at));
     crate::outln!("Groups:      {}", v.plan.groups.len());
     for g in &v.plan.groups {
-        crate::outln!("  {}: {} to add, {} to remove", g.label(), g.counts.add, g.counts.remove);
+        crate::outln!("  {}: {} to add, {} to remove", Escaped(&g.label()), g.counts.add, g.counts.remove);
     }
     crate::outln!("Changes:     {adds} to add, {removes} to remove");
     if v.expired {

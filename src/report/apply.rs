@@ -10,6 +10,7 @@ use crate::apply::gates::GroupWork;
 use crate::apply::run::Review;
 use crate::apply::session::{Finished, Prepared};
 use crate::report::review::{render_review, SignatureStatus};
+use crate::terminal::escape;
 
 /// The review `apply` shows before it asks: the plan's summary and tables, then the gates' report.
 pub fn review_text(review: &Review<'_>, width: u16) -> String {
@@ -69,7 +70,7 @@ fn drift_lines(out: &mut String, work: &GroupWork) {
     }
     out.push_str(&format!(
         "Drift in {}: {} joined and {} left since planning\n",
-        work.label,
+        escape(&work.label),
         work.drift.joined.len(),
         work.drift.left.len()
     ));
@@ -181,7 +182,7 @@ pub fn summary(finished: &Finished, receipt_path: &Path, signed: bool, width: u1
     for g in &receipt.groups {
         let name = g.display_name.clone().unwrap_or_else(|| g.group_id.to_string());
         table.add_row(vec![
-            Cell::new(name),
+            Cell::new(escape(&name)),
             right(g.counts.applied),
             right(g.counts.already_member),
             right(g.counts.already_absent),
@@ -211,20 +212,20 @@ pub fn summary(finished: &Finished, receipt_path: &Path, signed: bool, width: u1
             let err = c.error.as_ref();
             t.add_row(vec![
                 Cell::new(c.action.as_str()),
-                Cell::new(&c.upn),
-                Cell::new(c.detail.clone().unwrap_or_default()),
+                Cell::new(escape(&c.upn)),
+                Cell::new(escape(c.detail.as_deref().unwrap_or_default())),
                 Cell::new(
                     err.map(|e| {
                         format!(
                             "{} {}: {}",
                             e.status,
-                            e.code.clone().unwrap_or_default(),
-                            e.message.clone().unwrap_or_default()
+                            escape(e.code.as_deref().unwrap_or_default()),
+                            escape(e.message.as_deref().unwrap_or_default())
                         )
                     })
                     .unwrap_or_default(),
                 ),
-                Cell::new(err.and_then(|e| e.request_id.clone()).unwrap_or_default()),
+                Cell::new(escape(err.and_then(|e| e.request_id.as_deref()).unwrap_or_default())),
             ]);
         }
         out.push_str(&t.to_string());

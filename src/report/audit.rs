@@ -45,16 +45,18 @@ pub fn render(dir: &Path, report: &AuditReport, width: u16) -> String {
                 "Applied\nfailed\nskipped",
             ]);
         for row in &report.plans {
-            let approvers = if row.approvers.is_empty() { "-".to_string() } else { row.approvers.join("\n") };
+            use crate::terminal::escape;
+            let approvers: Vec<_> = row.approvers.iter().map(|a| escape(a)).collect();
+            let approvers = if approvers.is_empty() { "-".to_string() } else { approvers.join("\n") };
             let applied_by = match (&row.applied_by, row.mode.as_deref()) {
-                (Some(by), Some("manual-verified")) => format!("{by}\n(manual, verified)"),
-                (Some(by), _) => by.clone(),
+                (Some(by), Some("manual-verified")) => format!("{}\n(manual, verified)", escape(by)),
+                (Some(by), _) => escape(by).into_owned(),
                 (None, _) => "not applied".into(),
             };
             let at = row.applied_at.as_ref().map(day).unwrap_or_else(|| "-".into());
             table.add_row(vec![
-                Cell::new(format!("{}\n{}", row.plan_file, day(&row.created_at))),
-                Cell::new(&row.signer),
+                Cell::new(format!("{}\n{}", escape(&row.plan_file), day(&row.created_at))),
+                Cell::new(escape(&row.signer)),
                 Cell::new(approvers),
                 Cell::new(format!("{applied_by}\n{at}")),
                 Cell::new(format!("{}\n{}\n{}", count(row.applied), count(row.failed), count(row.skipped)))
@@ -69,7 +71,7 @@ pub fn render(dir: &Path, report: &AuditReport, width: u16) -> String {
     } else {
         out.push_str(&format!("Findings: {}\n", report.findings.len()));
         for finding in &report.findings {
-            out.push_str(&format!("{finding}\n"));
+            out.push_str(&format!("{}\n", crate::terminal::escape(&finding.to_string())));
         }
     }
     out

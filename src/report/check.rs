@@ -49,6 +49,7 @@ fn table(width: u16) -> Table {
 }
 
 fn user_label(upn: Option<&str>, name: Option<&str>, id: &ObjectId) -> String {
+    let (upn, name) = (upn.map(crate::terminal::escape), name.map(crate::terminal::escape));
     match (upn, name) {
         (Some(upn), Some(name)) => format!("{upn} ({name})"),
         (Some(upn), None) => upn.to_string(),
@@ -60,7 +61,7 @@ fn user_label(upn: Option<&str>, name: Option<&str>, id: &ObjectId) -> String {
 fn group_section(out: &mut String, g: &GroupCheck, width: u16) {
     out.push_str(&format!(
         "\nGroup {}: {} user members when planned, {} now\n",
-        g.label(),
+        crate::terminal::escape(&g.label()),
         g.members_then,
         g.members_now
     ));

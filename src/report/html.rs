@@ -89,6 +89,9 @@ pub struct ReportInput<'a> {
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
+    // Controls and bidirectional overrides first become visible escapes (a U+202E in a UPN would reorder the
+    // page's text just as it would a terminal's), then the markup characters are escaped.
+    let text = crate::terminal::escape(text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -389,7 +392,9 @@ mod tests {
             escape("<script>alert('x')</script> & \"y\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
         );
-        assert_eq!(escape("a\u{0}b"), "a\u{FFFD}b");
+        // Controls and bidirectional overrides are shown as what they are, never obeyed by the browser.
+        assert_eq!(escape("a\u{0}b\u{1b}[2K"), "a\\x00b\\x1b[2K");
+        assert_eq!(escape("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 
 use crate::plan::{timestamp, Action, Change, GroupPlan, Plan, SkipKind, Skipped};
+use crate::terminal::escape;
 
 /// What is known about a plan's signature when it is reviewed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,13 +32,16 @@ impl SignatureStatus {
     fn lines(&self, claimed: &str) -> String {
         match self {
             SignatureStatus::Valid { principal, fingerprint } => {
-                format!("  Signed by  {principal}\n  Signature  valid, key {fingerprint}\n")
+                format!("  Signed by  {}\n  Signature  valid, key {fingerprint}\n", escape(principal))
             }
             SignatureStatus::Invalid { message } => {
-                format!("  Signed by  {claimed} (claimed)\n  Signature  NOT VALID: {message}\n")
+                format!("  Signed by  {} (claimed)\n  Signature  NOT VALID: {}\n", escape(claimed), escape(message))
             }
             SignatureStatus::Unchecked => {
-                format!("  Signed by  {claimed} (claimed)\n  Signature  not checked (give --allowed-signers)\n")
+                format!(
+                    "  Signed by  {} (claimed)\n  Signature  not checked (give --allowed-signers)\n",
+                    escape(claimed)
+                )
             }
         }
     }
@@ -80,7 +84,7 @@ pub fn summary_table(plan: &Plan, width: u16) -> Table {
     table.set_header(["Group", "Members", "Adds", "Removes", "Not acted on"]);
     for group in &plan.groups {
         table.add_row(vec![
-            Cell::new(group.display_name.clone().unwrap_or_else(|| group.group_id.to_string())),
+            Cell::new(escape(group.display_name.as_deref().unwrap_or(group.group_id.as_str()))),
             Cell::new(group.precondition.member_count).set_alignment(CellAlignment::Right),
             Cell::new(group.counts.add).set_alignment(CellAlignment::Right),
             Cell::new(group.counts.remove).set_alignment(CellAlignment::Right),
@@ -100,7 +104,7 @@ fn notes(change: &Change) -> String {
             }
         }
     }
-    notes.join(", ")
+    escape(&notes.join(", ")).into_owned()
 }
 
 fn changes_table(changes: &[&Change], width: u16) -> Table {
@@ -108,8 +112,8 @@ fn changes_table(changes: &[&Change], width: u16) -> Table {
     table.set_header(["User (UPN)", "Name", "Line", "Notes"]);
     for change in changes {
         table.add_row(vec![
-            Cell::new(&change.upn),
-            Cell::new(change.display_name.as_deref().unwrap_or("")),
+            Cell::new(escape(&change.upn)),
+            Cell::new(escape(change.display_name.as_deref().unwrap_or(""))),
             Cell::new(change.source_line.map(|l| l.to_string()).unwrap_or_default())
                 .set_alignment(CellAlignment::Right),
             Cell::new(notes(change)),
@@ -131,16 +135,16 @@ fn skipped_table(entries: &[&Skipped], width: u16) -> Table {
             .unwrap_or_default();
         table.add_row(vec![
             Cell::new(entry.kind.label()),
-            Cell::new(what),
+            Cell::new(escape(&what)),
             Cell::new(entry.source_line.map(|l| l.to_string()).unwrap_or_default()).set_alignment(CellAlignment::Right),
-            Cell::new(&entry.detail),
+            Cell::new(escape(&entry.detail)),
         ]);
     }
     table
 }
 
 fn group_section(out: &mut String, group: &GroupPlan, width: u16) {
-    out.push_str(&format!("\nGroup {}\n", group.label()));
+    out.push_str(&format!("\nGroup {}\n", escape(&group.label())));
     out.push_str(&format!(
         "  {} user members when planned (membership hash {}…)\n",
         group.precondition.member_count,
@@ -153,7 +157,12 @@ fn group_section(out: &mut String, group: &GroupPlan, width: u16) {
         out.push_str("  removes only (--remove-only): no member is added\n");
     }
     for input in &group.inputs {
-        out.push_str(&format!("  {:<9} {}\n    sha256 {}\n", input.role.as_str(), input.description, input.sha256));
+        out.push_str(&format!(
+            "  {:<9} {}\n    sha256 {}\n",
+            input.role.as_str(),
+            escape(&input.description),
+            escape(&input.sha256)
+        ));
     }
     for (action, title) in [(Action::Add, "Adds"), (Action::Remove, "Removes")] {
         let changes: Vec<&Change> = group.changes_of(action).collect();
@@ -201,7 +210,7 @@ pub fn render_review(
     let (adds, removes) = plan.totals();
     out.push_str(&format!("Plan {}\n", plan.plan_id));
     out.push_str(&signature.lines(&plan.signer));
-    out.push_str(&format!("  Created    {} by {}\n", human_time(&plan.created_at), plan.tool_version));
+    out.push_str(&format!("  Created    {} by {}\n", human_time(&plan.created_at), escape(&plan.tool_version)));
     let expiry = if plan.is_expired(now) {
         format!("EXPIRED {}, {} (apply refuses it)", relative(plan.expires_at, now), human_time(&plan.expires_at))
     } else {
@@ -210,7 +219,7 @@ pub fn render_review(
     out.push_str(&format!("  Expires    {expiry}\n"));
     out.push_str(&format!(
         "  Tenant     {}\n",
-        plan.tenant_id.as_deref().unwrap_or("(not recorded: planned from files)")
+        escape(plan.tenant_id.as_deref().unwrap_or("(not recorded: planned from files)"))
     ));
     out.push_str(&format!("  SHA-256    {plan_sha256}\n"));
     out.push_str(&format!("  Changes    {adds} adds, {removes} removes in {} group(s)\n\n", plan.groups.len()));

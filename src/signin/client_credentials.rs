@@ -119,7 +119,7 @@ pub(crate) async fn post_form(
         .map_err(|e| PostError::Other(e.into()))?;
     if !sent.response.status().is_success() {
         let error =
-            ServiceError::from_response("the sign-in endpoint", &method, sent.response, &sent.client_request_id).await;
+            ServiceError::from_response(crate::http::SIGN_IN, &method, sent.response, &sent.client_request_id).await;
         return Err(PostError::Refused(Refusal { code: error.code.clone().unwrap_or_default(), error }));
     }
     let body = sent.response.bytes().await.map_err(|e| {

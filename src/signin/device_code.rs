@@ -73,7 +73,7 @@ pub(crate) async fn start(
         .send(&method, url, || std::future::ready(Ok(http.request(reqwest::Method::POST, url.clone()).form(&form))))
         .await?;
     if !sent.response.status().is_success() {
-        let err = ServiceError::from_response("the sign-in endpoint", &method, sent.response, &sent.client_request_id)
+        let err = ServiceError::from_response(crate::http::SIGN_IN, &method, sent.response, &sent.client_request_id)
             .await
             .with_hint(
                 "check AZURE_CLIENT_ID (a public-client app registration with \"Allow public client flows\" on) and \

@@ -181,7 +181,7 @@ impl GraphClient {
     /// A client for `config`, signing in with the first kind of `chain` that works.
     pub fn new(config: GraphConfig, chain: Chain) -> Result<GraphClient, GraphError> {
         let http = Http::new("Microsoft Graph", &config.http)?;
-        let login_http = Http::new("the sign-in endpoint", &config.http)?;
+        let login_http = Http::new(crate::http::SIGN_IN, &config.http)?;
         let base = config.endpoints.graph_url.clone();
         let tokens = TokenSource::new(login_http, chain, config.endpoints);
         Ok(GraphClient {
