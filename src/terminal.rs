@@ -158,9 +158,141 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-/// The width tables are laid out for: the `COLUMNS` variable when set, else 80.
-pub fn table_width() -> u16 {
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).filter(|w: &u16| *w >= 60).unwrap_or(80)
+/// The width tables on stdout are laid out for: `COLUMNS` when it is set, else the terminal's width when stdout
+/// is a terminal, else `None`: output that goes to a file or a pipe is never shortened.
+pub fn table_width() -> Option<u16> {
+    width_for(std::io::stdout().is_terminal())
+}
+
+/// Like [`table_width`], for tables on stderr (`apply --json` shows its review there).
+pub fn stderr_table_width() -> Option<u16> {
+    width_for(std::io::stderr().is_terminal())
+}
+
+fn width_for(is_terminal: bool) -> Option<u16> {
+    let columns = std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse::<u16>().ok()).filter(|w| *w > 0);
+    columns.or_else(|| is_terminal.then(|| terminal_size::terminal_size().map(|(w, _)| w.0)).flatten())
+}
+
+/// How a table column behaves when the table is wider than the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Never shortened nor split: ids, UPNs, e-mail addresses, counts, line numbers.
+    Keep,
+    /// Shortened (ending in `…`) when the table is too wide; the column with the lowest number goes first.
+    Shorten(u8),
+}
+
+/// A column of a [`table`]: its title, how it fits, and whether its cells are numbers (right-aligned).
+#[derive(Debug, Clone, Copy)]
+pub struct Column<'a> {
+    /// The header.
+    pub title: &'a str,
+    /// What happens to it when the table is too wide.
+    pub fit: Fit,
+    /// Right-aligned (numbers).
+    pub right: bool,
+}
+
+impl<'a> Column<'a> {
+    /// A column that is never shortened (ids, UPNs, addresses).
+    pub const fn keep(title: &'a str) -> Self {
+        Column { title, fit: Fit::Keep, right: false }
+    }
+
+    /// A column of numbers: never shortened, right-aligned.
+    pub const fn number(title: &'a str) -> Self {
+        Column { title, fit: Fit::Keep, right: true }
+    }
+
+    /// A column that is shortened when the table is too wide; lower `rank`s are shortened first.
+    pub const fn shorten(title: &'a str, rank: u8) -> Self {
+        Column { title, fit: Fit::Shorten(rank), right: false }
+    }
+}
+
+/// A shortened column keeps at least this many characters (or its whole content, when shorter).
+const MIN_SHORTENED: usize = 8;
+
+/// A table of `rows` under `columns`, drawn with the house's borders. No cell is ever wrapped, so an id or a UPN
+/// is never split across lines (a cell may hold several lines of its own). When `width` is given (see
+/// [`table_width`]) and the table is wider, the [`Fit::Shorten`] columns are cut to fit, the lowest rank first,
+/// each cell ending in `…`; [`Fit::Keep`] columns never are, so a table of long UPNs may stay wider than
+/// `width`. Without a width (not a terminal), nothing is shortened.
+pub fn table(columns: &[Column<'_>], rows: &[Vec<String>], width: Option<u16>) -> comfy_table::Table {
+    let mut widths: Vec<usize> = columns.iter().map(|c| widest_line(c.title)).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(widest_line(cell));
+        }
+    }
+    if let Some(limit) = width {
+        // Each column adds a border and a space either side; the table has one more border.
+        let drawn = widths.iter().sum::<usize>() + 3 * columns.len() + 1;
+        let mut excess = drawn.saturating_sub(usize::from(limit));
+        let mut order: Vec<(u8, usize)> = columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c.fit {
+                Fit::Shorten(rank) => Some((rank, i)),
+                Fit::Keep => None,
+            })
+            .collect();
+        order.sort();
+        for (_, i) in order {
+            let floor = MIN_SHORTENED.min(widths[i]);
+            let cut = (widths[i] - floor).min(excess);
+            widths[i] -= cut;
+            excess -= cut;
+        }
+    }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    let cell = |text: &str, i: usize| {
+        let cell = comfy_table::Cell::new(shorten_lines(text, widths[i]));
+        if columns[i].right {
+            cell.set_alignment(comfy_table::CellAlignment::Right)
+        } else {
+            cell
+        }
+    };
+    table.set_header(columns.iter().enumerate().map(|(i, c)| cell(c.title, i)).collect::<Vec<_>>());
+    for row in rows {
+        table.add_row(row.iter().enumerate().take(columns.len()).map(|(i, text)| cell(text, i)).collect::<Vec<_>>());
+    }
+    table
+}
+
+/// The display width of the widest line of `text`.
+fn widest_line(text: &str) -> usize {
+    text.lines().map(unicode_width::UnicodeWidthStr::width).max().unwrap_or(0)
+}
+
+/// Each line of `text` cut to `width` display columns, ending in `…` where it was cut.
+fn shorten_lines(text: &str, width: usize) -> String {
+    text.lines().map(|line| shorten(line, width)).collect::<Vec<_>>().join("\n")
+}
+
+/// `line` cut to `width` display columns, ending in `…` when it was cut.
+pub fn shorten(line: &str, width: usize) -> Cow<'_, str> {
+    use unicode_width::UnicodeWidthChar;
+    if unicode_width::UnicodeWidthStr::width(line) <= width {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in line.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    Cow::Owned(out)
 }
 
 /// A progress bar of `total` steps on stderr, drawn with `template` (indicatif's syntax), when stderr is a
@@ -179,6 +311,56 @@ pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rows(rows: &[&[&str]]) -> Vec<Vec<String>> {
+        rows.iter().map(|r| r.iter().map(|c| c.to_string()).collect()).collect()
+    }
+
+    const UPN: &str = "a.very.long.user.principal.name.that.goes.on@subsidiary.contoso.example";
+
+    #[test]
+    fn a_narrow_terminal_shortens_the_least_important_column_and_never_splits_an_upn() {
+        let columns = [Column::keep("User (UPN)"), Column::shorten("Name", 1), Column::shorten("Notes", 2)];
+        let data = rows(&[&[UPN, "Alexandra Long-Surname-Double-Barrelled", "GUEST, via proxy address"]]);
+        let text = table(&columns, &data, Some(120)).to_string();
+        for line in text.lines() {
+            assert!(line.chars().count() <= 120, "too wide: {line}");
+        }
+        assert_eq!(text.lines().count(), 5, "one line per row:\n{text}");
+        assert!(text.contains(UPN), "the UPN is whole:\n{text}");
+        assert!(text.contains("GUEST, via proxy address"), "the notes outrank the name:\n{text}");
+        assert!(text.contains("Alexandra Long…"), "the name is shortened:\n{text}");
+        assert!(text.lines().any(|l| l.chars().count() == 120), "the table uses the whole width:\n{text}");
+    }
+
+    #[test]
+    fn keep_columns_stay_whole_even_when_the_table_cannot_fit() {
+        let columns = [Column::keep("Entry"), Column::shorten("Detail", 1)];
+        let data = rows(&[&[UPN, "no user has this address"]]);
+        let text = table(&columns, &data, Some(40)).to_string();
+        assert!(text.contains(UPN), "{text}");
+        assert!(text.contains("no user…"), "the detail keeps its minimum: {text}");
+    }
+
+    #[test]
+    fn without_a_width_nothing_is_shortened_or_wrapped() {
+        let columns = [Column::keep("User (UPN)"), Column::shorten("Name", 1), Column::number("Line")];
+        let name = "N".repeat(300);
+        let text = table(&columns, &rows(&[&[UPN, &name, "7"]]), None).to_string();
+        assert!(text.contains(&name) && text.contains(UPN), "{text}");
+        assert_eq!(text.lines().count(), 5, "{text}");
+    }
+
+    #[test]
+    fn columns_overrides_and_no_terminal_means_no_width() {
+        // COLUMNS is read by width_for; only its absence is checked here, so the test does not race others.
+        if std::env::var_os("COLUMNS").is_none() {
+            assert_eq!(width_for(false), None);
+        }
+        assert_eq!(shorten("abcdefghij", 5), "abcd…");
+        assert_eq!(shorten("abc", 5), "abc");
+        assert_eq!(shorten("日本語テキスト", 7), "日本語…");
+    }
 
     #[test]
     fn plain_text_is_borrowed() {

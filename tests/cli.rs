@@ -85,3 +85,59 @@ fn man_writes_a_page_per_subcommand() {
     assert!(apply.contains("max\\-removals"), "the page documents the flags");
     assert!(!folder.join("writeback-help.1").exists());
 }
+
+fn plan_strings(dir: &Path, field: &str) -> Vec<String> {
+    let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
+    let mut found = Vec::new();
+    for group in plan["groups"].as_array().unwrap() {
+        for list in ["changes", "not_acted_on"] {
+            for entry in group[list].as_array().unwrap() {
+                if let Some(text) = entry[field].as_str() {
+                    found.push(text.to_string());
+                }
+            }
+        }
+    }
+    assert!(!found.is_empty(), "the sample plan has {field}s");
+    found
+}
+
+#[test]
+fn tables_fit_the_width_without_splitting_upns_and_are_whole_in_a_pipe() {
+    let dir = workspace();
+    sample_plan(dir.path());
+    let upns = plan_strings(dir.path(), "upn");
+    let details = plan_strings(dir.path(), "detail");
+    let narrow = common::command(dir.path()).args(["show", "plan.json"]).env("COLUMNS", "100").output().unwrap();
+    assert!(narrow.status.success(), "{}", text(&narrow.stderr));
+    let shown = text(&narrow.stdout);
+    for line in shown.lines() {
+        assert!(line.chars().count() <= 100, "wider than COLUMNS: {line}");
+    }
+    for upn in &upns {
+        assert!(shown.contains(upn.as_str()), "{upn} is split or cut:\n{shown}");
+    }
+    let longest = details.iter().max_by_key(|d| d.chars().count()).unwrap();
+    assert!(!shown.contains(longest.as_str()), "the least important column gives way:\n{shown}");
+    // Into a pipe (no COLUMNS, not a terminal): nothing is shortened or wrapped.
+    let piped = writeback(dir.path(), &["show", "plan.json"]);
+    let whole = text(&piped.stdout);
+    for detail in &details {
+        assert!(whole.contains(detail.as_str()), "{detail} is cut in a pipe");
+    }
+}
+
+#[test]
+fn show_and_plan_name_the_entries_not_acted_on_alike() {
+    let dir = workspace();
+    let planned = writeback(dir.path(), &["plan", "--config", "writeback.toml", "--out", "plan.json"]);
+    assert!(planned.status.success(), "{}", text(&planned.stderr));
+    let shown = text(&writeback(dir.path(), &["show", "plan.json"]).stdout);
+    for words in ["not a user", "on the keep list"] {
+        assert!(text(&planned.stdout).contains(words), "plan: {}", text(&planned.stdout));
+        assert!(shown.contains(&format!("4 {words}")) || shown.contains(&format!("2 {words}")), "show: {shown}");
+    }
+    for code in ["non_user_member", "kept 2"] {
+        assert!(!shown.contains(code), "show uses the plan's words, not {code}");
+    }
+}

@@ -180,7 +180,11 @@ fn a_world_readable_key_is_refused() {
 fn show_reports_tampering_and_expiry_without_hiding_the_plan() {
     let dir = workspace();
     plan_json(dir.path(), "plan.json", &[]);
-    let text_review = writeback(dir.path(), &["show", "plan.json", "--allowed-signers", "keys/allowed_signers"]);
+    let text_review = common::command(dir.path())
+        .args(["show", "plan.json", "--allowed-signers", "keys/allowed_signers"])
+        .env("COLUMNS", "80")
+        .output()
+        .unwrap();
     assert!(text_review.status.success());
     let review = text(&text_review.stdout);
     assert!(review.contains("Signature  valid"));

@@ -195,6 +195,15 @@ struct Terminal {
 }
 
 impl Terminal {
+    /// The width of the stream [`Terminal::say`] writes to.
+    fn width(&self) -> Option<u16> {
+        if self.json {
+            crate::terminal::stderr_table_width()
+        } else {
+            crate::terminal::table_width()
+        }
+    }
+
     /// Text for people: on stdout, or on stderr when stdout carries JSON.
     fn say(&self, text: &str) {
         if self.json {
@@ -211,7 +220,7 @@ impl ApplyUi for Terminal {
     }
 
     fn review(&mut self, review: &Review<'_>) {
-        self.say(&review_text(review, crate::terminal::table_width()));
+        self.say(&review_text(review, self.width()));
     }
 
     fn dry_run(&mut self, review: &Review<'_>) {

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::terminal::{table, Column};
 use clap::Args;
-use comfy_table::{presets, Cell, ContentArrangement, Table};
 
 use crate::cli::Context;
 use crate::error::Result;
@@ -45,22 +45,21 @@ pub fn run(args: LedgerArgs, ctx: &Context) -> Result<()> {
     if listed.is_empty() {
         return Ok(());
     }
-    let mut table = Table::new();
-    table
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(crate::terminal::table_width());
-    table.set_header(["Plan", "State", "When", "By", "Detail"]);
-    for entry in &listed {
-        let [state, when, by, detail] = row(entry);
-        table.add_row(vec![
-            Cell::new(entry.plan_id),
-            Cell::new(state),
-            Cell::new(when),
-            Cell::new(by),
-            Cell::new(detail),
-        ]);
-    }
+    let columns = [
+        Column::keep("Plan"),
+        Column::keep("State"),
+        Column::keep("When"),
+        Column::keep("By"),
+        Column::shorten("Detail", 1),
+    ];
+    let rows: Vec<Vec<String>> = listed
+        .iter()
+        .map(|entry| {
+            let [state, when, by, detail] = row(entry);
+            vec![entry.plan_id.to_string(), state, when, by, detail]
+        })
+        .collect();
+    let table = table(&columns, &rows, crate::terminal::table_width());
     crate::outln!("{table}");
     Ok(())
 }

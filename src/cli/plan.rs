@@ -226,16 +226,12 @@ fn print_result(plan: &Plan, out: &Path, sig: &Path, bytes: &[u8], json: bool) {
         plan.signer,
         plan.expires_at.format("%Y-%m-%d %H:%M UTC")
     );
-    crate::outln!("{}", crate::report::summary_table(plan, 80));
+    crate::outln!("{}", crate::report::summary_table(plan, crate::terminal::table_width()));
     let skipped: u64 = plan.groups.iter().map(|g| g.counts.not_acted_on_total()).sum();
     if skipped > 0 {
-        let by_kind: Vec<String> = crate::plan::SkipKind::ALL
-            .iter()
-            .filter_map(|kind| {
-                let n: u64 = plan.groups.iter().filter_map(|g| g.counts.not_acted_on.get(kind)).sum();
-                (n > 0).then(|| format!("{n} {}", kind.label()))
-            })
-            .collect();
+        let by_kind = crate::report::review::skipped_by_kind(|kind| {
+            plan.groups.iter().filter_map(|g| g.counts.not_acted_on.get(&kind)).sum()
+        });
         crate::outln!("{skipped} entries will not be acted on: {}.", by_kind.join(", "));
     }
     crate::outln!("Review it with: writeback show {}", out.display());

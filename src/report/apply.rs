@@ -3,17 +3,16 @@
 
 use std::path::Path;
 
-use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
+use crate::terminal::{escape, table, Column};
 
 use crate::apply::executor::Estimate;
 use crate::apply::gates::GroupWork;
 use crate::apply::run::Review;
 use crate::apply::session::{Finished, Prepared};
 use crate::report::review::{render_review, SignatureStatus};
-use crate::terminal::escape;
 
 /// The review `apply` shows before it asks: the plan's summary and tables, then the gates' report.
-pub fn review_text(review: &Review<'_>, width: u16) -> String {
+pub fn review_text(review: &Review<'_>, width: Option<u16>) -> String {
     let verified = review.verified;
     let status =
         SignatureStatus::Valid { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
@@ -94,25 +93,22 @@ fn drift_lines(out: &mut String, work: &GroupWork) {
 /// What a dry run would send, as a table of requests.
 pub fn dry_run_report(prepared: &Prepared, estimate: &Estimate, ppb: usize) -> String {
     let mut out = String::from("\nDry run: nothing was sent and nothing was written. A run would send:\n");
-    let mut table = Table::new();
-    table.load_preset(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-    table.set_header(["Request", "Count", "Graph writes"]);
-    let right = |n: u64| Cell::new(n).set_alignment(CellAlignment::Right);
-    table.add_row(vec![
-        Cell::new("PATCH /groups/{id} (members@odata.bind, ≤20 each)"),
-        right(estimate.patches),
-        right(estimate.patches),
-    ]);
-    table.add_row(vec![
-        Cell::new("DELETE /groups/{id}/members/{user}/$ref"),
-        right(estimate.deletes),
-        right(estimate.deletes),
-    ]);
-    table.add_row(vec![
-        Cell::new(format!("POST /$batch (≤20 items, ≤{ppb} PATCHes)")),
-        right(estimate.requests),
-        right(0),
-    ]);
+    let columns = [Column::keep("Request"), Column::number("Count"), Column::number("Graph writes")];
+    let rows = vec![
+        vec![
+            "PATCH /groups/{id} (members@odata.bind, ≤20 each)".to_string(),
+            estimate.patches.to_string(),
+            estimate.patches.to_string(),
+        ],
+        vec![
+            "DELETE /groups/{id}/members/{user}/$ref".to_string(),
+            estimate.deletes.to_string(),
+            estimate.deletes.to_string(),
+        ],
+        vec![format!("POST /$batch (≤20 items, ≤{ppb} PATCHes)"), estimate.requests.to_string(), "0".to_string()],
+    ];
+    // Short, fixed texts: laid out whole.
+    let table = table(&columns, &rows, None);
     let settled: u64 = prepared.works.iter().map(|w| w.settled.len() as u64).sum();
     out.push_str(&table.to_string());
     out.push_str(&format!(
@@ -169,52 +165,52 @@ impl<'a> DryRunJson<'a> {
 }
 
 /// The final summary: counts per group, every failure, and where the receipt and journal are.
-pub fn summary(finished: &Finished, receipt_path: &Path, signed: bool, width: u16) -> String {
+pub fn summary(finished: &Finished, receipt_path: &Path, signed: bool, width: Option<u16>) -> String {
     let receipt = &finished.receipt;
     let mut out = String::from("\n");
-    let mut table = Table::new();
-    table
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(width);
-    table.set_header(["Group", "Applied", "Already member", "Already absent", "Failed"]);
-    let right = |n: u64| Cell::new(n).set_alignment(CellAlignment::Right);
-    for g in &receipt.groups {
-        let name = g.display_name.clone().unwrap_or_else(|| g.group_id.to_string());
-        table.add_row(vec![
-            Cell::new(escape(&name)),
-            right(g.counts.applied),
-            right(g.counts.already_member),
-            right(g.counts.already_absent),
-            right(g.counts.failed),
-        ]);
-    }
+    let columns = [
+        Column::shorten("Group", 1),
+        Column::number("Applied"),
+        Column::number("Already member"),
+        Column::number("Already absent"),
+        Column::number("Failed"),
+    ];
+    let counts = |name: String, c: &crate::apply::OutcomeCounts| {
+        vec![
+            name,
+            c.applied.to_string(),
+            c.already_member.to_string(),
+            c.already_absent.to_string(),
+            c.failed.to_string(),
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = receipt
+        .groups
+        .iter()
+        .map(|g| counts(escape(g.display_name.as_deref().unwrap_or(g.group_id.as_str())).into_owned(), &g.counts))
+        .collect();
     if receipt.groups.len() > 1 {
-        let c = receipt.counts;
-        table.add_row(vec![
-            Cell::new("Total"),
-            right(c.applied),
-            right(c.already_member),
-            right(c.already_absent),
-            right(c.failed),
-        ]);
+        rows.push(counts("Total".into(), &receipt.counts));
     }
-    out.push_str(&table.to_string());
+    out.push_str(&table(&columns, &rows, width).to_string());
     out.push('\n');
     let failures: Vec<_> = receipt.failures().collect();
     if !failures.is_empty() {
-        let mut t = Table::new();
-        t.load_preset(presets::UTF8_FULL_CONDENSED)
-            .set_content_arrangement(ContentArrangement::Dynamic)
-            .set_width(width);
-        t.set_header(["Failed", "User", "Reason", "Graph error", "request-id"]);
-        for (_, c) in &failures {
-            let err = c.error.as_ref();
-            t.add_row(vec![
-                Cell::new(c.action.as_str()),
-                Cell::new(escape(&c.upn)),
-                Cell::new(escape(c.detail.as_deref().unwrap_or_default())),
-                Cell::new(
+        let columns = [
+            Column::keep("Failed"),
+            Column::keep("User"),
+            Column::shorten("Reason", 2),
+            Column::shorten("Graph error", 1),
+            Column::keep("request-id"),
+        ];
+        let rows: Vec<Vec<String>> = failures
+            .iter()
+            .map(|(_, c)| {
+                let err = c.error.as_ref();
+                vec![
+                    c.action.as_str().to_string(),
+                    escape(&c.upn).into_owned(),
+                    escape(c.detail.as_deref().unwrap_or_default()).into_owned(),
                     err.map(|e| {
                         format!(
                             "{} {}: {}",
@@ -224,11 +220,11 @@ pub fn summary(finished: &Finished, receipt_path: &Path, signed: bool, width: u1
                         )
                     })
                     .unwrap_or_default(),
-                ),
-                Cell::new(escape(err.and_then(|e| e.request_id.as_deref()).unwrap_or_default())),
-            ]);
-        }
-        out.push_str(&t.to_string());
+                    escape(err.and_then(|e| e.request_id.as_deref()).unwrap_or_default()).into_owned(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&columns, &rows, width).to_string());
         out.push('\n');
     }
     let s = &finished.stats;

@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
-
 use crate::audit::AuditReport;
 use crate::plan::csv::neutralize;
 use crate::plan::timestamp;
+use crate::terminal::{escape, table, Column};
 
 fn day(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M").to_string()
@@ -18,7 +17,7 @@ fn count(n: Option<u64>) -> String {
 }
 
 /// The table and the findings, for people.
-pub fn render(dir: &Path, report: &AuditReport, width: u16) -> String {
+pub fn render(dir: &Path, report: &AuditReport, width: Option<u16>) -> String {
     let f = &report.files;
     let mut out = format!(
         "Archive: {} ({} plans, {} approvals, {} receipts, {} journals, {} signature files)\n",
@@ -32,37 +31,36 @@ pub fn render(dir: &Path, report: &AuditReport, width: u16) -> String {
     if report.plans.is_empty() {
         out.push_str("No plans found.\n");
     } else {
-        let mut table = Table::new();
-        table
-            .load_preset(presets::UTF8_FULL_CONDENSED)
-            .set_content_arrangement(ContentArrangement::Dynamic)
-            .set_width(width)
-            .set_header([
-                "Plan\ncreated (UTC)",
-                "Signer",
-                "Approvers",
-                "Applied by\nat (UTC)",
-                "Applied\nfailed\nskipped",
-            ]);
-        for row in &report.plans {
-            use crate::terminal::escape;
-            let approvers: Vec<_> = row.approvers.iter().map(|a| escape(a)).collect();
-            let approvers = if approvers.is_empty() { "-".to_string() } else { approvers.join("\n") };
-            let applied_by = match (&row.applied_by, row.mode.as_deref()) {
-                (Some(by), Some("manual-verified")) => format!("{}\n(manual, verified)", escape(by)),
-                (Some(by), _) => escape(by).into_owned(),
-                (None, _) => "not applied".into(),
-            };
-            let at = row.applied_at.as_ref().map(day).unwrap_or_else(|| "-".into());
-            table.add_row(vec![
-                Cell::new(format!("{}\n{}", escape(&row.plan_file), day(&row.created_at))),
-                Cell::new(escape(&row.signer)),
-                Cell::new(approvers),
-                Cell::new(format!("{applied_by}\n{at}")),
-                Cell::new(format!("{}\n{}\n{}", count(row.applied), count(row.failed), count(row.skipped)))
-                    .set_alignment(CellAlignment::Right),
-            ]);
-        }
+        // Plans, signers and appliers are names and files that must read whole; the approvers give way first.
+        let columns = [
+            Column::keep("Plan\ncreated (UTC)"),
+            Column::keep("Signer"),
+            Column::shorten("Approvers", 1),
+            Column::keep("Applied by\nat (UTC)"),
+            Column::number("Applied\nfailed\nskipped"),
+        ];
+        let rows: Vec<Vec<String>> = report
+            .plans
+            .iter()
+            .map(|row| {
+                let approvers: Vec<_> = row.approvers.iter().map(|a| escape(a)).collect();
+                let approvers = if approvers.is_empty() { "-".to_string() } else { approvers.join("\n") };
+                let applied_by = match (&row.applied_by, row.mode.as_deref()) {
+                    (Some(by), Some("manual-verified")) => format!("{}\n(manual, verified)", escape(by)),
+                    (Some(by), _) => escape(by).into_owned(),
+                    (None, _) => "not applied".into(),
+                };
+                let at = row.applied_at.as_ref().map(day).unwrap_or_else(|| "-".into());
+                vec![
+                    format!("{}\n{}", escape(&row.plan_file), day(&row.created_at)),
+                    escape(&row.signer).into_owned(),
+                    approvers,
+                    format!("{applied_by}\n{at}"),
+                    format!("{}\n{}\n{}", count(row.applied), count(row.failed), count(row.skipped)),
+                ]
+            })
+            .collect();
+        let table = table(&columns, &rows, width);
         out.push_str(&table.to_string());
         out.push('\n');
     }

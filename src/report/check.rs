@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use comfy_table::{presets, ContentArrangement, Table};
 use serde_json::json;
 
 use crate::audit::check::{Checked, ReceiptWrite};
 use crate::audit::effect::GroupCheck;
 use crate::identity::ObjectId;
 use crate::plan::{timestamp, Action};
+use crate::terminal::{table, Column};
 
 /// `check --json`: the plan, each group's changes and what became of the receipt.
 pub fn as_json(plan_file: &Path, checked: &Checked, now: DateTime<Utc>) -> serde_json::Value {
@@ -39,15 +39,6 @@ pub fn as_json(plan_file: &Path, checked: &Checked, now: DateTime<Utc>) -> serde
     })
 }
 
-fn table(width: u16) -> Table {
-    let mut table = Table::new();
-    table
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(width);
-    table
-}
-
 fn user_label(upn: Option<&str>, name: Option<&str>, id: &ObjectId) -> String {
     let (upn, name) = (upn.map(crate::terminal::escape), name.map(crate::terminal::escape));
     match (upn, name) {
@@ -58,7 +49,7 @@ fn user_label(upn: Option<&str>, name: Option<&str>, id: &ObjectId) -> String {
     }
 }
 
-fn group_section(out: &mut String, g: &GroupCheck, width: u16) {
+fn group_section(out: &mut String, g: &GroupCheck, width: Option<u16>) {
     out.push_str(&format!(
         "\nGroup {}: {} user members when planned, {} now\n",
         crate::terminal::escape(&g.label()),
@@ -68,15 +59,19 @@ fn group_section(out: &mut String, g: &GroupCheck, width: u16) {
     if g.changes.is_empty() {
         out.push_str("  The plan has no changes for this group.\n");
     } else {
-        let mut t = table(width);
-        t.set_header(["Change", "User", "In effect"]);
-        for c in &g.changes {
-            t.add_row([
-                c.action.as_str().to_string(),
-                user_label(Some(&c.upn), c.display_name.as_deref(), &c.user_id),
-                if c.in_effect { "yes".to_string() } else { "NO".to_string() },
-            ]);
-        }
+        let columns = [Column::keep("Change"), Column::keep("User"), Column::keep("In effect")];
+        let rows: Vec<Vec<String>> = g
+            .changes
+            .iter()
+            .map(|c| {
+                vec![
+                    c.action.as_str().to_string(),
+                    user_label(Some(&c.upn), c.display_name.as_deref(), &c.user_id),
+                    if c.in_effect { "yes".to_string() } else { "NO".to_string() },
+                ]
+            })
+            .collect();
+        let t = table(&columns, &rows, width);
         out.push_str(&t.to_string());
         out.push('\n');
     }
@@ -84,22 +79,26 @@ fn group_section(out: &mut String, g: &GroupCheck, width: u16) {
         out.push_str("  No changes since planning other than the plan's.\n");
     } else {
         out.push_str(&format!("  Changes since planning that the plan did not ask for: {}\n", g.unrequested.len()));
-        let mut t = table(width);
-        t.set_header(["Since planning", "User"]);
-        for u in &g.unrequested {
-            let what = match u.action {
-                Action::Add => "joined",
-                Action::Remove => "left",
-            };
-            t.add_row([what.to_string(), user_label(u.upn.as_deref(), u.display_name.as_deref(), &u.user_id)]);
-        }
+        let columns = [Column::keep("Since planning"), Column::keep("User")];
+        let rows: Vec<Vec<String>> = g
+            .unrequested
+            .iter()
+            .map(|u| {
+                let what = match u.action {
+                    Action::Add => "joined",
+                    Action::Remove => "left",
+                };
+                vec![what.to_string(), user_label(u.upn.as_deref(), u.display_name.as_deref(), &u.user_id)]
+            })
+            .collect();
+        let t = table(&columns, &rows, width);
         out.push_str(&t.to_string());
         out.push('\n');
     }
 }
 
 /// `check`'s text: the plan and its signer, a table per group, the result and what became of the receipt.
-pub fn render(plan_file: &Path, checked: &Checked, now: DateTime<Utc>, width: u16) -> String {
+pub fn render(plan_file: &Path, checked: &Checked, now: DateTime<Utc>, width: Option<u16>) -> String {
     let (v, report, receipt) = (&checked.verified, &checked.report, &checked.receipt);
     let mut out = String::new();
     out.push_str(&format!("Plan:      {} (id {})\n", plan_file.display(), v.plan.plan_id));

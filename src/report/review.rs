@@ -1,12 +1,12 @@
 //! The approver's review of a plan: a summary, then tables of adds, removes and entries not acted on, laid out
-//! for an 80-column terminal.
+//! for the terminal's width ([`crate::terminal::table`]).
 
 use chrono::{DateTime, Utc};
-use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
+use comfy_table::Table;
 use serde::Serialize;
 
 use crate::plan::{timestamp, Action, Change, GroupPlan, Plan, SkipKind, Skipped};
-use crate::terminal::escape;
+use crate::terminal::{escape, table, Column};
 
 /// What is known about a plan's signature when it is reviewed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,29 +69,29 @@ fn human_time(when: &DateTime<Utc>) -> String {
     when.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
-fn new_table(width: u16) -> Table {
-    let mut table = Table::new();
-    table
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(width);
-    table
-}
-
 /// The per-group counts as one table.
-pub fn summary_table(plan: &Plan, width: u16) -> Table {
-    let mut table = new_table(width);
-    table.set_header(["Group", "Members", "Adds", "Removes", "Not acted on"]);
-    for group in &plan.groups {
-        table.add_row(vec![
-            Cell::new(escape(group.display_name.as_deref().unwrap_or(group.group_id.as_str()))),
-            Cell::new(group.precondition.member_count).set_alignment(CellAlignment::Right),
-            Cell::new(group.counts.add).set_alignment(CellAlignment::Right),
-            Cell::new(group.counts.remove).set_alignment(CellAlignment::Right),
-            Cell::new(group.counts.not_acted_on_total()).set_alignment(CellAlignment::Right),
-        ]);
-    }
-    table
+pub fn summary_table(plan: &Plan, width: Option<u16>) -> Table {
+    let columns = [
+        Column::shorten("Group", 1),
+        Column::number("Members"),
+        Column::number("Adds"),
+        Column::number("Removes"),
+        Column::number("Not acted on"),
+    ];
+    let rows: Vec<Vec<String>> = plan
+        .groups
+        .iter()
+        .map(|group| {
+            vec![
+                escape(group.display_name.as_deref().unwrap_or(group.group_id.as_str())).into_owned(),
+                group.precondition.member_count.to_string(),
+                group.counts.add.to_string(),
+                group.counts.remove.to_string(),
+                group.counts.not_acted_on_total().to_string(),
+            ]
+        })
+        .collect();
+    table(&columns, &rows, width)
 }
 
 fn notes(change: &Change) -> String {
@@ -107,43 +107,49 @@ fn notes(change: &Change) -> String {
     escape(&notes.join(", ")).into_owned()
 }
 
-fn changes_table(changes: &[&Change], width: u16) -> Table {
-    let mut table = new_table(width);
-    table.set_header(["User (UPN)", "Name", "Line", "Notes"]);
-    for change in changes {
-        table.add_row(vec![
-            Cell::new(escape(&change.upn)),
-            Cell::new(escape(change.display_name.as_deref().unwrap_or(""))),
-            Cell::new(change.source_line.map(|l| l.to_string()).unwrap_or_default())
-                .set_alignment(CellAlignment::Right),
-            Cell::new(notes(change)),
-        ]);
-    }
-    table
+fn changes_table(changes: &[&Change], width: Option<u16>) -> Table {
+    // The name is the least needed (the UPN says who), the notes (guest, disabled, matched how) the most.
+    let columns =
+        [Column::keep("User (UPN)"), Column::shorten("Name", 1), Column::number("Line"), Column::shorten("Notes", 2)];
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|change| {
+            vec![
+                escape(&change.upn).into_owned(),
+                escape(change.display_name.as_deref().unwrap_or_default()).into_owned(),
+                change.source_line.map(|l| l.to_string()).unwrap_or_default(),
+                notes(change),
+            ]
+        })
+        .collect();
+    table(&columns, &rows, width)
 }
 
-fn skipped_table(entries: &[&Skipped], width: u16) -> Table {
-    let mut table = new_table(width);
-    table.set_header(["Why", "Entry", "Line", "Detail"]);
-    for entry in entries {
-        let what = entry
-            .email
-            .clone()
-            .or_else(|| entry.upn.clone())
-            .or_else(|| entry.display_name.clone())
-            .or_else(|| entry.object_id.as_ref().map(|id| id.to_string()))
-            .unwrap_or_default();
-        table.add_row(vec![
-            Cell::new(entry.kind.label()),
-            Cell::new(escape(&what)),
-            Cell::new(entry.source_line.map(|l| l.to_string()).unwrap_or_default()).set_alignment(CellAlignment::Right),
-            Cell::new(escape(&entry.detail)),
-        ]);
-    }
-    table
+fn skipped_table(entries: &[&Skipped], width: Option<u16>) -> Table {
+    let columns =
+        [Column::shorten("Why", 2), Column::keep("Entry"), Column::number("Line"), Column::shorten("Detail", 1)];
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|entry| {
+            let what = entry
+                .email
+                .clone()
+                .or_else(|| entry.upn.clone())
+                .or_else(|| entry.display_name.clone())
+                .or_else(|| entry.object_id.as_ref().map(|id| id.to_string()))
+                .unwrap_or_default();
+            vec![
+                entry.kind.label().to_string(),
+                escape(&what).into_owned(),
+                entry.source_line.map(|l| l.to_string()).unwrap_or_default(),
+                escape(&entry.detail).into_owned(),
+            ]
+        })
+        .collect();
+    table(&columns, &rows, width)
 }
 
-fn group_section(out: &mut String, group: &GroupPlan, width: u16) {
+fn group_section(out: &mut String, group: &GroupPlan, width: Option<u16>) {
     out.push_str(&format!("\nGroup {}\n", escape(&group.label())));
     out.push_str(&format!(
         "  {} user members when planned (membership hash {}…)\n",
@@ -173,10 +179,7 @@ fn group_section(out: &mut String, group: &GroupPlan, width: u16) {
         }
     }
     let skipped: Vec<&Skipped> = group.not_acted_on.iter().collect();
-    let by_kind: Vec<String> = SkipKind::ALL
-        .iter()
-        .filter_map(|k| group.counts.not_acted_on.get(k).filter(|n| **n > 0).map(|n| format!("{} {n}", k.as_str())))
-        .collect();
+    let by_kind = skipped_by_kind(|kind| group.counts.not_acted_on.get(&kind).copied().unwrap_or(0));
     out.push_str(&format!("\nNot acted on: {}\n", skipped.len()));
     let mut line = String::new();
     for part in by_kind {
@@ -198,13 +201,25 @@ fn group_section(out: &mut String, group: &GroupPlan, width: u16) {
     }
 }
 
+/// The entries not acted on, counted by kind in the words the review tables use (`4 not a user`, `2 on the keep
+/// list`), the kinds without entries left out. `plan` and `show` both say it this way.
+pub fn skipped_by_kind(count: impl Fn(SkipKind) -> u64) -> Vec<String> {
+    SkipKind::ALL
+        .iter()
+        .filter_map(|kind| {
+            let n = count(*kind);
+            (n > 0).then(|| format!("{n} {}", kind.label()))
+        })
+        .collect()
+}
+
 /// The full review: summary lines, the counts table, then each group's tables.
 pub fn render_review(
     plan: &Plan,
     plan_sha256: &str,
     signature: &SignatureStatus,
     now: DateTime<Utc>,
-    width: u16,
+    width: Option<u16>,
 ) -> String {
     let mut out = String::new();
     let (adds, removes) = plan.totals();
@@ -324,7 +339,7 @@ mod tests {
     fn review_fits_80_columns_and_names_everything() {
         let plan = sample_plan();
         let now = plan.created_at + chrono::Duration::hours(1);
-        let text = render_review(&plan, "00ff", &SignatureStatus::Unchecked, now, 80);
+        let text = render_review(&plan, "00ff", &SignatureStatus::Unchecked, now, Some(80));
         for line in text.lines() {
             assert!(line.chars().count() <= 80, "too wide: {line}");
         }
@@ -341,7 +356,7 @@ mod tests {
     fn expiry_is_reported_not_hidden() {
         let plan = sample_plan();
         let later = plan.expires_at + chrono::Duration::days(3);
-        let text = render_review(&plan, "00", &SignatureStatus::Unchecked, later, 80);
+        let text = render_review(&plan, "00", &SignatureStatus::Unchecked, later, Some(80));
         assert!(text.contains("EXPIRED 3 days ago"));
     }
 }
