@@ -6,7 +6,7 @@
 //! - Until the first 429 the rate is not limited.
 //! - Answers are counted in windows (at least [`Settings::min_window`], three requests' worth at the current rate,
 //!   and [`Settings::min_units`] operations; a window with a request's worth of 429s closes early). At the end of
-//!   a window with 429s the rate becomes the rate the service *accepted* during the window, less a small margin:
+//!   a window with 429s the rate becomes the rate the service *accepted* during the window, less 1%:
 //!   when a service's quota is exhausted, what it accepts per second is its quota, however fast the client sends.
 //!   A window without 429s raises the rate by [`Settings::increase`], so that a larger quota is found again.
 //! - A 429 that says why (`x-ms-throttle-information`, e.g. `WriteLimitExceeded`) always counts as a quota signal.
@@ -29,7 +29,7 @@ pub struct Settings {
     pub min_window: Duration,
     /// The fewest operations a window holds before it is judged.
     pub min_units: u64,
-    /// How far under the measured rate to send after 429s (0.02 = 2%).
+    /// How far under the measured rate to send after 429s (0.01 = 1%).
     pub margin: f64,
     /// How much to raise the rate after a window without 429s (0.03 = 3%).
     pub increase: f64,
@@ -44,7 +44,7 @@ impl Default for Settings {
         Settings {
             min_window: Duration::from_millis(200),
             min_units: 60,
-            margin: 0.02,
+            margin: 0.01,
             increase: 0.03,
             burst: 20.0,
             min_rate: 0.05,
