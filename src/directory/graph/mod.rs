@@ -535,6 +535,7 @@ mod tests {
     use base64::Engine;
     use std::collections::HashMap;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     fn jwt(tid: &str, n: u32) -> String {
         let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
@@ -613,5 +614,45 @@ mod tests {
         let err = client.tenant_id().await.unwrap_err().to_string();
         assert!(err.contains("AADSTS7000215") && err.contains("AZURE_CLIENT_ID") && err.contains("tr-1"), "{err}");
         assert!(!err.contains("wrong-secret"));
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_the_retry_after_another_read_was_given() {
+        // The first read is throttled for 0.3 s; the client gives up on it at once (one attempt). The next read,
+        // a different request, must still not reach Graph before those 0.3 s are over.
+        let arrivals = Arc::new(Mutex::new(Vec::<std::time::Instant>::new()));
+        let a = arrivals.clone();
+        let (listener, base) = bind().await;
+        let router = axum::Router::new().route(
+            "/v1.0/users/{id}",
+            get(move || {
+                let a = a.clone();
+                async move {
+                    let first = {
+                        let mut a = a.lock().unwrap();
+                        a.push(std::time::Instant::now());
+                        a.len() == 1
+                    };
+                    if first {
+                        let headers =
+                            [("Retry-After", "0.3"), ("x-ms-throttle-information", "ResourceUnitLimitExceeded")];
+                        return (axum::http::StatusCode::TOO_MANY_REQUESTS, headers, "{}").into_response();
+                    }
+                    (axum::http::StatusCode::NOT_FOUND, "{}").into_response()
+                }
+            }),
+        );
+        spawn(listener, router);
+        let mut config = config(&base);
+        config.http.retry.max_attempts = 1;
+        let chain = Chain::single(AuthKind::Token, Method::Token(Secret::new("t")));
+        let client = GraphClient::new(config, chain).unwrap();
+        let id = crate::identity::ObjectId::parse("11111111-2222-3333-4444-555555555555").unwrap();
+        assert!(client.get_user(&id).await.is_err(), "the throttled read is not retried (one attempt)");
+        assert_eq!(client.get_user(&id).await.unwrap(), None);
+        let arrivals = arrivals.lock().unwrap();
+        assert_eq!(arrivals.len(), 2);
+        let gap = arrivals[1] - arrivals[0];
+        assert!(gap >= Duration::from_millis(300), "the second read came {gap:?} after the first");
     }
 }
