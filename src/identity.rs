@@ -45,24 +45,25 @@ impl Email {
     /// for callers that check millions of addresses.
     pub fn normalize_into(raw: &str, key: &mut String) -> Result<(), InvalidEmail> {
         key.clear();
-        let trimmed = raw.trim();
+        let trimmed = trim(raw);
         if trimmed.is_empty() {
             return Err(InvalidEmail::Empty);
         }
-        if trimmed.is_ascii() {
+        let not_allowed = |c: char| matches!(c, '"' | '<' | '>' | ',' | ';' | '(' | ')' | '[' | ']' | '\\');
+        let bad = if trimmed.is_ascii() {
             key.push_str(trimmed);
             key.make_ascii_lowercase();
+            // The ASCII characters that are whitespace or control characters are exactly those up to the space, and
+            // DEL.
+            key.bytes().any(|b| b <= b' ' || b == 0x7f || not_allowed(char::from(b)))
         } else {
             key.push_str(&trimmed.to_lowercase());
-        }
-        let lower = key.as_str();
-        if lower.chars().any(|c| {
-            c.is_whitespace()
-                || c.is_control()
-                || matches!(c, '"' | '<' | '>' | ',' | ';' | '(' | ')' | '[' | ']' | '\\')
-        }) {
+            key.chars().any(|c| c.is_whitespace() || c.is_control() || not_allowed(c))
+        };
+        if bad {
             return Err(InvalidEmail::Character);
         }
+        let lower = key.as_str();
         let mut parts = lower.split('@');
         let (local, domain) = match (parts.next(), parts.next(), parts.next()) {
             (Some(local), Some(domain), None) => (local, domain),
@@ -181,10 +182,29 @@ pub fn address_key(raw: &str) -> String {
     raw.trim().to_lowercase()
 }
 
+/// [`str::trim`], looking at bytes while the ends are ASCII (nearly every cell of an export), and at characters
+/// only when an end is not.
+pub fn trim(text: &str) -> &str {
+    let bytes = text.as_bytes();
+    let start = bytes.iter().position(|&b| !is_ascii_space(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|&b| !is_ascii_space(b)).map_or(start, |last| last + 1);
+    match (bytes.get(start), end.checked_sub(1).and_then(|last| bytes.get(last))) {
+        (Some(first), Some(last)) if first.is_ascii() && last.is_ascii() => text.get(start..end).unwrap_or_default(),
+        (None, _) => "",
+        _ => text.trim(),
+    }
+}
+
+/// The ASCII characters [`char::is_whitespace`] accepts (which, unlike [`u8::is_ascii_whitespace`], include the
+/// vertical tab).
+fn is_ascii_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
 /// True when two addresses have the same comparison key ([`address_key`]), without building the keys when both
 /// are ASCII.
 pub fn same_address_key(a: &str, b: &str) -> bool {
-    let (a, b) = (a.trim(), b.trim());
+    let (a, b) = (trim(a), trim(b));
     if a.is_ascii() && b.is_ascii() {
         a.eq_ignore_ascii_case(b)
     } else {
@@ -195,9 +215,10 @@ pub fn same_address_key(a: &str, b: &str) -> bool {
 /// Strips an `smtp:` prefix (any case) from a proxy address. Returns `None` for other address types
 /// (`x500:`, `sip:`, …), which never identify a mailbox for matching.
 pub fn smtp_proxy_address(raw: &str) -> Option<&str> {
-    let raw = raw.trim();
-    let (scheme, rest) = raw.split_once(':')?;
-    scheme.eq_ignore_ascii_case("smtp").then(|| rest.trim())
+    let raw = trim(raw);
+    let colon = raw.bytes().position(|b| b == b':')?;
+    let (scheme, rest) = (raw.get(..colon)?, raw.get(colon + 1..)?);
+    scheme.eq_ignore_ascii_case("smtp").then(|| trim(rest))
 }
 
 #[cfg(test)]
@@ -258,7 +279,18 @@ mod tests {
     #[test]
     fn normalizing_into_a_buffer_is_parsing() {
         let mut key = String::from("left over");
-        for raw in ["  Ada.Lovelace@Contoso.COM ", "\u{212A}elvin@X.com", "a b@x.com", "", "a@x"] {
+        for raw in [
+            "  Ada.Lovelace@Contoso.COM ",
+            "\u{212A}elvin@X.com",
+            "a b@x.com",
+            "",
+            "a@x",
+            "a\u{7f}@x.com",
+            "a\u{b}b@x.com",
+            "a\u{0}@x.com",
+            "a~!#$%&'*+/=?^_`{|}@x.com",
+            "\u{e9}\u{85}@x.com",
+        ] {
             let parsed = Email::parse(raw);
             let into = Email::normalize_into(raw, &mut key);
             assert_eq!(
@@ -273,10 +305,21 @@ mod tests {
     }
 
     #[test]
+    fn fast_trim_is_str_trim() {
+        for text in
+            ["", " ", "a", " a ", "\u{b}a\u{c}", "\u{a0}a", "a\u{2003}", " \u{a0} a b \u{85}", "\t\r\n", "é ", " é"]
+        {
+            assert_eq!(trim(text), text.trim(), "{text:?}");
+        }
+    }
+
+    #[test]
     fn smtp_prefix_any_case() {
         assert_eq!(smtp_proxy_address("SMTP:a@b.com"), Some("a@b.com"));
         assert_eq!(smtp_proxy_address("smtp:a@b.com"), Some("a@b.com"));
         assert_eq!(smtp_proxy_address("x500:/o=x"), None);
         assert_eq!(smtp_proxy_address("a@b.com"), None);
+        assert_eq!(smtp_proxy_address(" sMtP: a@b.com "), Some("a@b.com"));
+        assert_eq!(smtp_proxy_address("smtp:a:b@c.com"), Some("a:b@c.com"));
     }
 }

@@ -313,7 +313,9 @@ impl Table {
                 format!("this row has {found} cells but the header (line {}) has {width}: {hint}", self.header_line),
             ));
         }
-        Ok(Some(Row { path: &self.path, headers: &self.headers, record: &self.record, line }))
+        // One UTF-8 check for the whole row is much cheaper than one per cell; cells are then cut out of it.
+        let text = std::str::from_utf8(self.record.as_slice()).ok();
+        Ok(Some(Row { path: &self.path, headers: &self.headers, record: &self.record, text, line }))
     }
 
     /// Reads the rest of the file (if the rows were not all read) and returns the SHA-256 (hex) of its raw bytes,
@@ -431,6 +433,8 @@ pub struct Row<'r> {
     path: &'r Path,
     headers: &'r [String],
     record: &'r csv::ByteRecord,
+    /// The cells end to end, when they are UTF-8 as a whole.
+    text: Option<&'r str>,
     line: u64,
 }
 
@@ -443,6 +447,11 @@ impl<'r> Row<'r> {
     /// The cell in column `index`, exactly as written (quotes removed). Empty when the column does not exist; an
     /// error naming line, column and byte when it is not UTF-8.
     pub fn raw(&self, index: usize) -> Result<&'r str> {
+        // A cell cut from the row's text on character boundaries is UTF-8. (The row can be UTF-8 as a whole while
+        // a cell is not, when a character is split between two cells: then the cut fails and the cell is checked.)
+        if let Some(cell) = self.text.zip(self.record.range(index)).and_then(|(text, range)| text.get(range)) {
+            return Ok(cell);
+        }
         match self.record.get(index) {
             None => Ok(""),
             Some(cell) => std::str::from_utf8(cell).map_err(|e| self.error(index, not_utf8(&e))),
@@ -451,7 +460,7 @@ impl<'r> Row<'r> {
 
     /// The cell in column `index`, trimmed; `None` when it is empty or only spaces.
     pub fn text(&self, index: usize) -> Result<Option<&'r str>> {
-        let cell = self.raw(index)?.trim();
+        let cell = crate::identity::trim(self.raw(index)?);
         Ok((!cell.is_empty()).then_some(cell))
     }
 
@@ -802,6 +811,18 @@ mod tests {
         // A header that is not UTF-8 stops the read at once.
         let err = Table::from_bytes(b"Email,Pr\xe9nom\n".to_vec(), Path::new("t.csv")).unwrap_err().to_string();
         assert!(err.starts_with("t.csv:1: header cell 2: not UTF-8 text (byte 3 of the cell)"), "{err}");
+    }
+
+    #[test]
+    fn a_character_split_between_cells_is_not_utf8() {
+        // "Ren\xc3" and "\xa9" are each invalid, though the row's bytes end to end are valid UTF-8 ("René").
+        let mut t = Table::from_bytes(b"Email,Name,Note\na@x.com,Ren\xc3,\xa9\n".to_vec(), Path::new("t.csv")).unwrap();
+        let row = t.next_row().unwrap().unwrap();
+        assert_eq!(row.raw(0).unwrap(), "a@x.com");
+        let msg = row.raw(1).unwrap_err().to_string();
+        assert!(msg.starts_with("t.csv:2: column 'Name': not UTF-8 text (byte 4 of the cell)"), "{msg}");
+        assert!(row.raw(2).is_err());
+        assert_eq!(row.raw(7).unwrap(), "");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::directory::user_table::{UserFields, UserTable};
 use crate::directory::{DirectoryUser, GroupMember, MemberKind, MemberRef, UserType};
 use crate::error::{Error, Result};
-use crate::identity::ObjectId;
+use crate::identity::{trim, ObjectId};
 use crate::plan::{InputRecord, InputRole};
 use crate::tabular::{Row, Table};
 
@@ -255,12 +255,14 @@ impl<'a> Iterator for ProxySplit<'a> {
     fn next(&mut self) -> Option<&'a str> {
         loop {
             let rest = self.rest?;
-            let (value, after) = match rest.find([';', '|', ',']) {
-                Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+            // The separators are ASCII, so a byte search finds exactly what a char search would.
+            let (value, after) = match rest.bytes().position(|b| matches!(b, b';' | b'|' | b',')) {
+                Some(at) => (rest.get(..at).unwrap_or_default(), rest.get(at + 1..)),
                 None => (rest, None),
             };
             self.rest = after;
-            let value = value.trim().trim_matches(['"', '\'']).trim();
+            // value.trim().trim_matches(['"', '\'']).trim(), byte by byte.
+            let value = trim(trim(value).trim_matches(|c| c == '"' || c == '\''));
             if !value.is_empty() {
                 return Some(value);
             }
@@ -400,6 +402,17 @@ mod tests {
     fn empty_upn_is_an_error_for_users() {
         let err = users_of(&format!("id,upn\n{A},\n")).unwrap_err().to_string();
         assert!(err.starts_with("u.csv:2: column 'upn': the user principal name is empty"), "{err}");
+    }
+
+    #[test]
+    fn proxy_values_are_split_as_before() {
+        let cell = " \"SMTP:a@x.example\" ; ' smtp:b@x.example'|\"\" , \" \"x\" \",\u{a0}smtp:c@x.example";
+        let old: Vec<&str> = cell
+            .split([';', '|', ','])
+            .map(|v| v.trim().trim_matches(['"', '\'']).trim())
+            .filter(|v| !v.is_empty())
+            .collect();
+        assert_eq!(split_proxy_addresses(cell).unwrap(), old);
     }
 
     #[test]

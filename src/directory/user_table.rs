@@ -165,7 +165,7 @@ impl UserTable {
 
     /// The user at `position`, if there is one.
     pub fn get(&self, position: usize) -> Option<UserRef<'_>> {
-        Some(UserRef { id: *self.ids.get(position)?, row: *self.rows.get(position)?, text: &self.text })
+        Some(UserRef { ids: &self.ids, position, row: *self.rows.get(position)?, text: &self.text })
     }
 
     /// The object id of the user at `position` ([`ObjectId::to_u128`]).
@@ -180,7 +180,7 @@ impl UserTable {
 
     /// Every user, in order.
     pub fn iter(&self) -> impl Iterator<Item = UserRef<'_>> + '_ {
-        self.ids.iter().zip(&self.rows).map(|(&id, &row)| UserRef { id, row, text: &self.text })
+        self.rows.iter().enumerate().map(|(position, &row)| UserRef { ids: &self.ids, position, row, text: &self.text })
     }
 
     /// Starts reading the row of the user at `position` from memory (see [`touch`]); gives where its text starts.
@@ -215,7 +215,9 @@ pub(crate) fn touch<T: Copy>(value: &T) {
 /// One user of a [`UserTable`].
 #[derive(Debug, Clone, Copy)]
 pub struct UserRef<'t> {
-    id: u128,
+    /// The table's ids: one is read only when asked for (it is a memory read of its own).
+    ids: &'t [u128],
+    position: usize,
     row: Row,
     text: &'t str,
 }
@@ -227,12 +229,12 @@ impl<'t> UserRef<'t> {
 
     /// The object id.
     pub fn id(&self) -> ObjectId {
-        ObjectId::from_u128(self.id)
+        ObjectId::from_u128(self.id_u128())
     }
 
     /// The object id as a number ([`ObjectId::to_u128`]).
     pub fn id_u128(&self) -> u128 {
-        self.id
+        self.ids.get(self.position).copied().unwrap_or_default()
     }
 
     /// userPrincipalName, as the directory spells it.

@@ -3,7 +3,7 @@
 //! id, so a hash collision costs a comparison, never a wrong answer.
 
 use crate::directory::user_table::{touch, UserRef, UserTable};
-use crate::identity::address_key;
+use crate::identity::{address_key, trim};
 
 /// No entry.
 pub(super) const NONE: u32 = u32::MAX;
@@ -110,7 +110,7 @@ pub(super) type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::Build
 /// The hash of an address's comparison key ([`address_key`]), without building the key when the address is
 /// ASCII. `None` when the key is empty.
 pub(super) fn address_hash(raw: &str) -> Option<u32> {
-    let trimmed = raw.trim();
+    let trimmed = trim(raw);
     if trimmed.is_empty() {
         return None;
     }
@@ -140,7 +140,7 @@ pub(super) fn id_hash(id: u128) -> u32 {
 
 /// True when `raw`'s comparison key ([`address_key`]) is `key`.
 pub(super) fn same_address(raw: &str, key: &str) -> bool {
-    let trimmed = raw.trim();
+    let trimmed = trim(raw);
     if trimmed.is_ascii() {
         trimmed.len() == key.len() && trimmed.bytes().zip(key.bytes()).all(|(a, b)| a.to_ascii_lowercase() == b)
     } else {
