@@ -14,17 +14,16 @@ pub struct Staged {
 
 /// Writes `bytes` to a temporary file beside `target` and syncs it, without making it visible yet.
 pub fn stage(target: &Path, bytes: &[u8]) -> Result<Staged> {
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::write(target, e))?;
+    let mut temp = temp_beside(target)?;
     temp.write_all(bytes).map_err(|e| Error::write(target, e))?;
+    temp.as_file().sync_all().map_err(|e| Error::write(target, e))?;
+    Ok(Staged { temp, target: target.to_path_buf() })
+}
+
+/// Like [`stage`], with the bytes written by `write` (for files made as they are written, never held whole).
+pub fn stage_with(target: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<Staged> {
+    let mut temp = temp_beside(target)?;
+    write(temp.as_file_mut()).map_err(|e| Error::write(target, e))?;
     temp.as_file().sync_all().map_err(|e| Error::write(target, e))?;
     Ok(Staged { temp, target: target.to_path_buf() })
 }
@@ -39,6 +38,20 @@ impl Staged {
     }
 }
 
+/// A new temporary file in `target`'s folder, named after it.
+fn temp_beside(target: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| Error::write(target, e))
+}
+
 /// Writes one file atomically.
 pub fn write(target: &Path, bytes: &[u8]) -> Result<()> {
     stage(target, bytes)?.commit()
@@ -49,6 +62,12 @@ pub fn write(target: &Path, bytes: &[u8]) -> Result<()> {
 /// signature.
 pub fn write_together(files: &[(&Path, &[u8])]) -> Result<()> {
     let staged = files.iter().map(|(path, bytes)| stage(path, bytes)).collect::<Result<Vec<_>>>()?;
+    commit_together(staged)
+}
+
+/// Renames staged files over their targets in order, as [`write_together`] does: if a rename fails, the files
+/// already renamed in this call are removed again.
+pub fn commit_together(staged: Vec<Staged>) -> Result<()> {
     let mut landed: Vec<PathBuf> = Vec::new();
     for file in staged {
         let target = file.target.clone();

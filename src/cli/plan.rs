@@ -7,7 +7,7 @@ use clap::Args;
 use crate::cli::Context;
 use crate::config::{self, parse_duration, Scope};
 use crate::error::{Error, Result};
-use crate::plan::{self, Plan, PlanFormat};
+use crate::plan::{Plan, PlanFormat};
 use crate::planning::mapping::{self, MappingFlags};
 use crate::planning::output::{self, OutputPolicy};
 use crate::planning::services::Endpoints;
@@ -112,7 +112,7 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
     for warning in &written.warnings {
         crate::eoutln!("warning: {warning}");
     }
-    print_result(&written.plan, &written.out, &written.signature, &written.bytes, args.json);
+    print_result(&written.plan, &written.out, &written.signature, written.sha256.as_deref(), args.json);
     Ok(())
 }
 
@@ -171,6 +171,7 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
         max_removal_percent: defaults
             .max_removal_percent
             .unwrap_or(crate::apply::gates::Thresholds::default().max_removal_percent),
+        want_sha256: args.json,
     })
 }
 
@@ -191,9 +192,8 @@ fn mapping_flags(args: &PlanArgs) -> MappingFlags {
     }
 }
 
-fn print_result(plan: &Plan, out: &Path, sig: &Path, bytes: &[u8], json: bool) {
+fn print_result(plan: &Plan, out: &Path, sig: &Path, sha256: Option<&str>, json: bool) {
     if json {
-        let sha256 = plan::precondition::sha256_hex(bytes);
         let groups: Vec<serde_json::Value> = plan
             .groups
             .iter()

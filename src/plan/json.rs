@@ -18,6 +18,13 @@ pub fn encode(plan: &Plan) -> Vec<u8> {
     bytes
 }
 
+/// Writes [`encode`]'s bytes to `out` as they are made, without holding them (a plan of a million members is
+/// 130 MB).
+pub fn encode_to(plan: &Plan, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, plan).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
+}
+
 /// Decodes and validates a JSON plan.
 pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
     let text = std::str::from_utf8(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes))

@@ -510,6 +510,14 @@ pub fn human_duration(d: chrono::TimeDelta) -> String {
     }
 }
 
+/// Writes [`encode`]'s bytes to `out` (JSON as they are made, without holding them).
+pub fn encode_to(plan: &Plan, format: PlanFormat, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    match format {
+        PlanFormat::Json => json::encode_to(plan, out),
+        PlanFormat::Csv => out.write_all(&csv::encode(plan)),
+    }
+}
+
 /// RFC 3339 timestamps in UTC with whole seconds and a `Z`, the one spelling plans use.
 pub mod timestamp {
     use super::*;
@@ -609,6 +617,16 @@ pub(crate) mod tests_support {
             tool_version: crate::tool_version(),
             tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
             groups: vec![group(oid(100), Some("All Staff, -everyone-"), r), group(oid(101), None, second)],
+        }
+    }
+
+    #[test]
+    fn encoding_to_a_writer_gives_the_same_bytes() {
+        let plan = sample_plan();
+        for format in [PlanFormat::Json, PlanFormat::Csv] {
+            let mut out = Vec::new();
+            encode_to(&plan, format, &mut out).unwrap();
+            assert_eq!(out, encode(&plan, format));
         }
     }
 

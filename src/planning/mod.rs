@@ -9,6 +9,7 @@
 //! - [`pipeline`]: the path when all three inputs are files (two threads; the list and members never held as
 //!   one value per row).
 //! - [`services`]: the Graph and PoliteMail clients and the async runtime, created on first use.
+//! - `write`: the plan encoded, hashed and written to disk on two threads, never held whole.
 //!
 //! Nothing here reads flags, the clock or the terminal: the command line builds the request (with the time and
 //! the loaded key) and renders the result.
@@ -18,6 +19,7 @@ pub mod mapping;
 pub mod output;
 pub mod pipeline;
 pub mod services;
+mod write;
 
 use std::path::PathBuf;
 
@@ -61,14 +63,16 @@ pub struct PlanRequest {
     pub allow_empty: bool,
     /// Warn when a plan removes more than this percentage of a group (`max_removal_percent`).
     pub max_removal_percent: f64,
+    /// Whether to give the plan file's SHA-256 in [`WrittenPlan::sha256`] (for a summary that shows it).
+    pub want_sha256: bool,
 }
 
 /// A plan written to disk with its signature.
 pub struct WrittenPlan {
     /// The plan.
     pub plan: Plan,
-    /// Its encoded bytes, as written (and signed).
-    pub bytes: Vec<u8>,
+    /// The SHA-256 (hex) of the plan file, when the request asked for it.
+    pub sha256: Option<String>,
     /// The plan file.
     pub out: PathBuf,
     /// The signature file.
@@ -85,18 +89,18 @@ pub fn plan(request: PlanRequest) -> Result<WrittenPlan> {
     let mut phases = Phases::start();
     let (plan, warnings) = build_timed(&request, &mut phases)?;
     output::check(&request.out, &request.output)?;
-    let bytes = plan::encode(&plan, request.format);
-    phases.lap("plan: encode");
+    let (staged, digest, sha256) = write::stage_plan(&plan, request.format, &request.out, request.want_sha256)?;
+    phases.lap("plan: encode, hash, write and sync (two threads)");
     let signature = request
         .key
-        .sign(crate::trust::PLAN_NAMESPACE, &bytes)
+        .sign_sha512_digest(crate::trust::PLAN_NAMESPACE, &digest)
         .map_err(|e| Error::Internal(format!("signing with {} failed: {e}", request.key_path.display())))?;
-    phases.lap("plan: sign");
     let sig_path = crate::archive::signature_path(&request.out);
-    crate::atomic_write::write_together(&[(&request.out, &bytes), (&sig_path, signature.as_bytes())])?;
-    phases.lap("plan: write and sync");
+    let staged_signature = crate::atomic_write::stage(&sig_path, signature.as_bytes())?;
+    crate::atomic_write::commit_together(vec![staged, staged_signature])?;
+    phases.lap("plan: sign, write the signature, rename both");
     phases.log();
-    Ok(WrittenPlan { plan, bytes, out: request.out, signature: sig_path, warnings })
+    Ok(WrittenPlan { plan, sha256, out: request.out, signature: sig_path, warnings })
 }
 
 /// The plan for the request's mappings (checked by [`Plan::validate`]) and the warnings met on the way.

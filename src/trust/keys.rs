@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, SshSig};
 
 /// The environment variable that holds the passphrase of an encrypted key.
 pub const PASSPHRASE_ENV: &str = "WRITEBACK_KEY_PASSPHRASE";
@@ -132,6 +132,25 @@ impl SigningKey {
         self.key.public_key()
     }
 
+    /// Like [`SigningKey::sign`], for a message of which only the SHA-512 digest is at hand (a plan hashed as it
+    /// is written to disk): the same signature, byte for byte.
+    pub fn sign_sha512_digest(&self, namespace: &str, digest: &[u8; 64]) -> Result<String, KeyProblem> {
+        if namespace.is_empty() {
+            return Err(KeyProblem::Sign("the signature needs a namespace".into()));
+        }
+        // What SSHSIG signs: the magic preamble, then the namespace, reserved, hash algorithm and message digest
+        // as SSH strings (PROTOCOL.sshsig).
+        let mut signed = b"SSHSIG".to_vec();
+        for field in [namespace.as_bytes(), b"", b"sha512", digest] {
+            signed.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            signed.extend_from_slice(field);
+        }
+        let signature = try_sign(&self.key, &signed).map_err(KeyProblem::Sign)?;
+        let sig = SshSig::new(self.key.public_key().key_data().clone(), namespace, HashAlg::Sha512, signature)
+            .map_err(|e| KeyProblem::Sign(e.to_string()))?;
+        sig.to_pem(LineEnding::LF).map_err(|e| KeyProblem::Sign(e.to_string()))
+    }
+
     /// Signs `message` for `namespace` with SHA-512 (as `ssh-keygen -Y sign` does) and returns the armored
     /// `-----BEGIN SSH SIGNATURE-----` text.
     pub fn sign(&self, namespace: &str, message: &[u8]) -> Result<String, KeyProblem> {
@@ -158,6 +177,11 @@ impl SigningKey {
             _ => encode(&self.key),
         }
     }
+}
+
+/// Signs `data` as it is (the signer's trait comes with ssh-key's `SigningKey`).
+fn try_sign<K: ssh_key::SigningKey>(key: &K, data: &[u8]) -> Result<ssh_key::Signature, String> {
+    key.try_sign(data).map_err(|e| e.to_string())
 }
 
 /// The key type of a private key that `ssh-key` (built for Ed25519 only) cannot decode: read from the
@@ -248,6 +272,19 @@ mod tests {
         let sig = loaded.sign("writeback-plan", b"x").unwrap();
         assert!(sig.starts_with("-----BEGIN SSH SIGNATURE-----\n"));
         assert!(!format!("{loaded:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn signing_a_digest_is_signing_the_message() {
+        use sha2::Digest;
+        let key = SigningKey::generate("alice@contoso.com").unwrap();
+        for message in [&b""[..], b"x", &[7u8; 100_000]] {
+            let digest: [u8; 64] = sha2::Sha512::digest(message).into();
+            let signed = key.sign_sha512_digest("writeback-plan", &digest).unwrap();
+            // Ed25519 signatures are deterministic: the two ways give the same bytes.
+            assert_eq!(signed, key.sign("writeback-plan", message).unwrap());
+        }
+        assert!(key.sign_sha512_digest("", &[0; 64]).is_err());
     }
 
     #[cfg(unix)]
