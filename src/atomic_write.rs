@@ -31,10 +31,16 @@ pub fn stage_with(target: &Path, write: impl FnOnce(&mut std::fs::File) -> std::
 impl Staged {
     /// Renames the staged file over its target.
     pub fn commit(self) -> Result<()> {
-        let target = self.target;
-        self.temp.persist(&target).map_err(|e| Error::write(&target, e.error))?;
+        let target = self.rename()?;
         sync_parent(&target);
         Ok(())
+    }
+
+    /// Renames the staged file over its target, without syncing the folder; gives the target.
+    fn rename(self) -> Result<PathBuf> {
+        let target = self.target;
+        self.temp.persist(&target).map_err(|e| Error::write(&target, e.error))?;
+        Ok(target)
     }
 }
 
@@ -70,14 +76,24 @@ pub fn write_together(files: &[(&Path, &[u8])]) -> Result<()> {
 pub fn commit_together(staged: Vec<Staged>) -> Result<()> {
     let mut landed: Vec<PathBuf> = Vec::new();
     for file in staged {
-        let target = file.target.clone();
-        if let Err(e) = file.commit() {
-            for path in &landed {
-                let _ = std::fs::remove_file(path);
+        match file.rename() {
+            Ok(target) => landed.push(target),
+            Err(e) => {
+                for path in &landed {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
             }
-            return Err(e);
         }
-        landed.push(target);
+    }
+    // Each folder is synced once, after all of its renames (a plan and its signature share one).
+    let mut synced: Vec<&Path> = Vec::new();
+    for target in &landed {
+        let parent = target.parent().unwrap_or(Path::new(""));
+        if !synced.contains(&parent) {
+            sync_parent(target);
+            synced.push(parent);
+        }
     }
     Ok(())
 }

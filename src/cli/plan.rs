@@ -113,6 +113,9 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
         crate::eoutln!("warning: {warning}");
     }
     print_result(&written.plan, &written.out, &written.signature, written.sha256.as_deref(), args.json);
+    // The process ends now: handing a plan of a million members back to the allocator, string by string, would
+    // only cost time.
+    std::mem::forget(written);
     Ok(())
 }
 

@@ -243,6 +243,15 @@ fn proxy_values(cell: &str) -> std::result::Result<ProxySplit<'_>, String> {
     Ok(ProxySplit { rest: Some(inner) })
 }
 
+/// `text.trim_matches(['"', '\''])`: quotes are ASCII, so bytes will do.
+fn strip_quotes(text: &str) -> &str {
+    let quote = |b: &u8| *b == b'"' || *b == b'\'';
+    let bytes = text.as_bytes();
+    let start = bytes.iter().position(|b| !quote(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !quote(b)).map_or(start, |last| last + 1);
+    text.get(start..end).unwrap_or_default()
+}
+
 /// The iterator of [`proxy_values`].
 #[derive(Debug, Clone)]
 struct ProxySplit<'a> {
@@ -262,7 +271,7 @@ impl<'a> Iterator for ProxySplit<'a> {
             };
             self.rest = after;
             // value.trim().trim_matches(['"', '\'']).trim(), byte by byte.
-            let value = trim(trim(value).trim_matches(|c| c == '"' || c == '\''));
+            let value = trim(strip_quotes(trim(value)));
             if !value.is_empty() {
                 return Some(value);
             }

@@ -341,21 +341,33 @@ impl<'u> Reconciler<'u> {
                 if self.duplicates == 1 { "" } else { "s" }
             ));
         }
-        let users = self.index.users();
+        let Reconciler {
+            index,
+            not_acted_on,
+            firsts,
+            addresses,
+            wanted_of_user,
+            wanted,
+            wanted_names,
+            first_of_address,
+            ..
+        } = self;
+        drop(first_of_address);
+        let users = index.users();
         let MemberSet { row_of_user, rows, differing, others, non_users, ids, precondition, .. } = members;
-        let mut not_acted_on = self.not_acted_on;
+        let mut not_acted_on = not_acted_on;
         not_acted_on.extend(non_users);
         let precondition = precondition.unwrap_or_else(|| precondition_of(ids));
 
         // Adds: wanted users who are not members.
         let mut changes = Vec::new();
-        for (entry, want) in self.wanted.iter().enumerate() {
-            if row_of_user.get(self.index.canonical(want.user) as usize).is_some_and(|&row| row != NONE) {
+        for (entry, want) in wanted.iter().enumerate() {
+            if row_of_user.get(index.canonical(want.user) as usize).is_some_and(|&row| row != NONE) {
                 continue;
             }
             let Some(user) = users.get(want.user as usize) else { continue };
-            let (line, address) = match self.firsts.get(want.first as usize) {
-                Some(first) => (first.line, self.addresses.get(first.start..first.end)),
+            let (line, address) = match firsts.get(want.first as usize) {
+                Some(first) => (first.line, addresses.get(first.start..first.end)),
                 None => (0, None),
             };
             let reason = format!("in the list (line {line}), not a member; matched by {}", want.how.label());
@@ -372,7 +384,7 @@ impl<'u> Reconciler<'u> {
                 continue;
             }
             let display_name =
-                user.display_name().map(str::to_string).or_else(|| self.wanted_names.get(&(entry as u32)).cloned());
+                user.display_name().map(str::to_string).or_else(|| wanted_names.get(&(entry as u32)).cloned());
             changes.push(Change {
                 action: Action::Add,
                 user_id: user.id(),
@@ -385,10 +397,13 @@ impl<'u> Reconciler<'u> {
             });
         }
 
+        // What only the adds needed goes now, before the removes are made (a million contacts' worth).
+        drop((firsts, addresses, wanted, wanted_names));
+
         // Removes: user members nobody resolved to.
         let known_members = row_of_user
             .iter()
-            .zip(&self.wanted_of_user)
+            .zip(&wanted_of_user)
             .enumerate()
             .filter(|(_, (&row, &want))| row != NONE && want == NONE)
             .filter_map(|(position, (&row, _))| {
@@ -450,11 +465,15 @@ fn precondition_of(mut ids: Vec<u128>) -> Precondition {
 /// whole in [`MemberSet::differing`].
 #[derive(Debug, Clone, Copy)]
 struct KnownMember {
-    line: Option<u64>,
+    /// The member's line, or [`NO_LINE`] (16 bytes a member, not 24 with an `Option`).
+    line: u64,
     /// The row in `differing`, or NONE.
     differing: u32,
     fields: u8,
 }
+
+/// No line (a member read from Graph).
+const NO_LINE: u64 = u64::MAX;
 
 const UPN_IS_USERS: u8 = 1;
 const DISPLAY_NAME_IS_USERS: u8 = 2;
@@ -478,7 +497,7 @@ impl KnownMember {
             Some(mail) if Some(mail) == user.mail() => fields |= MAIL_IS_USERS,
             Some(_) => return None,
         }
-        Some(KnownMember { line: member.source_line, differing: NONE, fields })
+        Some(KnownMember { line: member.source_line.unwrap_or(NO_LINE), differing: NONE, fields })
     }
 
     /// The member row this stands for.
@@ -493,7 +512,7 @@ impl KnownMember {
             upn: pick(UPN_IS_USERS, Some(user.upn())),
             display_name: pick(DISPLAY_NAME_IS_USERS, user.display_name()),
             mail: pick(MAIL_IS_USERS, user.mail()),
-            source_line: self.line,
+            source_line: (self.line != NO_LINE).then_some(self.line),
         }
     }
 }
@@ -535,7 +554,7 @@ impl<'u> MemberSet<'u> {
     pub fn new(index: &'u UserIndex<'u>) -> MemberSet<'u> {
         MemberSet {
             index,
-            row_of_user: vec![NONE; index.users().len()],
+            row_of_user: Vec::new(),
             rows: Vec::new(),
             differing: Vec::new(),
             others: FastMap::default(),
@@ -638,8 +657,11 @@ impl<'u> MemberSet<'u> {
         };
         let row = KnownMember::of(&member, &user).unwrap_or_else(|| {
             self.differing.push(member.to_owned());
-            KnownMember { line: member.source_line, differing: self.differing.len() as u32 - 1, fields: 0 }
+            KnownMember { line: NO_LINE, differing: self.differing.len() as u32 - 1, fields: 0 }
         });
+        if self.row_of_user.is_empty() {
+            self.row_of_user = vec![NONE; self.index.users().len()];
+        }
         let Some(slot) = self.row_of_user.get_mut(position as usize) else { return };
         match self.rows.get_mut(*slot as usize) {
             Some(earlier) => *earlier = row,
