@@ -133,7 +133,7 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
         return Err(Error::Usage(format!(
             "--expires-in {expires_raw} is longer than max_plan_lifetime ({}): verify, approve, export and apply \
              would refuse the plan. Ask for a shorter lifetime, or raise max_plan_lifetime in the config",
-            plan::human_duration(max_lifetime)
+            crate::plan::human_duration(max_lifetime)
         )));
     }
     let format = args.format.or(defaults.format).unwrap_or(PlanFormat::Json);

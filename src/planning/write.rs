@@ -41,7 +41,7 @@ pub(super) fn stage_plan(
                 }
                 Ok(())
             })?;
-            let sha256 = sha256.map(|h| crate::plan::precondition::hex(&h.finalize()));
+            let sha256 = sha256.map(|h| hex::encode(h.finalize()));
             Ok::<_, Error>((staged, sha512.finalize().into(), sha256))
         });
         let mut chunks = Chunks { buffer: Vec::with_capacity(CHUNK), sender: Some(sender), returned };
