@@ -88,6 +88,7 @@ fn write_plan(w: &World, dir: &Path, key: &SigningKey) -> PathBuf {
         signer: SIGNER.into(),
         tool_version: "bench".into(),
         tenant_id: Some(w.tenant.clone()),
+        entra_actor: None,
         groups: vec![GroupPlan {
             group_id: ObjectId::parse(&w.group).expect("a GUID"),
             display_name: Some("Big Group".into()),

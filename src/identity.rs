@@ -212,6 +212,76 @@ impl<'de> Deserialize<'de> for ObjectId {
     }
 }
 
+/// Who acted in Entra ID: the person or the application behind the Microsoft Graph token that read (for a plan)
+/// or wrote (for an apply). Recorded in plans, receipts and the journal beside the SSH signer, so an auditor can
+/// find the same actor in Entra's audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraActor {
+    /// A signed-in person, or an application (an app registration or a managed identity).
+    #[serde(rename = "type")]
+    pub kind: ActorKind,
+    /// The person's object id, or the application's client id.
+    pub id: String,
+    /// The user principal name, or the application's display name, when the token says.
+    pub name: Option<String>,
+    /// The tenant the token was issued in (its `tid`).
+    pub tenant_id: Option<String>,
+    /// How writeback signed in (`azure-cli`, `secret`, …).
+    pub auth: String,
+}
+
+/// A person or an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorKind {
+    /// A person (a delegated token).
+    User,
+    /// An application (an application token).
+    Application,
+}
+
+impl ActorKind {
+    /// `user` or `application`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::User => "user",
+            ActorKind::Application => "application",
+        }
+    }
+
+    /// Parses [`ActorKind::as_str`].
+    pub fn parse(raw: &str) -> Option<ActorKind> {
+        match raw {
+            "user" => Some(ActorKind::User),
+            "application" => Some(ActorKind::Application),
+            _ => None,
+        }
+    }
+}
+
+impl EntraActor {
+    /// One line for tables: `user ada@contoso.example (id …, azure-cli)`.
+    pub fn label(&self) -> String {
+        let who = self.name.as_deref().unwrap_or(&self.id);
+        let id = if self.name.is_some() { format!("id {}, ", self.id) } else { String::new() };
+        format!("{} {who} ({id}{})", self.kind.as_str(), self.auth)
+    }
+
+    /// A short form for narrow tables: `user ada@contoso.example (azure-cli)`.
+    pub fn short_label(&self) -> String {
+        format!("{} {} ({})", self.kind.as_str(), self.name.as_deref().unwrap_or(&self.id), self.auth)
+    }
+
+    /// True when the actor's tenant is known and is not `tenant` (compared case-insensitively).
+    pub fn other_tenant_than(&self, tenant: Option<&str>) -> bool {
+        match (self.tenant_id.as_deref(), tenant) {
+            (Some(mine), Some(theirs)) => !mine.eq_ignore_ascii_case(theirs),
+            _ => false,
+        }
+    }
+}
+
 /// The comparison key of a user principal name or e-mail address: trimmed and lowercased.
 ///
 /// Entra treats UPNs, `mail` and proxy addresses case-insensitively; writeback compares them on this key and

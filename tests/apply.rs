@@ -84,6 +84,7 @@ impl Env {
             signer: SIGNER.into(),
             tool_version: "test".into(),
             tenant_id: Some(self.tenant.clone()),
+            entra_actor: None,
             groups: vec![GroupPlan {
                 group_id: oid(&self.group),
                 display_name: Some("Staff".into()),
@@ -648,6 +649,7 @@ fn a_torn_journal_line_is_cut_off_and_the_run_resumes() {
                     key_fingerprint: None,
                     tool_version: "t".into(),
                 },
+                entra_actor: None,
                 resume: false,
                 pending: 10,
             },

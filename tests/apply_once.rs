@@ -90,6 +90,7 @@ impl Env {
             signer: SIGNER.into(),
             tool_version: "test".into(),
             tenant_id: Some(self.tenant.clone()),
+            entra_actor: None,
             groups: vec![GroupPlan {
                 group_id: oid(&self.group),
                 display_name: Some("Staff".into()),

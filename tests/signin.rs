@@ -126,6 +126,31 @@ impl Setup {
     fn receipt(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.path().join("plan.json.receipt.json")).unwrap()).unwrap()
     }
+
+    /// The Entra actor of the plan, of the receipt and of the journal's start line: each is `kind` `id` signed in
+    /// with `auth`, in the fake's tenant.
+    fn assert_actor(&self, kind: &str, id: &str, auth: &str) -> Value {
+        let plan: Value = serde_json::from_slice(&std::fs::read(self.path().join("plan.json")).unwrap()).unwrap();
+        let journal = std::fs::read_to_string(self.path().join("plan.json.journal.jsonl")).unwrap();
+        let started: Value = journal
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|l| l["kind"] == "apply-started")
+            .expect("an apply-started line");
+        for (what, actor) in [
+            ("plan", &plan["entra_actor"]),
+            ("receipt", &self.receipt()["entra_actor"]),
+            ("journal", &started["entra_actor"]),
+        ] {
+            assert_eq!(actor["type"], kind, "{what}: {actor}");
+            assert_eq!(actor["id"], id, "{what}: {actor}");
+            assert_eq!(actor["auth"], auth, "{what}: {actor}");
+            assert_eq!(actor["tenant_id"], self.graph.tenant_id.as_str(), "{what}: {actor}");
+        }
+        assert_eq!(plan["format_version"], "1.1");
+        assert_eq!(self.receipt()["format_version"], "1.2");
+        plan["entra_actor"].clone()
+    }
 }
 
 /// A person who may change All Staff through the Azure CLI: az's usual scopes and Groups Administrator.
@@ -159,6 +184,7 @@ fn token_kind() {
     assert_no_secret(&planned, &[&token]);
     assert_no_secret(&applied, &[&token]);
     assert_eq!(s.graph.count(|r| r.is_token()), 0, "a ready token needs no sign-in");
+    s.assert_actor("application", &s.graph.client_id, "token");
 }
 
 #[test]
@@ -167,6 +193,8 @@ fn secret_kind() {
     let mut env = s.graph.env();
     env.push(("WRITEBACK_AUTH", "secret".into()));
     s.plan_and_apply(&env, None);
+    let actor = s.assert_actor("application", &s.graph.client_id, "secret");
+    assert_eq!(actor["name"], "writeback (fake app)");
     let grants: Vec<String> = s
         .graph
         .requests()
@@ -192,6 +220,7 @@ fn certificate_kind() {
         ("AZURE_CLIENT_CERTIFICATE_PATH", pem_path.display().to_string()),
     ]);
     s.plan_and_apply(&env, None);
+    s.assert_actor("application", &s.graph.client_id, "certificate");
     let token_request = s.graph.requests().into_iter().find(|r| r.is_token()).unwrap().body.unwrap();
     assert_eq!(token_request["client_assertion_type"], "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
     assert!(token_request.get("client_secret").is_none());
@@ -220,6 +249,7 @@ fn workload_identity_kind() {
     assert_no_secret(&applied, &[&token]);
     let grants = s.graph.requests().into_iter().filter(|r| r.is_token()).count();
     assert!(grants >= 2, "one grant per command");
+    s.assert_actor("application", &s.graph.client_id, "workload-identity");
 }
 
 #[test]
@@ -249,6 +279,8 @@ fn managed_identity_app_service_style() {
     assert!(!asked.is_empty());
     assert!(asked.iter().all(|r| r.q("resource").as_deref() == Some("https://graph.microsoft.com")));
     assert!(s.graph.principals().iter().all(|p| matches!(p, Principal::App { name, .. } if name.contains("managed"))));
+    let actor = s.assert_actor("application", &ManagedIdentity::default().client_id, "managed-identity");
+    assert_eq!(actor["name"], "writeback host (managed identity)");
 }
 
 #[test]
@@ -266,6 +298,7 @@ fn managed_identity_vm_style_user_assigned() {
     assert!(!asked.is_empty());
     assert!(asked.iter().all(|r| r.q("client_id").as_deref() == Some(mi.client_id.as_str())));
     assert!(asked.iter().all(|r| r.header("authorization").is_none()));
+    s.assert_actor("application", &mi.client_id, "managed-identity");
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -288,6 +321,8 @@ fn azure_cli_kind_with_a_delegated_token() {
     );
     assert!(calls.iter().all(|c| *c == expected), "{calls:?}");
     assert_eq!(s.graph.count(|r| r.is_token()), 0);
+    let actor = s.assert_actor("user", ADA, "azure-cli");
+    assert_eq!(actor["name"], ADA_UPN);
 }
 
 #[cfg(unix)]
@@ -372,6 +407,8 @@ fn device_code_kind() {
     }
     let polls = s.graph.count(|r| r.is_token() && r.body.as_ref().is_some_and(|b| b["device_code"] == "<redacted>"));
     assert_eq!(polls, 6, "three polls per sign-in");
+    let actor = s.assert_actor("user", ADA, "device-code");
+    assert_eq!(actor["name"], ADA_UPN);
 }
 
 #[test]
@@ -469,4 +506,118 @@ fn a_delegated_apply_batches_survives_throttling_and_resumes() {
     assert_eq!(s.graph.members(&group).len(), 150);
     assert!(s.graph.count(|r| r.status == 429) > 0, "the fake throttled");
     assert_eq!(s.receipt()["runs"], 2);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Who acted: the Entra actor beside the SSH signer.
+// ----------------------------------------------------------------------------------------------------------
+
+fn sign(path: &Path, key: &Path, namespace: &str) {
+    let key = writeback::trust::SigningKey::load(key).unwrap();
+    let sig = key.sign(namespace, &std::fs::read(path).unwrap()).unwrap();
+    std::fs::write(format!("{}.sig", path.display()), sig).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn show_and_audit_put_the_entra_actor_beside_the_signer_and_flag_another_tenant() {
+    let s = setup(fg::Config::default());
+    let az = FakeAz::new(&s.graph.issue_user_token(&ada()));
+    let path = az.path_with(&common::path_without_az());
+    s.plan_and_apply(&s.env(&[]), Some(&path));
+    let show = run(s.path(), &[], None, &["show", "plan.json", "--allowed-signers", "keys/allowed_signers"]);
+    ok(&show, "show");
+    let shown = text(&show.stdout);
+    let signed = shown.lines().position(|l| l.contains("Signed by  planner@contoso.example")).expect(&shown);
+    let entra = shown.lines().position(|l| l.contains("Entra      user ada.admin@contoso.example")).expect(&shown);
+    assert!(entra > signed && entra <= signed + 2, "{shown}");
+    assert!(shown.contains(&format!("Entra id   {ADA}")), "{shown}");
+
+    let archive = s.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    for name in [
+        "plan.json",
+        "plan.json.sig",
+        "plan.json.receipt.json",
+        "plan.json.receipt.json.sig",
+        "plan.json.journal.jsonl",
+    ] {
+        std::fs::copy(s.path().join(name), archive.join(name)).unwrap();
+    }
+    let audit = ["audit", "archive", "--allowed-signers", "keys/allowed_signers"];
+    let out = run(s.path(), &[("COLUMNS", "200".into())], None, &audit);
+    ok(&out, "audit of a clean archive");
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("planner@contoso.example") && table.contains("user ada.admin@contoso.example (azure-cli)"),
+        "{table}"
+    );
+    assert!(table.contains("admin@contoso.example"), "{table}");
+    let json = run(s.path(), &[], None, &[&audit[..], &["--json"]].concat());
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["plans"][0]["signer_entra"]["id"], ADA);
+    assert_eq!(v["plans"][0]["applied_by_entra"]["type"], "user");
+
+    // The same actor, but the plan and the receipt each name another tenant than the one it signed in to.
+    let other = "99999999-9999-4999-8999-999999999999";
+    for (name, key, namespace) in [
+        ("plan.json", "keys/demo-planner", "writeback-plan"),
+        ("plan.json.receipt.json", "keys/demo-admin", "writeback-receipt"),
+    ] {
+        let file = archive.join(name);
+        let mut value: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        value["entra_actor"]["tenant_id"] = Value::String(other.into());
+        let mut bytes = serde_json::to_vec_pretty(&value).unwrap();
+        bytes.push(b'\n');
+        std::fs::write(&file, bytes).unwrap();
+        sign(&file, &s.path().join(key), namespace);
+    }
+    let out = run(s.path(), &[], None, &audit);
+    assert_eq!(code(&out), 31, "{}{}", text(&out.stdout), text(&out.stderr));
+    let found = text(&out.stdout);
+    for what in ["the plan names tenant", "the receipt names tenant"] {
+        assert!(found.contains(what) && found.contains(&format!("signed in to tenant {other}")), "{what}: {found}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_csv_plan_records_its_planner_in_entra_actor_rows() {
+    let s = setup(fg::Config::default());
+    let az = FakeAz::new(&s.graph.issue_user_token(&ada()));
+    let path = az.path_with(&common::path_without_az());
+    let args = [&PLAN[..PLAN.len() - 1], &["plan.csv", "--format", "csv"]].concat();
+    ok(&run(s.path(), &s.env(&[]), Some(&path), &args), "plan");
+    let csv = std::fs::read_to_string(s.path().join("plan.csv")).unwrap();
+    assert!(csv.starts_with("#writeback-plan,1.1\r\n"), "{csv}");
+    for row in [
+        "#entra_actor.type,user".to_string(),
+        format!("#entra_actor.id,{ADA}"),
+        format!("#entra_actor.name,{ADA_UPN}"),
+        format!("#entra_actor.tenant_id,{}", s.graph.tenant_id),
+        "#entra_actor.auth,azure-cli".to_string(),
+    ] {
+        assert!(csv.contains(&format!("{row}\r\n")), "{row} missing:\n{csv}");
+    }
+    // Offline, there is no actor to record.
+    let offline = ["plan", "--config", "writeback.toml", "--out", "offline.csv", "--format", "csv"];
+    std::fs::copy(common::samples().join("writeback.toml"), s.path().join("writeback.toml")).unwrap();
+    ok(&run(s.path(), &[], None, &offline), "offline plan");
+    assert!(!std::fs::read_to_string(s.path().join("offline.csv")).unwrap().contains("#entra_actor"));
+}
+
+#[test]
+fn an_entra_actor_hidden_in_a_1_0_plan_is_refused_with_zero_writes() {
+    let s = setup(fg::Config::default());
+    let env = s.graph.env();
+    ok(&run(s.path(), &env, None, PLAN), "plan");
+    let file = s.path().join("plan.json");
+    let text_1_1 = std::fs::read_to_string(&file).unwrap();
+    assert!(text_1_1.contains("\"entra_actor\""));
+    std::fs::write(&file, text_1_1.replacen("\"format_version\": \"1.1\"", "\"format_version\": \"1.0\"", 1)).unwrap();
+    sign(&file, &s.path().join("keys/demo-planner"), "writeback-plan");
+    let out = run(s.path(), &env, None, APPLY);
+    assert_eq!(code(&out), 13, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("unknown field 'entra_actor'"), "{}", text(&out.stderr));
+    assert_eq!(s.writes(), 0);
 }

@@ -51,6 +51,7 @@ fn plan_bytes(signer: &str, created_at: DateTime<Utc>, expires_at: DateTime<Utc>
         signer: signer.into(),
         tool_version: writeback::tool_version(),
         tenant_id: Some("11111111-1111-1111-1111-111111111111".into()),
+        entra_actor: None,
         groups: vec![GroupPlan {
             group_id: id(1),
             display_name: Some("All staff".into()),
@@ -388,7 +389,7 @@ fn json_output_for_a_good_plan() {
 fn malformed_and_future_plans_with_good_signatures() {
     let s = setup("", b"{\"format\": \"writeback-plan\", \"format_version\": \"1.0\"}\n".to_vec());
     verify(&s).assert().code(13);
-    let future = String::from_utf8(current_plan(PRINCIPAL)).unwrap().replace("\"1.0\"", "\"2.0\"");
+    let future = String::from_utf8(current_plan(PRINCIPAL)).unwrap().replace("\"1.1\"", "\"2.0\"");
     let s = setup("", future.into_bytes());
     verify(&s).assert().code(14).stderr(predicate::str::contains("2.0"));
 }

@@ -72,6 +72,7 @@ impl Lab {
             signer: SIGNER.into(),
             tool_version: "writeback test".into(),
             tenant_id: Some(self.tenant.clone()),
+            entra_actor: None,
             groups: vec![GroupPlan {
                 group_id: oid(&self.group),
                 display_name: Some("Staff".into()),
@@ -194,7 +195,7 @@ fn a_json_plan_with_a_field_no_reviewer_sees_is_refused_with_zero_writes() {
     let hidden = text.replacen("\"plan_id\"", "\"also_apply_to\": \"Managers\",\n  \"plan_id\"", 1);
     let path = lab.sign_bytes(hidden.as_bytes(), "plan.json");
     let verify = lab.run(&["verify", "plan.json", "--allowed-signers", "allowed_signers"]);
-    refused(&verify, 13, &["unknown field 'also_apply_to'", "format 1.0"]);
+    refused(&verify, 13, &["unknown field 'also_apply_to'", "format 1.1"]);
     let apply = lab.apply(&path, &[]);
     refused(&apply, 13, &["unknown field 'also_apply_to'"]);
     // Deeper inside, too.
@@ -226,7 +227,7 @@ fn a_csv_plan_whose_group_row_is_repeated_is_refused_with_zero_writes() {
 fn a_plan_of_a_newer_format_asks_for_an_upgrade_with_zero_writes() {
     let lab = Lab::new();
     let text = String::from_utf8(plan::encode(&lab.plan(), PlanFormat::Json)).unwrap();
-    let newer = text.replacen("\"format_version\": \"1.0\"", "\"format_version\": \"1.9\"", 1);
+    let newer = text.replacen("\"format_version\": \"1.1\"", "\"format_version\": \"1.9\"", 1);
     let path = lab.sign_bytes(newer.as_bytes(), "plan.json");
     refused(&lab.apply(&path, &[]), 14, &["1.9", "upgrade writeback"]);
     lab.assert_no_writes();
@@ -516,6 +517,7 @@ fn audit_judges_each_plan_when_its_signed_receipt_says_it_was_applied_else_now()
                 key_fingerprint: None,
                 tool_version: "t".into(),
             },
+            entra_actor: None,
             started_at: made + Duration::days(1),
             finished_at: made + Duration::days(1),
             runs: 0,

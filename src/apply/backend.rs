@@ -19,4 +19,9 @@ pub trait Backend: DirectoryReads + Transport {
     fn explain_forbidden(&self) -> Option<String> {
         None
     }
+
+    /// Who writes to Entra ID: the person or application behind the Graph token (once the gates got one).
+    fn entra_actor(&self) -> Option<crate::identity::EntraActor> {
+        None
+    }
 }

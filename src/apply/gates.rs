@@ -774,6 +774,7 @@ mod tests {
             signer: "a".into(),
             tool_version: "t".into(),
             tenant_id: Some("AAAA".into()),
+            entra_actor: None,
             groups: vec![],
         };
         assert!(check_tenant(&plan, "aaaa").is_ok());
@@ -793,6 +794,7 @@ mod tests {
             signer: "a".into(),
             tool_version: "t".into(),
             tenant_id: None,
+            entra_actor: None,
             groups: vec![],
         };
         let fresh = PlanProgress::default();
@@ -827,6 +829,7 @@ mod tests {
             signer: "a".into(),
             tool_version: "t".into(),
             tenant_id: None,
+            entra_actor: None,
             groups: vec![],
         }
     }

@@ -132,4 +132,8 @@ impl super::backend::Backend for GraphBackend {
     fn explain_forbidden(&self) -> Option<String> {
         Some(self.client.explain_forbidden(crate::signin::Need::WriteMembers))
     }
+
+    fn entra_actor(&self) -> Option<crate::identity::EntraActor> {
+        self.client.entra_actor()
+    }
 }

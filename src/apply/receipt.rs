@@ -20,7 +20,8 @@ use crate::plan::{timestamp, Action, Plan};
 pub const RECEIPT_FORMAT: &str = "writeback-receipt";
 /// The receipt format version this build writes.
 /// 1.1 added `renames` and the `deleted-since-planning` outcome (both optional: 1.0 receipts still read).
-pub const RECEIPT_VERSION: &str = "1.1";
+/// 1.2 added `entra_actor` (optional: older receipts still read).
+pub const RECEIPT_VERSION: &str = "1.2";
 /// The SSHSIG namespace of receipt signatures.
 pub const RECEIPT_NAMESPACE: &str = "writeback-receipt";
 
@@ -45,6 +46,10 @@ pub struct Receipt {
     pub tenant_id: Option<String>,
     /// Who applied the plan.
     pub applier: Applier,
+    /// Who wrote to Entra ID: the person or application behind the Graph token of the apply. Since 1.1; absent
+    /// when the token did not say (or for a manual-verified receipt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_actor: Option<crate::identity::EntraActor>,
     /// When the first run of this plan started.
     #[serde(with = "timestamp")]
     pub started_at: DateTime<Utc>,
@@ -159,6 +164,8 @@ pub struct ReceiptInput<'a> {
     pub tenant_id: Option<String>,
     /// The applier.
     pub applier: Applier,
+    /// The Entra actor of the apply.
+    pub entra_actor: Option<crate::identity::EntraActor>,
     /// When the first run started.
     pub started_at: DateTime<Utc>,
     /// When the last outcome was recorded.
@@ -248,6 +255,7 @@ impl Receipt {
             plan_file: input.plan_file,
             tenant_id: input.tenant_id,
             applier: input.applier,
+            entra_actor: input.entra_actor,
             started_at: input.started_at,
             finished_at: input.finished_at,
             runs: input.runs,
@@ -347,6 +355,7 @@ mod tests {
             signer: "s".into(),
             tool_version: "t".into(),
             tenant_id: Some("tenant".into()),
+            entra_actor: None,
             groups: vec![GroupPlan {
                 group_id: id(100),
                 display_name: Some("Staff".into()),
@@ -373,6 +382,7 @@ mod tests {
             plan_sha256: "ab",
             plan_file: "plan.json".into(),
             tenant_id: Some("tenant".into()),
+            entra_actor: None,
             applier: Applier {
                 os_user: Some("admin".into()),
                 key_principal: None,

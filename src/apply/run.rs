@@ -280,6 +280,7 @@ pub async fn run_with<B: Backend>(
         plan_path: &request.plan,
         plan_sha256: &sha256,
         applier: Applier::current(checked.key.as_ref()),
+        entra_actor: backend.entra_actor(),
         clock: &SystemClock,
         config: executor::Config {
             retry: backend.retry_policy(),

@@ -189,6 +189,8 @@ pub struct RunInputs<'a> {
     pub plan_sha256: &'a str,
     /// Who applies.
     pub applier: Applier,
+    /// Who writes to Entra ID (the Graph token's person or application), when known.
+    pub entra_actor: Option<crate::identity::EntraActor>,
     /// The clock.
     pub clock: &'a dyn Clock,
     /// The executor's tunables.
@@ -236,6 +238,7 @@ pub async fn execute<T: Transport>(
             plan_sha256: run.plan_sha256.to_string(),
             tenant_id: Some(prepared.tenant_id.clone()),
             applier: run.applier.clone(),
+            entra_actor: run.entra_actor.clone(),
             resume: resumed,
             pending: prepared.pending(),
         },
@@ -282,6 +285,7 @@ pub async fn execute<T: Transport>(
         plan_file: run.plan_path.display().to_string(),
         tenant_id: Some(prepared.tenant_id.clone()),
         applier: run.applier.clone(),
+        entra_actor: run.entra_actor.clone(),
         started_at,
         finished_at,
         runs: prepared.progress.runs + 1,
@@ -313,8 +317,8 @@ pub fn rebuild_receipt(
     let mut started = None;
     for (index, entry) in chain.entries.iter().enumerate() {
         match &entry.event {
-            Event::ApplyStarted { plan_id, applier, tenant_id, .. } if *plan_id == plan.plan_id => {
-                started = Some((applier.clone(), tenant_id.clone()));
+            Event::ApplyStarted { plan_id, applier, tenant_id, entra_actor, .. } if *plan_id == plan.plan_id => {
+                started = Some((applier.clone(), tenant_id.clone(), entra_actor.clone()));
             }
             Event::ApplyFinished { plan_id, .. } if *plan_id == plan.plan_id => {
                 let head = chain.links.get(index).cloned().unwrap_or_default();
@@ -323,13 +327,14 @@ pub fn rebuild_receipt(
             _ => {}
         }
     }
-    let (Some(journal), Some((applier, tenant_id))) = (anchor, started) else { return Ok(None) };
+    let (Some(journal), Some((applier, tenant_id, entra_actor))) = (anchor, started) else { return Ok(None) };
     let receipt = Receipt::build(ReceiptInput {
         plan,
         plan_sha256,
         plan_file: plan_path.display().to_string(),
         tenant_id,
         applier,
+        entra_actor,
         started_at: progress.first_started.unwrap_or(finished_at),
         finished_at,
         runs: progress.runs,

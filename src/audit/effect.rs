@@ -235,6 +235,7 @@ pub fn manual_receipt(input: ManualReceiptInput<'_>, report: &CheckReport) -> Re
         plan_file: input.plan_file,
         tenant_id: input.tenant_id,
         applier: input.applier,
+        entra_actor: None,
         started_at: input.checked_at,
         finished_at: input.checked_at,
         runs: 0,
@@ -366,6 +367,7 @@ mod tests {
             signer: "planner@contoso.example".into(),
             tool_version: "t".into(),
             tenant_id: None,
+            entra_actor: None,
             groups: vec![g],
         }
     }

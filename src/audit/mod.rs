@@ -28,6 +28,7 @@ use crate::apply::journal::{self, Chain, Event, PlanProgress};
 use crate::apply::receipt::{Receipt, ReceiptMode};
 use crate::apply::OutcomeCounts;
 use crate::archive::{APPROVAL_INFIX, RECEIPT_SUFFIX, SIGNATURE_SUFFIX};
+use crate::identity::EntraActor;
 use crate::plan::{self, Plan};
 use crate::trust::{self, AllowedSigners, VerifyError, APPROVAL_NAMESPACE, RECEIPT_NAMESPACE};
 
@@ -96,6 +97,8 @@ pub struct PlanRow {
     pub signer: String,
     /// True when the plan's signature and signer checked out.
     pub signature_valid: bool,
+    /// Who read Graph for the plan, in Entra ID (the plan's `entra_actor`), beside the SSH signer.
+    pub signer_entra: Option<EntraActor>,
     /// When the plan was made.
     pub created_at: DateTime<Utc>,
     /// The principals of the valid approvals.
@@ -107,6 +110,8 @@ pub struct PlanRow {
     /// Who applied it: the receipt signer's principal, else the receipt's operating-system user with
     /// `(unsigned)`.
     pub applied_by: Option<String>,
+    /// Who wrote to Entra ID for the apply (the receipt's `entra_actor`), beside the receipt's signer.
+    pub applied_by_entra: Option<EntraActor>,
     /// When the apply finished (for a manual-verified receipt: when `check` found it in effect).
     pub applied_at: Option<DateTime<Utc>>,
     /// Changes applied.
@@ -335,16 +340,23 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
                 None => format!("{} (not verified)", p.signer),
             },
             signature_valid: verified.is_some(),
+            signer_entra: p.entra_actor.clone(),
             created_at: p.created_at,
             approvers,
             receipt_file: None,
             mode: None,
             applied_by: None,
+            applied_by_entra: None,
             applied_at: None,
             applied: None,
             failed: None,
             skipped: None,
         });
+        if let Some(finding) =
+            plan.as_ref().and_then(|p| other_tenant("plan", p.tenant_id.as_deref(), p.entra_actor.as_ref()))
+        {
+            findings.push(Finding::at(path, finding));
+        }
         plans.push(PlanFile { path, sha256, plan, row });
     }
 
@@ -487,6 +499,9 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
             }
         };
         check_receipt(path, &receipt, &plans, &journals, &mut findings);
+        if let Some(finding) = other_tenant("receipt", receipt.tenant_id.as_deref(), receipt.entra_actor.as_ref()) {
+            findings.push(Finding::at(path, finding));
+        }
         if let Some(p) = plans.iter_mut().find(|p| p.sha256 == receipt.plan_sha256) {
             if let Some(row) = p.row.as_mut().filter(|r| r.receipt_file.is_none()) {
                 row.receipt_file = Some(path.to_string());
@@ -494,6 +509,7 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
                 row.applied_by = Some(signer.clone().unwrap_or_else(|| {
                     format!("{} (unsigned)", receipt.applier.os_user.clone().unwrap_or_else(|| "unknown".into()))
                 }));
+                row.applied_by_entra = receipt.entra_actor.clone();
                 row.applied_at = Some(receipt.finished_at);
                 row.applied = Some(receipt.counts.applied);
                 row.failed = Some(receipt.counts.failed);
@@ -531,6 +547,18 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
     findings.dedup();
     report.findings = findings;
     report
+}
+
+/// A plan's or receipt's tenant that is not its Entra actor's: the token that read or wrote was issued in
+/// another tenant than the one the file names.
+fn other_tenant(what: &str, tenant: Option<&str>, actor: Option<&EntraActor>) -> Option<String> {
+    let actor = actor.filter(|a| a.other_tenant_than(tenant))?;
+    Some(format!(
+        "the {what} names tenant {}, but its Entra actor ({}) signed in to tenant {}",
+        tenant.unwrap_or_default(),
+        actor.label(),
+        actor.tenant_id.as_deref().unwrap_or_default()
+    ))
 }
 
 /// A receipt against its plan and journal.
@@ -728,6 +756,7 @@ mod tests {
             plan_sha256: sha.clone(),
             tenant_id: None,
             applier: applier(),
+            entra_actor: None,
             resume: false,
             pending: 0,
         }];
@@ -755,6 +784,7 @@ mod tests {
             plan_file: "plan.json".into(),
             tenant_id: None,
             applier: applier(),
+            entra_actor: None,
             started_at: t("2026-11-28T09:01:00Z"),
             finished_at: t("2026-11-28T09:01:00Z"),
             runs: 1,

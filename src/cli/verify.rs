@@ -93,6 +93,7 @@ fn as_json(
         "format_version": v.plan.format_version,
         "tool_version": v.plan.tool_version,
         "tenant_id": v.plan.tenant_id,
+        "entra_actor": v.plan.entra_actor,
         "created_at": timestamp::format(&v.plan.created_at),
         "expires_at": timestamp::format(&v.plan.expires_at),
         "checked_at": timestamp::format(&now),
@@ -118,6 +119,7 @@ fn print_text(
     crate::outln!("Plan:        {}", args.plan.display());
     crate::outln!("Signature:   good ({}, namespace {})", sig_path.display(), trust::PLAN_NAMESPACE);
     crate::outln!("Signed by:   {} (key {})", Escaped(&v.principal), v.fingerprint);
+    crate::outln!("Entra actor: {}", crate::report::review::entra_actor_line(&v.plan));
     crate::outln!("Trusted by:  {}", allowed.display());
     crate::outln!("Plan id:     {}", v.plan.plan_id);
     crate::outln!("SHA-256:     {}", v.sha256);

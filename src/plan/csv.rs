@@ -14,7 +14,7 @@ use super::{
     timestamp, Action, Change, Counts, Flag, GroupPlan, InputRecord, InputRole, Plan, PlanError, PlanOptions,
     Precondition, SkipKind, Skipped,
 };
-use crate::identity::ObjectId;
+use crate::identity::{ActorKind, EntraActor, ObjectId};
 
 /// The header row.
 pub const HEADER: [&str; 11] = [
@@ -66,6 +66,13 @@ pub fn encode(plan: &Plan) -> Vec<u8> {
     w.row(["#signer", &plan.signer]);
     w.row(["#tool_version", &plan.tool_version]);
     w.row(["#tenant_id", plan.tenant_id.as_deref().unwrap_or("")]);
+    if let Some(actor) = &plan.entra_actor {
+        w.row(["#entra_actor.type", actor.kind.as_str()]);
+        w.row(["#entra_actor.id", &actor.id]);
+        w.row(["#entra_actor.name", actor.name.as_deref().unwrap_or("")]);
+        w.row(["#entra_actor.tenant_id", actor.tenant_id.as_deref().unwrap_or("")]);
+        w.row(["#entra_actor.auth", &actor.auth]);
+    }
     for (index, group) in plan.groups.iter().enumerate() {
         let n = (index + 1).to_string();
         let meta = |w: &mut Writer, key: &str, value: &str| w.row(["#group", &n, key, value]);
@@ -266,6 +273,7 @@ fn assemble(mut meta: BTreeMap<String, String>, drafts: Vec<GroupDraft>) -> Resu
         signer: take(&mut meta, "signer")?,
         tool_version: take(&mut meta, "tool_version")?,
         tenant_id: Some(take(&mut meta, "tenant_id")?).filter(|t| !t.is_empty()),
+        entra_actor: entra_actor(&mut meta)?,
         groups: drafts.into_iter().map(finish_group).collect::<Result<_, _>>()?,
     };
     if let Some(key) = meta.keys().next() {
@@ -273,6 +281,39 @@ fn assemble(mut meta: BTreeMap<String, String>, drafts: Vec<GroupDraft>) -> Resu
     }
     plan.validate()?;
     Ok(plan)
+}
+
+/// The `#entra_actor.*` rows, all five or none.
+fn entra_actor(meta: &mut BTreeMap<String, String>) -> Result<Option<EntraActor>, PlanError> {
+    const PARTS: [&str; 5] = ["type", "id", "name", "tenant_id", "auth"];
+    if !meta.keys().any(|k| k.starts_with("entra_actor.")) {
+        return Ok(None);
+    }
+    let mut parts = BTreeMap::new();
+    for part in PARTS {
+        let value = meta.remove(&format!("entra_actor.{part}")).ok_or_else(|| {
+            PlanError::Malformed(format!("'#entra_actor.{part}' is missing (an Entra actor has all five rows)"))
+        })?;
+        parts.insert(part, value);
+    }
+    if let Some(key) = meta.keys().find(|k| k.starts_with("entra_actor.")) {
+        return Err(PlanError::Malformed(format!("unknown metadata '#{key}'")));
+    }
+    let kind = ActorKind::parse(&parts["type"]).ok_or_else(|| {
+        PlanError::Malformed(format!("'#entra_actor.type' is '{}', not user or application", parts["type"]))
+    })?;
+    let required = |part: &str| {
+        Some(parts[part].clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| PlanError::Malformed(format!("'#entra_actor.{part}' is empty")))
+    };
+    Ok(Some(EntraActor {
+        kind,
+        id: required("id")?,
+        name: opt(&parts["name"]),
+        tenant_id: opt(&parts["tenant_id"]),
+        auth: required("auth")?,
+    }))
 }
 
 fn cell<'a>(cells: &[&'a str], index: usize) -> &'a str {
@@ -485,18 +526,39 @@ mod tests {
     }
 
     #[test]
+    fn the_planners_entra_actor_rows() {
+        let plan = sample_plan();
+        let text = String::from_utf8(encode(&plan)).unwrap();
+        assert!(text.contains("#entra_actor.type,user\r\n#entra_actor.id,0f1e2d3c-"), "{text}");
+        assert_eq!(decode(text.as_bytes()).unwrap(), plan);
+        let missing = text.replacen("#entra_actor.auth,azure-cli\r\n", "", 1);
+        let err = decode(missing.as_bytes()).unwrap_err();
+        assert!(matches!(&err, PlanError::Malformed(m) if m.contains("'#entra_actor.auth' is missing")), "{err}");
+        let odd = text.replacen("#entra_actor.type,user", "#entra_actor.type,robot", 1);
+        assert!(matches!(decode(odd.as_bytes()), Err(PlanError::Malformed(m)) if m.contains("robot")));
+        let old = text.replacen("#writeback-plan,1.1", "#writeback-plan,1.0", 1);
+        let err = decode(old.as_bytes()).unwrap_err();
+        assert!(matches!(&err, PlanError::Malformed(m) if m.contains("'#entra_actor.type'")), "{err}");
+        let mut offline = plan.clone();
+        offline.entra_actor = None;
+        let text = String::from_utf8(encode(&offline)).unwrap();
+        assert!(!text.contains("#entra_actor"));
+        assert_eq!(decode(text.as_bytes()).unwrap(), offline);
+    }
+
+    #[test]
     fn unknown_metadata_and_versions() {
         let err = decode(&with_row_after("#tenant_id,", "#note,apply me")).unwrap_err();
         assert!(
-            matches!(&err, PlanError::Malformed(m) if m.contains("unknown metadata '#note'") && m.contains("1.0")),
+            matches!(&err, PlanError::Malformed(m) if m.contains("unknown metadata '#note'") && m.contains("1.1")),
             "{err}"
         );
-        let err = decode(&with_row_after("#tenant_id,", "#entra_actor.id,x")).unwrap_err();
-        assert!(matches!(&err, PlanError::Malformed(m) if m.contains("'#entra_actor.id'")), "{err}");
+        let err = decode(&with_row_after("#entra_actor.auth,", "#entra_actor.role,admin")).unwrap_err();
+        assert!(matches!(&err, PlanError::Malformed(m) if m.contains("'#entra_actor.role'")), "{err}");
         let text = String::from_utf8(encode(&sample_plan())).unwrap();
-        let newer = text.replacen("#writeback-plan,1.0", "#writeback-plan,1.1", 1);
+        let newer = text.replacen("#writeback-plan,1.1", "#writeback-plan,1.2", 1);
         assert!(matches!(decode(newer.as_bytes()), Err(PlanError::UnsupportedVersion(_))));
-        let older = text.replacen("#writeback-plan,1.0", "#writeback-plan,0.3", 1);
+        let older = text.replacen("#writeback-plan,1.1", "#writeback-plan,0.3", 1);
         assert!(matches!(decode(older.as_bytes()), Err(PlanError::UnknownVersion(_))));
     }
 }

@@ -97,7 +97,7 @@ mod tests {
         let t = text().replacen("\"plan_id\"", "\"note\": \"apply me twice\",\n  \"plan_id\"", 1);
         let err = decode(t.as_bytes()).unwrap_err();
         assert!(
-            matches!(&err, PlanError::Malformed(m) if m.contains("unknown field 'note'") && m.contains("1.0")),
+            matches!(&err, PlanError::Malformed(m) if m.contains("unknown field 'note'") && m.contains("1.1")),
             "{err}"
         );
     }
@@ -120,13 +120,30 @@ mod tests {
 
     #[test]
     fn a_newer_minor_asks_for_an_upgrade_and_an_older_one_is_refused() {
-        let t = text().replacen("\"1.0\"", "\"1.7\"", 1);
+        let t = text().replacen("\"1.1\"", "\"1.7\"", 1);
         assert!(matches!(decode(t.as_bytes()), Err(PlanError::UnsupportedVersion(_))));
-        let t =
-            text().replacen("\"1.0\"", "\"1.7\"", 1).replacen("\"plan_id\"", "\"entra_actor\": {},\n  \"plan_id\"", 1);
+        let t = text().replacen("\"1.1\"", "\"1.7\"", 1).replacen("\"plan_id\"", "\"later\": {},\n  \"plan_id\"", 1);
         assert!(matches!(decode(t.as_bytes()), Err(PlanError::UnsupportedVersion(_))));
-        let err = decode(text().replacen("\"1.0\"", "\"0.9\"", 1).as_bytes()).unwrap_err();
+        let err = decode(text().replacen("\"1.1\"", "\"0.9\"", 1).as_bytes()).unwrap_err();
         assert!(matches!(err, PlanError::UnknownVersion(_)) && err.is_version());
+    }
+
+    #[test]
+    fn the_planners_entra_actor_is_a_1_1_field() {
+        let plan = sample_plan();
+        let t = text();
+        assert!(t.contains("\"entra_actor\": {\n    \"type\": \"user\""), "{t}");
+        assert_eq!(decode(t.as_bytes()).unwrap(), plan);
+        // A 1.0 plan is still read; it has no entra_actor, so one in a 1.0 plan is hidden content.
+        let mut old = plan.clone();
+        old.format_version = "1.0".into();
+        old.entra_actor = None;
+        assert_eq!(decode(&encode(&old)).unwrap(), old);
+        let err = decode(t.replacen("\"1.1\"", "\"1.0\"", 1).as_bytes()).unwrap_err();
+        assert!(matches!(&err, PlanError::Malformed(m) if m.contains("unknown field 'entra_actor'")), "{err}");
+        let err =
+            decode(t.replacen("\"type\": \"user\"", "\"type\": \"user\", \"role\": \"x\"", 1).as_bytes()).unwrap_err();
+        assert!(matches!(&err, PlanError::Malformed(m) if m.contains("unknown field")), "{err}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use precondition::Precondition;
 /// The `format` marker every plan carries.
 pub const FORMAT_NAME: &str = "writeback-plan";
 /// The format version this build writes: the newest of [`version::KNOWN`].
-pub const FORMAT_VERSION: &str = "1.0";
+pub const FORMAT_VERSION: &str = "1.1";
 
 /// A plan document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,10 @@ pub struct Plan {
     pub tool_version: String,
     /// The Entra tenant id, when the plan was made against Graph.
     pub tenant_id: Option<String>,
+    /// Who read Graph for the plan (the planner's Entra sign-in), when the plan was made against Graph. Since
+    /// format 1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_actor: Option<crate::identity::EntraActor>,
     /// One entry per target group.
     pub groups: Vec<GroupPlan>,
 }
@@ -616,6 +620,13 @@ pub(crate) mod tests_support {
             signer: "planner@contoso.example".into(),
             tool_version: crate::tool_version(),
             tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+            entra_actor: Some(crate::identity::EntraActor {
+                kind: crate::identity::ActorKind::User,
+                id: "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9".into(),
+                name: Some("pat.planner@contoso.example".into()),
+                tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+                auth: "azure-cli".into(),
+            }),
             groups: vec![group(oid(100), Some("All Staff, -everyone-"), r), group(oid(101), None, second)],
         }
     }

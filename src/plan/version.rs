@@ -39,10 +39,7 @@ const BASE_1: &[&str] = &[
 
 /// The versions this build reads, oldest first. Each row's fields are [`BASE_1`] plus the `adds` of every row up
 /// to and including it.
-pub const KNOWN: &[Known] = &[
-    Known { version: "1.0", adds: &[] },
-    // Known { version: "1.1", adds: &["entra_actor"] },
-];
+pub const KNOWN: &[Known] = &[Known { version: "1.0", adds: &[] }, Known { version: "1.1", adds: &["entra_actor"] }];
 
 /// A version this build reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -152,6 +152,7 @@ fn build_timed(request: &PlanRequest, phases: &mut Phases) -> Result<(Plan, Vec<
         signer: request.signer.clone(),
         tool_version: crate::tool_version(),
         tenant_id,
+        entra_actor: services.entra_actor(),
         groups,
     };
     plan.validate().map_err(|e| Error::Internal(format!("the plan failed its own checks: {e}")))?;

@@ -51,6 +51,11 @@ impl Services {
         Ok(graph)
     }
 
+    /// Who read Graph: the actor of the Graph client's token, when Graph was used.
+    pub fn entra_actor(&self) -> Option<crate::identity::EntraActor> {
+        self.graph.as_ref().and_then(GraphClient::entra_actor)
+    }
+
     /// The PoliteMail client, from the environment (with the config's URL as fallback).
     pub fn politemail(&mut self) -> Result<Arc<PoliteMailClient>> {
         if let Some(pm) = &self.politemail {

@@ -237,6 +237,9 @@ pub fn summary(finished: &Finished, receipt_path: &Path, signed: bool, width: Op
         "Sent       {} $batch request(s): {} PATCH, {} DELETE $ref; {} throttled, {} retried, {} split\n",
         s.requests, s.patches, s.deletes, s.throttled, s.retried, s.splits
     ));
+    if let Some(actor) = &receipt.entra_actor {
+        out.push_str(&format!("Entra      {} wrote the changes\n", crate::terminal::escape(&actor.label())));
+    }
     out.push_str(&format!(
         "Receipt    {}{}\n",
         receipt_path.display(),

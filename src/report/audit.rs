@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::audit::AuditReport;
+use crate::identity::EntraActor;
 use crate::plan::csv::neutralize;
 use crate::plan::timestamp;
 use crate::terminal::{escape, table, Column};
@@ -34,9 +35,9 @@ pub fn render(dir: &Path, report: &AuditReport, width: Option<u16>) -> String {
         // Plans, signers and appliers are names and files that must read whole; the approvers give way first.
         let columns = [
             Column::keep("Plan\ncreated (UTC)"),
-            Column::keep("Signer"),
+            Column::keep("Signer\nEntra actor"),
             Column::shorten("Approvers", 1),
-            Column::keep("Applied by\nat (UTC)"),
+            Column::keep("Applied by\nEntra actor\nat (UTC)"),
             Column::number("Applied\nfailed\nskipped"),
         ];
         let rows: Vec<Vec<String>> = report
@@ -51,11 +52,19 @@ pub fn render(dir: &Path, report: &AuditReport, width: Option<u16>) -> String {
                     (None, _) => "not applied".into(),
                 };
                 let at = row.applied_at.as_ref().map(day).unwrap_or_else(|| "-".into());
+                let entra = |actor: &Option<EntraActor>| {
+                    actor.as_ref().map(|a| escape(&a.short_label()).into_owned()).unwrap_or_else(|| "-".into())
+                };
+                let applied_entra = if row.applied_by.is_some() {
+                    format!("\n{}", entra(&row.applied_by_entra))
+                } else {
+                    String::new()
+                };
                 vec![
                     format!("{}\n{}", escape(&row.plan_file), day(&row.created_at)),
-                    escape(&row.signer).into_owned(),
+                    format!("{}\n{}", escape(&row.signer), entra(&row.signer_entra)),
                     approvers,
-                    format!("{applied_by}\n{at}"),
+                    format!("{applied_by}{applied_entra}\n{at}"),
                     format!("{}\n{}\n{}", count(row.applied), count(row.failed), count(row.skipped)),
                 ]
             })
@@ -78,18 +87,20 @@ pub fn render(dir: &Path, report: &AuditReport, width: Option<u16>) -> String {
 /// The CSV: one `plan` record per plan, then one `finding` record per finding, in one set of columns. Every cell
 /// is neutralized against spreadsheet formula injection.
 pub fn to_csv(report: &AuditReport) -> Vec<u8> {
-    const HEADER: [&str; 17] = [
+    const HEADER: [&str; 19] = [
         "record",
         "plan_file",
         "plan_id",
         "plan_sha256",
         "signer",
+        "signer_entra_actor",
         "signature_valid",
         "created_at",
         "approvers",
         "receipt_file",
         "mode",
         "applied_by",
+        "applied_by_entra_actor",
         "applied_at",
         "applied",
         "failed",
@@ -106,12 +117,14 @@ pub fn to_csv(report: &AuditReport) -> Vec<u8> {
             p.plan_id.to_string(),
             p.sha256.clone(),
             p.signer.clone(),
+            p.signer_entra.as_ref().map(EntraActor::label).unwrap_or_default(),
             p.signature_valid.to_string(),
             timestamp::format(&p.created_at),
             p.approvers.join("; "),
             p.receipt_file.clone().unwrap_or_default(),
             p.mode.clone().unwrap_or_default(),
             p.applied_by.clone().unwrap_or_default(),
+            p.applied_by_entra.as_ref().map(EntraActor::label).unwrap_or_default(),
             p.applied_at.as_ref().map(timestamp::format).unwrap_or_default(),
             opt(p.applied),
             opt(p.failed),
@@ -155,11 +168,13 @@ mod tests {
                 sha256: "ab".into(),
                 signer: "@evil".into(),
                 signature_valid: true,
+                signer_entra: None,
                 created_at: timestamp::parse("2026-01-01T00:00:00Z").unwrap(),
                 approvers: vec!["a@x".into(), "b@x".into()],
                 receipt_file: None,
                 mode: None,
                 applied_by: None,
+                applied_by_entra: None,
                 applied_at: None,
                 applied: Some(3),
                 failed: None,
@@ -174,9 +189,10 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(&records[0][1], "'=HYPERLINK(\"x\").json");
         assert_eq!(&records[0][4], "'@evil");
-        assert_eq!(&records[0][7], "a@x; b@x");
+        assert_eq!(&records[0][5], "");
+        assert_eq!(&records[0][8], "a@x; b@x");
         assert_eq!(&records[1][0], "finding");
-        assert_eq!(&records[1][15], "j.jsonl, line 3 (seq 2)");
-        assert_eq!(&records[1][16], "'-bad");
+        assert_eq!(&records[1][17], "j.jsonl, line 3 (seq 2)");
+        assert_eq!(&records[1][18], "'-bad");
     }
 }

@@ -187,6 +187,7 @@ fn summary(h: &mut String, input: &ReportInput<'_>) {
             ("SHA-256", input.sha256.to_string()),
             ("Format", format!("{} {}", plan.format, plan.format_version)),
             ("Signed by", signed),
+            ("Entra actor", crate::report::review::entra_actor_line(plan)),
             ("Created", format!("{} by {}", timestamp::format(&plan.created_at), plan.tool_version)),
             ("Expires", timestamp::format(&plan.expires_at)),
             ("Tenant", plan.tenant_id.clone().unwrap_or_else(|| "(not recorded: planned from files)".into())),

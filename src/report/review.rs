@@ -225,6 +225,7 @@ pub fn render_review(
     let (adds, removes) = plan.totals();
     out.push_str(&format!("Plan {}\n", plan.plan_id));
     out.push_str(&signature.lines(&plan.signer));
+    out.push_str(&entra_actor_lines(plan));
     out.push_str(&format!("  Created    {} by {}\n", human_time(&plan.created_at), escape(&plan.tool_version)));
     let expiry = if plan.is_expired(now) {
         format!("EXPIRED {}, {} (apply refuses it)", relative(plan.expires_at, now), human_time(&plan.expires_at))
@@ -246,6 +247,27 @@ pub fn render_review(
     out
 }
 
+/// Who read Graph for the plan, for the line beside the SSH signer (escaped for the terminal).
+pub fn entra_actor_line(plan: &Plan) -> String {
+    match &plan.entra_actor {
+        Some(actor) => format!("{} read Graph for this plan", crate::terminal::escape(&actor.label())),
+        None if plan.tenant_id.is_none() => "(not recorded: planned from files)".into(),
+        None => "(not recorded)".into(),
+    }
+}
+
+/// The review's lines under the SSH signer: who read Graph for the plan (short enough for 80 columns).
+fn entra_actor_lines(plan: &Plan) -> String {
+    match &plan.entra_actor {
+        Some(actor) => format!(
+            "  Entra      {}\n  Entra id   {}\n",
+            crate::terminal::escape(&actor.short_label()),
+            crate::terminal::escape(&actor.id)
+        ),
+        None => format!("  Entra      {}\n", entra_actor_line(plan)),
+    }
+}
+
 /// The stable shape of `show --json`.
 #[derive(Debug, Serialize)]
 pub struct ReviewJson<'a> {
@@ -265,6 +287,8 @@ pub struct ReviewJson<'a> {
     pub signer: &'a str,
     /// The signature check.
     pub signature: &'a SignatureStatus,
+    /// Who read Graph for the plan, when recorded.
+    pub entra_actor: Option<&'a crate::identity::EntraActor>,
     /// The tenant, when recorded.
     pub tenant_id: Option<&'a str>,
     /// Total adds.
@@ -309,6 +333,7 @@ impl<'a> ReviewJson<'a> {
             expired: plan.is_expired(now),
             signer: &plan.signer,
             signature,
+            entra_actor: plan.entra_actor.as_ref(),
             tenant_id: plan.tenant_id.as_deref(),
             adds,
             removes,

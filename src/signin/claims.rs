@@ -13,6 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 
+use crate::identity::{ActorKind, EntraActor};
+
 /// Directory role template id: Global Administrator.
 pub const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
 /// Directory role template id: Groups Administrator.
@@ -121,6 +123,18 @@ impl TokenClaims {
             &[GLOBAL_ADMINISTRATOR, GROUPS_ADMINISTRATOR, USER_ADMINISTRATOR]
         };
         self.wids.iter().any(|w| allowed.iter().any(|a| a.eq_ignore_ascii_case(w)))
+    }
+}
+
+impl TokenClaims {
+    /// Who the token stands for, signed in with `auth`: the person (object id, UPN) of a delegated token, the
+    /// application (client id, display name) of an application token. `None` when the claims do not say.
+    pub fn actor(&self, auth: super::AuthKind) -> Option<EntraActor> {
+        let (kind, id, name) = match self.token_type() {
+            TokenType::Delegated => (ActorKind::User, self.object_id.clone()?, self.user_name.clone()),
+            TokenType::Application => (ActorKind::Application, self.app_id.clone()?, self.app_name.clone()),
+        };
+        Some(EntraActor { kind, id, name, tenant_id: self.tenant_id.clone(), auth: auth.as_str().to_string() })
     }
 }
 
@@ -356,6 +370,35 @@ mod tests {
         let odd = TokenClaims { roles: vec!["Directory.AccessAsUser.All".into()], ..TokenClaims::default() };
         assert_eq!(Role::Planner.missing(&odd), [Need::ReadMembers, Need::ReadUsers]);
         assert!(TokenClaims::parse("opaque").is_none());
+    }
+
+    #[test]
+    fn the_actor_of_each_token_type() {
+        use crate::signin::AuthKind;
+        let person = TokenClaims {
+            tenant_id: Some("t1".into()),
+            object_id: Some("u1".into()),
+            app_id: Some("04b07795-8ddb-461a-bbee-02f9e1bf7b46".into()),
+            user_name: Some("ada@contoso.example".into()),
+            scopes: vec!["User.Read.All".into()],
+            ..TokenClaims::default()
+        };
+        let actor = person.actor(AuthKind::AzureCli).unwrap();
+        assert_eq!(actor.kind, ActorKind::User);
+        assert_eq!((actor.id.as_str(), actor.name.as_deref()), ("u1", Some("ada@contoso.example")));
+        assert_eq!(actor.auth, "azure-cli");
+        assert_eq!(actor.label(), "user ada@contoso.example (id u1, azure-cli)");
+        let app = TokenClaims {
+            tenant_id: Some("t1".into()),
+            object_id: Some("sp".into()),
+            app_id: Some("client-1".into()),
+            roles: vec!["User.Read.All".into()],
+            ..TokenClaims::default()
+        };
+        let actor = app.actor(AuthKind::Secret).unwrap();
+        assert_eq!((actor.kind, actor.id.as_str(), actor.name.as_deref()), (ActorKind::Application, "client-1", None));
+        assert!(actor.other_tenant_than(Some("T2")) && !actor.other_tenant_than(Some("T1")));
+        assert!(TokenClaims::default().actor(AuthKind::Token).is_none());
     }
 
     #[test]

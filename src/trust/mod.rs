@@ -298,6 +298,7 @@ mod tests {
             signer: signer.into(),
             tool_version: "writeback test".into(),
             tenant_id: None,
+            entra_actor: None,
             groups: vec![GroupPlan {
                 group_id: id(1),
                 display_name: Some("All staff".into()),
@@ -417,7 +418,7 @@ mod tests {
     #[test]
     fn future_version_is_unsupported_but_only_for_allowed_keys() {
         let f = fixture();
-        let text = String::from_utf8(f.bytes.clone()).unwrap().replace("\"1.0\"", "\"2.0\"");
+        let text = String::from_utf8(f.bytes.clone()).unwrap().replace("\"1.1\"", "\"2.0\"");
         let sig = f.key.sign(PLAN_NAMESPACE, text.as_bytes()).unwrap();
         let err = verify_plan(text.as_bytes(), sig.as_bytes(), &f.allowed, t(2025, 3, 2)).unwrap_err();
         assert!(matches!(err, VerifyError::UnsupportedVersion(_)), "{err}");

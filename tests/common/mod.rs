@@ -207,6 +207,7 @@ pub fn signed_plan(
         signer: signer.into(),
         tool_version: "writeback test".into(),
         tenant_id: None,
+        entra_actor: None,
         groups: vec![GroupPlan {
             group_id: ObjectId::parse("b53a97e9-e214-49f9-9d7e-4e4a23c5c243").unwrap(),
             display_name: Some("Big <group> & \"co\"".into()),

@@ -85,6 +85,9 @@ pub enum Event {
         tenant_id: Option<String>,
         /// Who ran apply.
         applier: Applier,
+        /// Who wrote to Entra ID: the Graph token's person or application (absent when the token did not say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entra_actor: Option<crate::identity::EntraActor>,
         /// True when earlier runs of this plan were interrupted and this one finishes them.
         resume: bool,
         /// How many changes still had no outcome when this run began.
@@ -476,6 +479,7 @@ mod tests {
                 key_fingerprint: None,
                 tool_version: "t".into(),
             },
+            entra_actor: None,
             resume: false,
             pending: 2,
         }

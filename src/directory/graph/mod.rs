@@ -212,6 +212,12 @@ impl GraphClient {
         self.inner.tokens.current().and_then(|c| c.claims)
     }
 
+    /// Who the token in use stands for, once one was obtained (see [`TokenClaims::actor`]).
+    pub fn entra_actor(&self) -> Option<crate::identity::EntraActor> {
+        let current = self.inner.tokens.current()?;
+        current.claims?.actor(current.kind)
+    }
+
     /// Why Graph refused `need` with 403, naming the missing permission or directory role.
     pub fn explain_forbidden(&self, need: Need) -> String {
         crate::signin::claims::explain_forbidden(self.claims().as_ref(), need)
