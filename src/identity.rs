@@ -180,6 +180,15 @@ impl ObjectId {
         })
     }
 
+    /// The id's first eight hex digits and an ellipsis (`1b4e28ba…`): what review tables show next to a UPN, so
+    /// that a label naming one person over another object's id stands out.
+    pub fn short(&self) -> String {
+        let mut short = String::with_capacity(11);
+        short.push_str(self.as_str().get(..8).unwrap_or_default());
+        short.push('…');
+        short
+    }
+
     /// The canonical lowercase hyphenated form.
     pub fn as_str(&self) -> &str {
         // Only `parse` makes an ObjectId, and it writes ASCII hex digits and hyphens, so this never fails.
@@ -332,6 +341,12 @@ pub fn smtp_proxy_address(raw: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_short_form_is_the_first_eight_digits() {
+        let id = ObjectId::parse("1B4E28BA-2FA1-11D2-883F-0016D3CCA427").unwrap();
+        assert_eq!(id.short(), "1b4e28ba…");
+    }
 
     #[test]
     fn emails_are_trimmed_and_lowercased() {

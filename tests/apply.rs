@@ -523,6 +523,9 @@ fn drift_is_settled_without_writes_by_default() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("Drift in Staff"), "{stdout}");
     assert!(stdout.contains("2 joined and 1 left"), "{stdout}");
+    // The drift list names people by UPN and short id, not bare ids.
+    let stranger = format!("+ user60@contoso.example (user60) {}", oid(&e.users[59]).short());
+    assert!(stdout.contains(&stranger), "{stdout}");
     let outcomes = e.accounted(&plan, &path);
     assert_eq!(outcomes[&adds[0]], Outcome::AlreadyMember);
     assert_eq!(outcomes[&removes[0]], Outcome::AlreadyAbsent);
@@ -931,4 +934,38 @@ fn a_plan_for_another_group_is_refused_by_its_name_and_by_the_drift_limit() {
     assert!(text(&out.stderr).contains("--accept-drift"), "{}", text(&out.stderr));
     assert_eq!(e.writes(), 0);
     ok(&e.apply(&path, &["--yes", "--accept-drift"]));
+}
+
+/// The requests `apply` made to read the objects it will add (`/users` by id) and the adds `/users` did not
+/// return (`/directory/deletedItems`): each `$batch` carrying such reads, and each such read sent on its own.
+fn object_read_requests(fake: &FakeGraph) -> usize {
+    let is_object_read = |path: &str| path.contains("/users?") || path.contains("/directory/deletedItems");
+    let requests = fake.requests();
+    let batches: BTreeSet<u64> = requests
+        .iter()
+        .filter(|r| r.method == "GET" && is_object_read(&r.path))
+        .filter_map(|r| r.batch_item.as_ref().map(|(batch, _)| *batch))
+        .collect();
+    let alone = requests.iter().filter(|r| r.batch_item.is_none() && r.method == "GET" && is_object_read(&r.path));
+    batches.len() + alone.count()
+}
+
+#[test]
+fn the_object_reads_stay_within_their_budget() {
+    // 400 adds, 25 of them deleted since planning: at most ceil(400/300) + ceil(25/20) + 1 = 5 requests.
+    let e = env(420, 10, FakeConfig::default());
+    let adds = slice(&e.users, 10..410);
+    let plan = e.plan(&adds, &slice(&e.users, 0..1));
+    let path = e.write(&plan, "plan.json");
+    for user in adds.iter().step_by(16) {
+        assert!(e.fake.delete_object(user));
+    }
+    let out = e.apply(&path, &["--dry-run"]);
+    ok(&out);
+    let reads = object_read_requests(&e.fake);
+    assert!(reads >= 2, "the adds and the deleted items were read: {reads}");
+    assert!(reads <= 400usize.div_ceil(300) + 25usize.div_ceil(20) + 1, "{reads} object-read requests");
+    let deleted_reads = e.fake.count(|r| r.path.contains("/directory/deletedItems"));
+    assert_eq!(deleted_reads, 25, "each add /users did not return is looked up once");
+    assert_eq!(e.writes(), 0);
 }

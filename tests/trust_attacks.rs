@@ -898,3 +898,49 @@ fn the_sign_in_endpoints_error_shows_its_error_and_description_only() {
     }
     lab.assert_no_writes();
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// §3 Apply acts on the objects the reviewer saw: the review shows them.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_users_label_on_a_groups_id_shows_the_id_and_apply_refuses_it_with_zero_writes() {
+    let lab = Lab::new();
+    // The ninth user's UPN as the label of an add whose id is the group's own (a group, not a user).
+    let mut plan = lab.plan();
+    plan.groups[0].changes[0].user_id = oid(&lab.group);
+    let path = lab.sign_bytes(&plan::encode(&plan, PlanFormat::Json), "plan.json");
+    let shown = lab.run(&["show", "plan.json", "--allowed-signers", "allowed_signers"]);
+    assert_eq!(shown.status.code(), Some(0), "{}", text(&shown.stderr));
+    let stdout = text(&shown.stdout);
+    let row = stdout.lines().find(|l| l.contains("user9@contoso.example")).unwrap_or_default();
+    assert!(row.contains(&oid(&lab.group).short()), "the review hides the object behind the label:\n{stdout}");
+    assert!(!row.contains(&oid(&lab.users[8]).short()), "the short id is the object's, not the label's: {row}");
+    refused(&lab.apply(&path, &[]), 27, &[&lab.group, "not a user", "user9@contoso.example"]);
+    lab.assert_no_writes();
+}
+
+#[test]
+fn the_review_names_the_group_as_graph_does_with_the_plans_label_beside_it() {
+    let lab = Lab::new();
+    let mut plan = lab.plan();
+    plan.groups[0].display_name = Some("Newsletter subscribers".into());
+    let path = lab.sign_bytes(&plan::encode(&plan, PlanFormat::Json), "plan.json");
+    // Named otherwise in Graph: refused, naming both names and the flag.
+    refused(&lab.apply(&path, &["--dry-run"]), 27, &["Newsletter subscribers", "'Staff'", "--accept-group-rename"]);
+    // Accepted: the review and the dry run show Graph's name first, the plan's beside it.
+    let out = lab.apply(&path, &["--dry-run", "--accept-group-rename"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    let both = "Staff (the plan says \"Newsletter subscribers\")";
+    assert!(stdout.contains(both), "{stdout}");
+    assert!(!stdout.lines().any(|l| l.contains("Newsletter subscribers") && !l.contains(both)), "{stdout}");
+    for change in &plan.groups[0].changes {
+        let row = stdout.lines().find(|l| l.contains(&format!(" {} ", change.upn))).unwrap_or_default();
+        assert!(row.contains(&change.user_id.short()), "no short id beside {}:\n{stdout}", change.upn);
+    }
+    // check reads the group's name too.
+    let checked = lab.run(&["check", "plan.json", "--allowed-signers", "allowed_signers"]);
+    assert!(text(&checked.stdout).contains(both), "{}\n{}", text(&checked.stdout), text(&checked.stderr));
+    lab.assert_no_writes();
+}

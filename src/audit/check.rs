@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::effect::{self, CheckReport, ManualReceiptInput};
 use crate::apply::Applier;
-use crate::directory::graph::GraphClient;
+use crate::directory::graph::{GraphClient, GraphError};
 use crate::directory::GroupMember;
 use crate::error::{Error, Result};
 use crate::identity::ObjectId;
@@ -90,8 +90,11 @@ pub fn check(request: &CheckRequest) -> Result<Checked> {
     };
     let client = GraphClient::connect(&request.sign_in)?;
     let runtime = crate::http::runtime()?;
-    let (tenant, members) = runtime.block_on(read_groups(&client, &verified))?;
-    let report = CheckReport::build(&verified.plan, &members);
+    let (tenant, members, live) = runtime.block_on(read_groups(&client, &verified))?;
+    let mut report = CheckReport::build(&verified.plan, &members);
+    for group in &mut report.groups {
+        group.live_name = live.get(&group.group_id).cloned().flatten();
+    }
     if !report.all_in_effect() {
         return Ok(Checked { verified, report, receipt: ReceiptWrite::NotInEffect });
     }
@@ -114,11 +117,11 @@ pub fn check(request: &CheckRequest) -> Result<Checked> {
     Ok(Checked { verified, report, receipt: ReceiptWrite::Written { path, signature } })
 }
 
-/// The tenant (which must be the plan's) and each group's members.
-async fn read_groups(
-    client: &GraphClient,
-    verified: &VerifiedPlan,
-) -> Result<(String, BTreeMap<ObjectId, Vec<GroupMember>>)> {
+/// What `check` reads of a plan: the tenant, each group's members, and each group's name in Graph now (by id).
+type GroupReads = (String, BTreeMap<ObjectId, Vec<GroupMember>>, BTreeMap<ObjectId, Option<String>>);
+
+/// The tenant (which must be the plan's), each group's name in Graph now and its members.
+async fn read_groups(client: &GraphClient, verified: &VerifiedPlan) -> Result<GroupReads> {
     let tenant = client.tenant_id().await?;
     if let Some(planned) = &verified.plan.tenant_id {
         if !planned.eq_ignore_ascii_case(&tenant) {
@@ -129,9 +132,17 @@ async fn read_groups(
         }
     }
     let mut members = BTreeMap::new();
+    let mut live = BTreeMap::new();
     for group in &verified.plan.groups {
+        // The review shows Graph's name of the group, and the plan's label beside it when it differs.
+        let name = match client.find_group(group.group_id.as_str()).await {
+            Ok(found) => (!found.display_name.is_empty()).then_some(found.display_name),
+            Err(GraphError::GroupNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        live.insert(group.group_id.clone(), name);
         let list = client.list_members(&group.group_id).await?;
         members.insert(group.group_id.clone(), list);
     }
-    Ok((tenant, members))
+    Ok((tenant, members, live))
 }

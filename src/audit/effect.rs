@@ -54,6 +54,8 @@ pub struct GroupCheck {
     pub group_id: ObjectId,
     /// Its display name, as the plan has it.
     pub display_name: Option<String>,
+    /// Its display name in Graph now, when `check` read it.
+    pub live_name: Option<String>,
     /// User members at planning time (the precondition).
     pub members_then: u64,
     /// User members now.
@@ -134,6 +136,7 @@ pub fn compare(group: &GroupPlan, current: &[GroupMember]) -> GroupCheck {
     GroupCheck {
         group_id: group.group_id.clone(),
         display_name: group.display_name.clone(),
+        live_name: None,
         members_then: group.precondition.member_count,
         members_now: now.len() as u64,
         changes,

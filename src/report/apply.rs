@@ -9,14 +9,17 @@ use crate::apply::executor::Estimate;
 use crate::apply::gates::GroupWork;
 use crate::apply::run::Review;
 use crate::apply::session::{Finished, Prepared};
-use crate::report::review::{render_review, SignatureStatus};
+use crate::identity::ObjectId;
+use crate::report::review::{render_review_live, SignatureStatus};
 
 /// The review `apply` shows before it asks: the plan's summary and tables, then the gates' report.
 pub fn review_text(review: &Review<'_>, width: Option<u16>) -> String {
     let verified = review.verified;
     let status =
         SignatureStatus::Valid { principal: verified.principal.clone(), fingerprint: verified.fingerprint.clone() };
-    let mut text = render_review(&verified.plan, &verified.sha256, &status, review.now, width);
+    // Graph's names of the groups, read by the gates: the review shows them, and the plan's label where it differs.
+    let live: Vec<Option<&str>> = review.prepared.works.iter().map(|w| w.live_name.as_deref()).collect();
+    let mut text = render_review_live(&verified.plan, &verified.sha256, &status, review.now, width, &live);
     text.push_str(&gate_report(review.prepared, review.estimate, review.journal));
     text
 }
@@ -69,14 +72,14 @@ fn drift_lines(out: &mut String, work: &GroupWork) {
     }
     out.push_str(&format!(
         "Drift in {}: {} joined and {} left since planning\n",
-        escape(&work.label),
+        escape(work.live_name.as_deref().unwrap_or(&work.label)),
         work.drift.joined.len(),
         work.drift.left.len()
     ));
     const SHOW: usize = 10;
     for (sign, ids) in [("+", &work.drift.joined), ("-", &work.drift.left)] {
         for id in ids.iter().take(SHOW) {
-            out.push_str(&format!("  {sign} {id}\n"));
+            out.push_str(&format!("  {sign} {}\n", drift_user(work, id)));
         }
         if ids.len() > SHOW {
             out.push_str(&format!("  {sign} … and {} more\n", ids.len() - SHOW));
@@ -87,6 +90,15 @@ fn drift_lines(out: &mut String, work: &GroupWork) {
             "  {} planned change(s) are already in effect and will be recorded without a write\n",
             work.settled.len()
         ));
+    }
+}
+
+/// A user the drift names: UPN, name and short id when the reads found them, else the id.
+fn drift_user(work: &GroupWork, id: &ObjectId) -> String {
+    match work.names.get(id) {
+        Some((upn, Some(name))) => format!("{} ({}) {}", escape(upn), escape(name), id.short()),
+        Some((upn, None)) => format!("{} {}", escape(upn), id.short()),
+        None => id.to_string(),
     }
 }
 
@@ -132,6 +144,7 @@ pub struct DryRunJson<'a> {
 #[derive(serde::Serialize)]
 struct DryRunGroup<'a> {
     group_id: &'a crate::identity::ObjectId,
+    live_name: Option<&'a str>,
     adds: usize,
     removes: usize,
     settled: usize,
@@ -153,6 +166,7 @@ impl<'a> DryRunJson<'a> {
                 .iter()
                 .map(|w| DryRunGroup {
                     group_id: &w.group_id,
+                    live_name: w.live_name.as_deref(),
                     adds: w.adds.len(),
                     removes: w.removes.len(),
                     settled: w.settled.len(),

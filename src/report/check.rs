@@ -10,6 +10,7 @@ use crate::audit::check::{Checked, ReceiptWrite};
 use crate::audit::effect::GroupCheck;
 use crate::identity::ObjectId;
 use crate::plan::{timestamp, Action};
+use crate::report::review::group_heading;
 use crate::terminal::{table, Column};
 
 /// `check --json`: the plan, each group's changes and what became of the receipt.
@@ -39,6 +40,7 @@ pub fn as_json(plan_file: &Path, checked: &Checked, now: DateTime<Utc>) -> serde
     })
 }
 
+/// A user as the tables show one: UPN and name, with the short id in its own column ([`ObjectId::short`]).
 fn user_label(upn: Option<&str>, name: Option<&str>, id: &ObjectId) -> String {
     let (upn, name) = (upn.map(crate::terminal::escape), name.map(crate::terminal::escape));
     match (upn, name) {
@@ -52,14 +54,14 @@ fn user_label(upn: Option<&str>, name: Option<&str>, id: &ObjectId) -> String {
 fn group_section(out: &mut String, g: &GroupCheck, width: Option<u16>) {
     out.push_str(&format!(
         "\nGroup {}: {} user members when planned, {} now\n",
-        crate::terminal::escape(&g.label()),
+        group_heading(g.display_name.as_deref(), g.live_name.as_deref(), &g.group_id),
         g.members_then,
         g.members_now
     ));
     if g.changes.is_empty() {
         out.push_str("  The plan has no changes for this group.\n");
     } else {
-        let columns = [Column::keep("Change"), Column::keep("User"), Column::keep("In effect")];
+        let columns = [Column::keep("Change"), Column::keep("User"), Column::keep("Id"), Column::keep("In effect")];
         let rows: Vec<Vec<String>> = g
             .changes
             .iter()
@@ -67,6 +69,7 @@ fn group_section(out: &mut String, g: &GroupCheck, width: Option<u16>) {
                 vec![
                     c.action.as_str().to_string(),
                     user_label(Some(&c.upn), c.display_name.as_deref(), &c.user_id),
+                    c.user_id.short(),
                     if c.in_effect { "yes".to_string() } else { "NO".to_string() },
                 ]
             })
@@ -79,7 +82,7 @@ fn group_section(out: &mut String, g: &GroupCheck, width: Option<u16>) {
         out.push_str("  No changes since planning other than the plan's.\n");
     } else {
         out.push_str(&format!("  Changes since planning that the plan did not ask for: {}\n", g.unrequested.len()));
-        let columns = [Column::keep("Since planning"), Column::keep("User")];
+        let columns = [Column::keep("Since planning"), Column::keep("User"), Column::keep("Id")];
         let rows: Vec<Vec<String>> = g
             .unrequested
             .iter()
@@ -88,7 +91,11 @@ fn group_section(out: &mut String, g: &GroupCheck, width: Option<u16>) {
                     Action::Add => "joined",
                     Action::Remove => "left",
                 };
-                vec![what.to_string(), user_label(u.upn.as_deref(), u.display_name.as_deref(), &u.user_id)]
+                vec![
+                    what.to_string(),
+                    user_label(u.upn.as_deref(), u.display_name.as_deref(), &u.user_id),
+                    u.user_id.short(),
+                ]
             })
             .collect();
         let t = table(&columns, &rows, width);

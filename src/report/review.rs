@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use comfy_table::Table;
 use serde::Serialize;
 
+use crate::identity::ObjectId;
 use crate::plan::{timestamp, Action, Change, GroupPlan, Plan, SkipKind, Skipped};
 use crate::terminal::{escape, table, Column};
 
@@ -69,8 +70,41 @@ fn human_time(when: &DateTime<Utc>) -> String {
     when.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// The name a review gives a group: Graph's live name when it was read, with the plan's label beside it when the
+/// two differ (the plan may have been made for another group); the plan's label, else the id, when Graph was not
+/// asked. Escaped for the terminal.
+pub fn group_name(planned: Option<&str>, live: Option<&str>, id: &ObjectId) -> String {
+    match (live, planned) {
+        (Some(live), Some(planned)) if live != planned => {
+            format!("{} (the plan says \"{}\")", escape(live), escape(planned))
+        }
+        (Some(live), _) => escape(live).into_owned(),
+        (None, Some(planned)) => escape(planned).into_owned(),
+        (None, None) => id.to_string(),
+    }
+}
+
+/// [`group_name`] followed by the group's id in brackets (just the id when nobody named the group): the heading of
+/// a group's section in a review.
+pub fn group_heading(planned: Option<&str>, live: Option<&str>, id: &ObjectId) -> String {
+    if planned.is_none() && live.is_none() {
+        return id.to_string();
+    }
+    format!("{} ({id})", group_name(planned, live, id))
+}
+
+/// Graph's live name of the plan's group number `index`, when the caller read it.
+fn live_name<'a>(live: &[Option<&'a str>], index: usize) -> Option<&'a str> {
+    live.get(index).copied().flatten()
+}
+
 /// The per-group counts as one table.
 pub fn summary_table(plan: &Plan, width: Option<u16>) -> Table {
+    summary_table_live(plan, &[], width)
+}
+
+/// [`summary_table`] naming each group as Graph does now (`live`, by the plan's group order; see [`group_name`]).
+pub fn summary_table_live(plan: &Plan, live: &[Option<&str>], width: Option<u16>) -> Table {
     let columns = [
         Column::shorten("Group", 1),
         Column::number("Members"),
@@ -81,9 +115,10 @@ pub fn summary_table(plan: &Plan, width: Option<u16>) -> Table {
     let rows: Vec<Vec<String>> = plan
         .groups
         .iter()
-        .map(|group| {
+        .enumerate()
+        .map(|(index, group)| {
             vec![
-                escape(group.display_name.as_deref().unwrap_or(group.group_id.as_str())).into_owned(),
+                group_name(group.display_name.as_deref(), live_name(live, index), &group.group_id),
                 group.precondition.member_count.to_string(),
                 group.counts.add.to_string(),
                 group.counts.remove.to_string(),
@@ -109,13 +144,20 @@ fn notes(change: &Change) -> String {
 
 fn changes_table(changes: &[&Change], width: Option<u16>) -> Table {
     // The name is the least needed (the UPN says who), the notes (guest, disabled, matched how) the most.
-    let columns =
-        [Column::keep("User (UPN)"), Column::shorten("Name", 1), Column::number("Line"), Column::shorten("Notes", 2)];
+    // The short id beside the UPN shows which object the change acts on, whatever the label says.
+    let columns = [
+        Column::keep("User (UPN)"),
+        Column::keep("Id"),
+        Column::shorten("Name", 1),
+        Column::number("Line"),
+        Column::shorten("Notes", 2),
+    ];
     let rows: Vec<Vec<String>> = changes
         .iter()
         .map(|change| {
             vec![
                 escape(&change.upn).into_owned(),
+                change.user_id.short(),
                 escape(change.display_name.as_deref().unwrap_or_default()).into_owned(),
                 change.source_line.map(|l| l.to_string()).unwrap_or_default(),
                 notes(change),
@@ -149,8 +191,8 @@ fn skipped_table(entries: &[&Skipped], width: Option<u16>) -> Table {
     table(&columns, &rows, width)
 }
 
-fn group_section(out: &mut String, group: &GroupPlan, width: Option<u16>) {
-    out.push_str(&format!("\nGroup {}\n", escape(&group.label())));
+fn group_section(out: &mut String, group: &GroupPlan, live: Option<&str>, width: Option<u16>) {
+    out.push_str(&format!("\nGroup {}\n", group_heading(group.display_name.as_deref(), live, &group.group_id)));
     out.push_str(&format!(
         "  {} user members when planned (membership hash {}…)\n",
         group.precondition.member_count,
@@ -221,6 +263,19 @@ pub fn render_review(
     now: DateTime<Utc>,
     width: Option<u16>,
 ) -> String {
+    render_review_live(plan, plan_sha256, signature, now, width, &[])
+}
+
+/// [`render_review`] naming each group as Graph does now: `live` holds Graph's displayName of each of the plan's
+/// groups, in the plan's order (`apply` reads them); the plan's label is shown beside a name that differs.
+pub fn render_review_live(
+    plan: &Plan,
+    plan_sha256: &str,
+    signature: &SignatureStatus,
+    now: DateTime<Utc>,
+    width: Option<u16>,
+    live: &[Option<&str>],
+) -> String {
     let mut out = String::new();
     let (adds, removes) = plan.totals();
     out.push_str(&format!("Plan {}\n", plan.plan_id));
@@ -239,10 +294,10 @@ pub fn render_review(
     ));
     out.push_str(&format!("  SHA-256    {plan_sha256}\n"));
     out.push_str(&format!("  Changes    {adds} adds, {removes} removes in {} group(s)\n\n", plan.groups.len()));
-    out.push_str(&summary_table(plan, width).to_string());
+    out.push_str(&summary_table_live(plan, live, width).to_string());
     out.push('\n');
-    for group in &plan.groups {
-        group_section(&mut out, group, width);
+    for (index, group) in plan.groups.iter().enumerate() {
+        group_section(&mut out, group, live_name(live, index), width);
     }
     out
 }
@@ -375,6 +430,22 @@ mod tests {
         assert!(text.contains("no matching user"));
         assert!(text.contains("not checked"));
         assert!(!text.contains("EXPIRED"));
+    }
+
+    #[test]
+    fn each_upn_has_its_short_id_and_a_live_group_name_shows_the_plans_beside_it() {
+        let plan = sample_plan();
+        let now = plan.created_at + chrono::Duration::hours(1);
+        let text = render_review(&plan, "00", &SignatureStatus::Unchecked, now, None);
+        for change in &plan.groups[0].changes {
+            let row = text.lines().find(|l| l.contains(&format!(" {} ", change.upn))).unwrap_or_default();
+            assert!(row.contains(&change.user_id.short()), "no short id beside {}: {text}", change.upn);
+        }
+        let planned = plan.groups[0].display_name.clone().unwrap();
+        let live = render_review_live(&plan, "00", &SignatureStatus::Unchecked, now, None, &[Some("Managers")]);
+        assert!(live.contains(&format!("Managers (the plan says \"{planned}\")")), "{live}");
+        let same = render_review_live(&plan, "00", &SignatureStatus::Unchecked, now, None, &[Some(&planned)]);
+        assert!(!same.contains("the plan says"), "{same}");
     }
 
     #[test]
