@@ -164,7 +164,36 @@ fn changes_table(changes: &[&Change], width: Option<u16>) -> Table {
             ]
         })
         .collect();
-    table(&columns, &rows, width)
+    let full = table(&columns, &rows, width);
+    // Long UPNs (guests' #EXT# names) and the ids are never shortened: when even the shortest names leave the
+    // table too wide for the terminal, the name column goes (the UPN says who).
+    match width {
+        Some(limit) if too_wide(&full, limit) => {
+            let (columns, rows) = without_column(&columns, &rows, 2);
+            table(&columns, &rows, width)
+        }
+        _ => full,
+    }
+}
+
+/// True when a line of `table` is wider than `limit` display columns.
+fn too_wide(table: &Table, limit: u16) -> bool {
+    table.to_string().lines().any(|line| unicode_width::UnicodeWidthStr::width(line) > usize::from(limit))
+}
+
+/// `columns` and `rows` without the column at `index`.
+fn without_column<'c>(
+    columns: &[Column<'c>],
+    rows: &[Vec<String>],
+    index: usize,
+) -> (Vec<Column<'c>>, Vec<Vec<String>>) {
+    let keep = |i: &usize| *i != index;
+    let columns = columns.iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, c)| *c).collect();
+    let rows = rows
+        .iter()
+        .map(|row| row.iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, cell)| cell.clone()).collect())
+        .collect();
+    (columns, rows)
 }
 
 fn skipped_table(entries: &[&Skipped], width: Option<u16>) -> Table {
@@ -446,6 +475,22 @@ mod tests {
         assert!(live.contains(&format!("Managers (the plan says \"{planned}\")")), "{live}");
         let same = render_review_live(&plan, "00", &SignatureStatus::Unchecked, now, None, &[Some(&planned)]);
         assert!(!same.contains("the plan says"), "{same}");
+    }
+
+    #[test]
+    fn long_guest_upns_and_ids_fit_80_columns_without_the_names() {
+        let mut plan = sample_plan();
+        plan.groups[0].changes[0].upn = "priya.nair_adatum.example#EXT#@contoso.example".into();
+        let now = plan.created_at + chrono::Duration::hours(1);
+        let text = render_review(&plan, "00", &SignatureStatus::Unchecked, now, Some(80));
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "too wide: {line}");
+        }
+        assert!(text.contains("priya.nair_adatum.example#EXT#@contoso.example"));
+        assert!(text.contains(&plan.groups[0].changes[0].user_id.short()));
+        // Wide enough: the names stay.
+        let wide = render_review(&plan, "00", &SignatureStatus::Unchecked, now, Some(120));
+        assert!(wide.contains("│ Name") || wide.contains("┆ Name"), "{wide}");
     }
 
     #[test]
