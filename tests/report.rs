@@ -65,7 +65,7 @@ fn report_has_summary_changes_approvals_outcome_and_checks_with_receipt_values_e
     assert!(html.contains(first_upn));
     assert!(html.contains("approver@contoso.example"));
     assert!(html.contains("Receipt names this plan"));
-    assert!(html.contains("req-1") && html.contains("&lt;script&gt;alert(&#39;receipt&#39;)&lt;/script&gt;"));
+    assert!(html.contains("req-1") && html.contains("&lt;script&gt;alert('receipt')&lt;/script&gt;"));
     assert!(!html.contains("<script"), "no scripts in the page");
     assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<link"), "no external assets");
     for heading in ["Verification", "Plan", "Approvals", "Outcome", "Adds:", "Removes:", "Not acted on:"] {

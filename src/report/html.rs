@@ -2,9 +2,14 @@
 //! summary, its changes and entries not acted on, its approvals, the outcome from an apply receipt, and the
 //! results of every check made while writing it.
 //!
-//! Every value from a plan, a receipt or a file name goes through [`escape`].
+//! The page is a compile-time template ([`maud::html!`]), which escapes every value it splices in for HTML, so no
+//! markup can come from a plan, a receipt or a file name. Those values pass through [`crate::terminal::escape`]
+//! first ([`outside`]), so control and bidirectional characters show as visible escapes, as on the terminal.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::apply::receipt::{Receipt, ReceiptMode};
 use crate::apply::Outcome;
@@ -87,24 +92,10 @@ pub struct ReportInput<'a> {
     pub generated_at: DateTime<Utc>,
 }
 
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(text: &str) -> String {
-    // Controls and bidirectional overrides first become visible escapes (a U+202E in a UPN would reorder the
-    // page's text just as it would a terminal's), then the markup characters are escaped.
-    let text = crate::terminal::escape(text);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
+/// A string from outside (a plan, a receipt, a file, an error message), with control and bidirectional characters
+/// made visible. The template escapes it for HTML.
+fn outside(text: &str) -> Cow<'_, str> {
+    crate::terminal::escape(text)
 }
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em auto;max-width:60em;\
@@ -120,59 +111,66 @@ font-size:.8em;color:#555}@media print{body{margin:0;max-width:none}h2{page-brea
 /// The whole page.
 pub fn render(input: &ReportInput<'_>) -> String {
     let plan = input.plan;
-    let mut h = String::new();
-    h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
-    h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
-    h.push_str(&format!("<title>writeback report: plan {}</title>\n", escape(&plan.plan_id.to_string())));
-    h.push_str(&format!("<style>{STYLE}</style>\n</head>\n<body>\n"));
-    h.push_str(&format!("<h1>writeback report: plan <span class=\"mono\">{}</span></h1>\n", plan.plan_id));
-
-    // Verification first: it says how far the rest can be trusted.
-    h.push_str(
-        "<h2 id=\"verification\">Verification</h2>\n<table>\n<tr><th>Check</th><th>Result</th><th>Details</th></tr>\n",
-    );
-    for check in input.checks {
-        h.push_str(&format!(
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>\n",
-            escape(&check.name),
-            check.status.class(),
-            check.status.label(),
-            escape(&check.detail)
-        ));
-    }
-    h.push_str("</table>\n");
-
-    summary(&mut h, input);
-    approvals(&mut h, input);
-    if let Some(receipt) = &input.receipt {
-        outcome(&mut h, receipt);
-    } else {
-        h.push_str("<h2 id=\"outcome\">Outcome</h2>\n<p>No receipt was given: this report does not say whether the plan was applied.</p>\n");
-    }
-    for group in &plan.groups {
-        group_section(&mut h, group);
-    }
-    h.push_str(&format!(
-        "<footer>Made by {} at {} from {}.</footer>\n</body>\n</html>\n",
-        escape(&crate::tool_version()),
-        escape(&timestamp::format(&input.generated_at)),
-        escape(&input.plan_file)
-    ));
-    h
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "writeback report: plan " (plan.plan_id.to_string()) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "writeback report: plan " span.mono { (plan.plan_id.to_string()) } }
+                // Verification first: it says how far the rest can be trusted.
+                h2 #verification { "Verification" }
+                table {
+                    tr { th { "Check" } th { "Result" } th { "Details" } }
+                    @for check in input.checks {
+                        tr {
+                            td { (outside(&check.name)) }
+                            td class=(check.status.class()) { (check.status.label()) }
+                            td { (outside(&check.detail)) }
+                        }
+                    }
+                }
+                (summary(input))
+                (approvals(input))
+                @if let Some(receipt) = &input.receipt {
+                    (outcome(receipt))
+                } @else {
+                    h2 #outcome { "Outcome" }
+                    p { "No receipt was given: this report does not say whether the plan was applied." }
+                }
+                @for group in &plan.groups {
+                    (group_section(group))
+                }
+                footer {
+                    "Made by " (crate::tool_version()) " at " (timestamp::format(&input.generated_at)) " from "
+                    (outside(&input.plan_file)) "."
+                }
+            }
+        }
+    };
+    page.into_string()
 }
 
-fn dl(h: &mut String, rows: &[(&str, String)]) {
-    h.push_str("<dl>\n");
-    for (k, v) in rows {
-        h.push_str(&format!("<dt>{}</dt><dd>{}</dd>\n", escape(k), escape(v)));
+/// A definition list of label and value pairs; the values come from outside.
+fn dl(rows: &[(&str, String)]) -> Markup {
+    html! {
+        dl {
+            @for (k, v) in rows {
+                dt { (k) }
+                dd { (outside(v)) }
+            }
+        }
     }
-    h.push_str("</dl>\n");
 }
 
-fn summary(h: &mut String, input: &ReportInput<'_>) {
+/// The plan: who signed it, when, for which tenant, and a row per group.
+fn summary(input: &ReportInput<'_>) -> Markup {
     let plan = input.plan;
     let (adds, removes) = plan.totals();
-    h.push_str("<h2 id=\"summary\">Plan</h2>\n");
     let signed = match input.signature {
         SignatureStatus::Valid { principal, fingerprint } => {
             format!("{principal} (key {fingerprint}), signature valid")
@@ -180,80 +178,81 @@ fn summary(h: &mut String, input: &ReportInput<'_>) {
         SignatureStatus::Invalid { message } => format!("{} (claimed), signature NOT VALID: {message}", plan.signer),
         SignatureStatus::Unchecked => format!("{} (claimed), signature not checked", plan.signer),
     };
-    dl(
-        h,
-        &[
-            ("File", input.plan_file.clone()),
-            ("SHA-256", input.sha256.to_string()),
-            ("Format", format!("{} {}", plan.format, plan.format_version)),
-            ("Signed by", signed),
-            ("Entra actor", crate::report::review::entra_actor_line(plan)),
-            ("Created", format!("{} by {}", timestamp::format(&plan.created_at), plan.tool_version)),
-            ("Expires", timestamp::format(&plan.expires_at)),
-            ("Tenant", plan.tenant_id.clone().unwrap_or_else(|| "(not recorded: planned from files)".into())),
-            ("Changes", format!("{adds} adds, {removes} removes in {} group(s)", plan.groups.len())),
-        ],
-    );
-    h.push_str("<table>\n<tr><th>Group</th><th>Members when planned</th><th>Adds</th><th>Removes</th><th>Not acted on</th></tr>\n");
-    for g in &plan.groups {
-        h.push_str(&format!(
-            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
-            escape(&g.label()),
-            g.precondition.member_count,
-            g.counts.add,
-            g.counts.remove,
-            g.counts.not_acted_on_total()
-        ));
+    let rows = [
+        ("File", input.plan_file.clone()),
+        ("SHA-256", input.sha256.to_string()),
+        ("Format", format!("{} {}", plan.format, plan.format_version)),
+        ("Signed by", signed),
+        ("Entra actor", crate::report::review::entra_actor_line(plan)),
+        ("Created", format!("{} by {}", timestamp::format(&plan.created_at), plan.tool_version)),
+        ("Expires", timestamp::format(&plan.expires_at)),
+        ("Tenant", plan.tenant_id.clone().unwrap_or_else(|| "(not recorded: planned from files)".into())),
+        ("Changes", format!("{adds} adds, {removes} removes in {} group(s)", plan.groups.len())),
+    ];
+    html! {
+        h2 #summary { "Plan" }
+        (dl(&rows))
+        table {
+            tr { th { "Group" } th { "Members when planned" } th { "Adds" } th { "Removes" } th { "Not acted on" } }
+            @for g in &plan.groups {
+                tr {
+                    td { (outside(&g.label())) }
+                    td.num { (g.precondition.member_count) }
+                    td.num { (g.counts.add) }
+                    td.num { (g.counts.remove) }
+                    td.num { (g.counts.not_acted_on_total()) }
+                }
+            }
+        }
     }
-    h.push_str("</table>\n");
 }
 
-fn approvals(h: &mut String, input: &ReportInput<'_>) {
-    h.push_str("<h2 id=\"approvals\">Approvals</h2>\n");
-    if input.approval_files.is_empty() {
-        h.push_str("<p>No approval files were found beside the plan.</p>\n");
-        return;
-    }
-    h.push_str("<table>\n<tr><th>Approver</th><th>Key</th><th>Counts</th><th>File</th></tr>\n");
-    match input.approvals {
-        Some(report) => {
-            for a in &report.valid {
-                h.push_str(&format!(
-                    "<tr><td>{}</td><td class=\"mono\">{}</td><td class=\"pass\">valid</td><td class=\"mono\">{}</td></tr>\n",
-                    escape(&a.principal),
-                    escape(&a.fingerprint),
-                    escape(&file_name(&a.file))
-                ));
-            }
-            for r in &report.rejected {
-                h.push_str(&format!(
-                    "<tr><td>{}</td><td class=\"mono\">{}</td><td><span class=\"fail\">not counted</span>: {}</td><td class=\"mono\">{}</td></tr>\n",
-                    escape(r.principal.as_deref().unwrap_or("unknown signer")),
-                    escape(r.fingerprint.as_deref().unwrap_or("unknown key")),
-                    escape(&r.reason),
-                    escape(&file_name(&r.file))
-                ));
+/// The approval files beside the plan: which count, which do not and why (or unchecked).
+fn approvals(input: &ReportInput<'_>) -> Markup {
+    html! {
+        h2 #approvals { "Approvals" }
+        @if input.approval_files.is_empty() {
+            p { "No approval files were found beside the plan." }
+        } @else {
+            table {
+                tr { th { "Approver" } th { "Key" } th { "Counts" } th { "File" } }
+                @match input.approvals {
+                    Some(report) => {
+                        @for a in &report.valid {
+                            tr {
+                                td { (outside(&a.principal)) }
+                                td.mono { (outside(&a.fingerprint)) }
+                                td.pass { "valid" }
+                                td.mono { (outside(&file_name(&a.file))) }
+                            }
+                        }
+                        @for r in &report.rejected {
+                            tr {
+                                td { (outside(r.principal.as_deref().unwrap_or("unknown signer"))) }
+                                td.mono { (outside(r.fingerprint.as_deref().unwrap_or("unknown key"))) }
+                                td { span.fail { "not counted" } ": " (outside(&r.reason)) }
+                                td.mono { (outside(&file_name(&r.file))) }
+                            }
+                        }
+                    }
+                    None => {
+                        @for f in &input.approval_files {
+                            tr { td {} td {} td.unchecked { "not checked" } td.mono { (outside(f)) } }
+                        }
+                    }
+                }
             }
         }
-        None => {
-            for f in &input.approval_files {
-                h.push_str(&format!(
-                    "<tr><td></td><td></td><td class=\"unchecked\">not checked</td><td class=\"mono\">{}</td></tr>\n",
-                    escape(f)
-                ));
-            }
-        }
     }
-    h.push_str("</table>\n");
 }
 
 fn file_name(path: &std::path::Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
-fn outcome(h: &mut String, view: &ReceiptView<'_>) {
+/// The receipt: how and by whom the plan was applied, the counts, and each change's outcome.
+fn outcome(view: &ReceiptView<'_>) -> Markup {
     let receipt = view.receipt;
-    h.push_str(&format!("<h2 id=\"outcome\">Outcome (receipt {})</h2>\n", escape(&view.file)));
     let how = match receipt.mode {
         ReceiptMode::Apply => format!("applied by writeback apply in {} run(s)", receipt.runs),
         ReceiptMode::ManualVerified => "applied by hand; every change verified in effect by writeback check".into(),
@@ -271,57 +270,67 @@ fn outcome(h: &mut String, view: &ReceiptView<'_>) {
             format!("{} (head {}, seq {})", receipt.journal.path, receipt.journal.head, receipt.journal.seq),
         ));
     }
-    dl(h, &rows);
     let c = &receipt.counts;
-    h.push_str("<table>\n<tr><th>Applied</th><th>Already a member</th><th>Already absent</th><th>Failed</th></tr>\n");
-    h.push_str(&format!(
-        "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num{}\">{}</td></tr>\n</table>\n",
-        c.applied,
-        c.already_member,
-        c.already_absent,
-        if c.failed > 0 { " fail" } else { "" },
-        c.failed
-    ));
-    for group in &receipt.groups {
-        let label = match &group.display_name {
-            Some(name) => format!("{name} ({})", group.group_id),
-            None => group.group_id.to_string(),
-        };
-        h.push_str(&format!("<h3>{} ({} changes)</h3>\n", escape(&label), group.changes.len()));
-        h.push_str("<table>\n<tr><th>Action</th><th>User</th><th>Outcome</th><th>Graph error (code, message, request-id)</th></tr>\n");
-        for change in &group.changes {
-            let class = match change.outcome {
-                Outcome::Failed => " class=\"fail\"",
-                Outcome::Applied => " class=\"pass\"",
-                _ => "",
-            };
-            let error = change
-                .error
-                .as_ref()
-                .map(|e| {
-                    [e.code.as_deref(), e.message.as_deref(), e.request_id.as_deref()]
-                        .into_iter()
-                        .flatten()
-                        .collect::<Vec<_>>()
-                        .join(" · ")
-                })
-                .or_else(|| change.detail.clone())
-                .unwrap_or_default();
-            h.push_str(&format!(
-                "<tr><td>{}</td><td>{} <span class=\"mono\">{}</span></td><td{class}>{}</td><td>{}</td></tr>\n",
-                change.action.as_str(),
-                escape(&change.upn),
-                escape(change.user_id.as_str()),
-                change.outcome.as_str(),
-                escape(&error)
-            ));
+    html! {
+        h2 #outcome { "Outcome (receipt " (outside(&view.file)) ")" }
+        (dl(&rows))
+        table {
+            tr { th { "Applied" } th { "Already a member" } th { "Already absent" } th { "Failed" } }
+            tr {
+                td.num { (c.applied) }
+                td.num { (c.already_member) }
+                td.num { (c.already_absent) }
+                td.num.fail[c.failed > 0] { (c.failed) }
+            }
         }
-        h.push_str("</table>\n");
+        @for group in &receipt.groups {
+            @let label = match &group.display_name {
+                Some(name) => format!("{name} ({})", group.group_id),
+                None => group.group_id.to_string(),
+            };
+            h3 { (outside(&label)) " (" (group.changes.len()) " changes)" }
+            table {
+                tr { th { "Action" } th { "User" } th { "Outcome" } th { "Graph error (code, message, request-id)" } }
+                @for change in &group.changes {
+                    tr {
+                        td { (change.action.as_str()) }
+                        td { (outside(&change.upn)) " " span.mono { (outside(change.user_id.as_str())) } }
+                        td class=[outcome_class(change.outcome)] { (change.outcome.as_str()) }
+                        td { (outside(&graph_error(change))) }
+                    }
+                }
+            }
+        }
     }
 }
 
-fn group_section(h: &mut String, group: &GroupPlan) {
-    h.push_str(&format!("<h2>Group {}</h2>\n", escape(&group.label())));
+/// The class of an outcome's cell: failures red, writes green, the rest plain.
+fn outcome_class(outcome: Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::Failed => Some("fail"),
+        Outcome::Applied => Some("pass"),
+        _ => None,
+    }
+}
+
+/// Graph's code, message and request-id for a change, or its detail.
+fn graph_error(change: &crate::apply::receipt::ChangeReceipt) -> String {
+    change
+        .error
+        .as_ref()
+        .map(|e| {
+            [e.code.as_deref(), e.message.as_deref(), e.request_id.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" · ")
+        })
+        .or_else(|| change.detail.clone())
+        .unwrap_or_default()
+}
+
+/// One group of the plan: its inputs, its adds and removes, and the entries not acted on.
+fn group_section(group: &GroupPlan) -> Markup {
     let mut rows = vec![
         ("Members when planned", group.precondition.member_count.to_string()),
         ("Membership hash", group.precondition.members_sha256.clone()),
@@ -335,50 +344,54 @@ fn group_section(h: &mut String, group: &GroupPlan) {
     for input in &group.inputs {
         rows.push((input.role.as_str(), format!("{} (sha256 {})", input.description, input.sha256)));
     }
-    dl(h, &rows);
-    for (action, title) in [(Action::Add, "Adds"), (Action::Remove, "Removes")] {
-        let changes: Vec<_> = group.changes_of(action).collect();
-        h.push_str(&format!("<h3>{title}: {}</h3>\n", changes.len()));
-        if changes.is_empty() {
-            continue;
+    html! {
+        h2 { "Group " (outside(&group.label())) }
+        (dl(&rows))
+        @for (action, title) in [(Action::Add, "Adds"), (Action::Remove, "Removes")] {
+            @let changes: Vec<_> = group.changes_of(action).collect();
+            h3 { (title) ": " (changes.len()) }
+            @if !changes.is_empty() {
+                table {
+                    tr { th { "User (UPN)" } th { "Name" } th { "Object id" } th { "Line" } th { "Why" } th { "Flags" } }
+                    @for c in changes {
+                        @let flags: Vec<&str> = c.flags.iter().map(|f| f.as_str()).collect();
+                        tr {
+                            td { (outside(&c.upn)) }
+                            td { (outside(c.display_name.as_deref().unwrap_or(""))) }
+                            td.mono { (outside(c.user_id.as_str())) }
+                            td.num { (c.source_line.map(|l| l.to_string()).unwrap_or_default()) }
+                            td { (outside(&c.reason)) }
+                            td { (flags.join(", ")) }
+                        }
+                    }
+                }
+            }
         }
-        h.push_str("<table>\n<tr><th>User (UPN)</th><th>Name</th><th>Object id</th><th>Line</th><th>Why</th><th>Flags</th></tr>\n");
-        for c in changes {
-            let flags: Vec<&str> = c.flags.iter().map(|f| f.as_str()).collect();
-            h.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>\n",
-                escape(&c.upn),
-                escape(c.display_name.as_deref().unwrap_or("")),
-                escape(c.user_id.as_str()),
-                c.source_line.map(|l| l.to_string()).unwrap_or_default(),
-                escape(&c.reason),
-                escape(&flags.join(", "))
-            ));
+        h3 { "Not acted on: " (group.not_acted_on.len()) }
+        @if !group.not_acted_on.is_empty() {
+            table {
+                tr { th { "Why" } th { "Entry" } th { "Line" } th { "Detail" } }
+                @for s in &group.not_acted_on {
+                    tr {
+                        td { (s.kind.label()) }
+                        td { (outside(&skipped_entry(s))) }
+                        td.num { (s.source_line.map(|l| l.to_string()).unwrap_or_default()) }
+                        td { (outside(&s.detail)) }
+                    }
+                }
+            }
         }
-        h.push_str("</table>\n");
     }
-    h.push_str(&format!("<h3>Not acted on: {}</h3>\n", group.not_acted_on.len()));
-    if group.not_acted_on.is_empty() {
-        return;
-    }
-    h.push_str("<table>\n<tr><th>Why</th><th>Entry</th><th>Line</th><th>Detail</th></tr>\n");
-    for s in &group.not_acted_on {
-        let what = s
-            .email
-            .clone()
-            .or_else(|| s.upn.clone())
-            .or_else(|| s.display_name.clone())
-            .or_else(|| s.object_id.as_ref().map(|id| id.to_string()))
-            .unwrap_or_default();
-        h.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>\n",
-            escape(s.kind.label()),
-            escape(&what),
-            s.source_line.map(|l| l.to_string()).unwrap_or_default(),
-            escape(&s.detail)
-        ));
-    }
-    h.push_str("</table>\n");
+}
+
+/// What an entry not acted on is: its address, UPN, name or object id, the first known.
+fn skipped_entry(s: &crate::plan::Skipped) -> String {
+    s.email
+        .clone()
+        .or_else(|| s.upn.clone())
+        .or_else(|| s.display_name.clone())
+        .or_else(|| s.object_id.as_ref().map(|id| id.to_string()))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -388,14 +401,22 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
-    fn escapes_markup_quotes_and_controls() {
-        assert_eq!(
-            escape("<script>alert('x')</script> & \"y\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
-        );
-        // Controls and bidirectional overrides are shown as what they are, never obeyed by the browser.
-        assert_eq!(escape("a\u{0}b\u{1b}[2K"), "a\\x00b\\x1b[2K");
-        assert_eq!(escape("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
+    fn outside_text_is_escaped_for_html_and_its_controls_are_made_visible() {
+        let mut plan = sample_plan();
+        plan.groups[0].changes[0].upn = "<b>\"x\" & y</b>\u{1b}[2K\u{202e}evil".into();
+        let html = render(&ReportInput {
+            plan: &plan,
+            plan_file: "plan.json".into(),
+            sha256: "ab",
+            signature: &SignatureStatus::Unchecked,
+            approval_files: Vec::new(),
+            approvals: None,
+            receipt: None,
+            checks: &[],
+            generated_at: Utc.with_ymd_and_hms(2025, 3, 2, 9, 0, 0).unwrap(),
+        });
+        assert!(html.contains("&lt;b&gt;&quot;x&quot; &amp; y&lt;/b&gt;\\x1b[2K\\u{202e}evil"), "{html}");
+        assert!(!html.contains('\u{1b}') && !html.contains('\u{202e}'));
     }
 
     #[test]
