@@ -24,6 +24,8 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod export;
+#[cfg(test)]
+mod fixtures;
 pub mod folders;
 pub mod http;
 pub mod identity;

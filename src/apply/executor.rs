@@ -886,7 +886,7 @@ mod tests {
     use std::sync::Mutex;
 
     fn id(n: u16) -> ObjectId {
-        ObjectId::parse(&format!("00000000-0000-0000-0000-00000000{n:04x}")).unwrap()
+        crate::fixtures::id(n.into())
     }
 
     const GROUP: u16 = 0xffff;

@@ -659,24 +659,9 @@ mod tests {
     use crate::plan::{Change, Counts, Precondition};
     use chrono::DateTime;
 
-    fn id(n: u8) -> ObjectId {
-        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
-    }
+    use crate::fixtures::{change, id};
 
-    fn change(action: Action, n: u8) -> Change {
-        Change {
-            action,
-            user_id: id(n),
-            upn: format!("u{n}@contoso.com"),
-            mail: None,
-            display_name: None,
-            source_line: None,
-            reason: "test".into(),
-            flags: vec![],
-        }
-    }
-
-    fn group(members: &[u8], changes: Vec<Change>) -> GroupPlan {
+    fn group(members: &[u32], changes: Vec<Change>) -> GroupPlan {
         let ids: Vec<ObjectId> = members.iter().map(|n| id(*n)).collect();
         GroupPlan {
             group_id: id(200),
@@ -690,7 +675,7 @@ mod tests {
         }
     }
 
-    fn set(ns: &[u8]) -> BTreeSet<ObjectId> {
+    fn set(ns: &[u32]) -> BTreeSet<ObjectId> {
         ns.iter().map(|n| id(*n)).collect()
     }
 
@@ -751,7 +736,7 @@ mod tests {
 
     #[test]
     fn thresholds_count_and_percent() {
-        let members: Vec<u8> = (1..=10).collect();
+        let members: Vec<u32> = (1..=10).collect();
         let g = group(&members, vec![change(Action::Remove, 1), change(Action::Remove, 2), change(Action::Remove, 3)]);
         let w = plan_group(&g, &set(&members), &PlanProgress::default());
         let limits = Thresholds::default();

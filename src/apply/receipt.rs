@@ -328,9 +328,7 @@ mod tests {
     use super::*;
     use crate::plan::{Change, Counts, GroupPlan, Precondition};
 
-    fn id(n: u8) -> ObjectId {
-        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
-    }
+    use crate::fixtures::id;
 
     fn plan() -> Plan {
         let changes: Vec<Change> = [(Action::Add, 1), (Action::Remove, 2)]
@@ -369,7 +367,7 @@ mod tests {
         }
     }
 
-    fn outcome(n: u8, action: Action, outcome: Outcome) -> ((ObjectId, ObjectId), ChangeResult) {
+    fn outcome(n: u32, action: Action, outcome: Outcome) -> ((ObjectId, ObjectId), ChangeResult) {
         (
             (id(100), id(n)),
             ChangeResult { group_id: id(100), user_id: id(n), action, outcome, detail: None, error: None },

@@ -252,26 +252,11 @@ pub fn manual_receipt(input: ManualReceiptInput<'_>, report: &CheckReport) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Change, Counts, PlanOptions, Precondition, SkipKind, Skipped};
+    use crate::plan::{Counts, PlanOptions, Precondition, SkipKind, Skipped};
 
-    fn id(n: u8) -> ObjectId {
-        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
-    }
+    use crate::fixtures::{change, id};
 
-    fn change(action: Action, n: u8) -> Change {
-        Change {
-            action,
-            user_id: id(n),
-            upn: format!("u{n}@contoso.example"),
-            mail: None,
-            display_name: None,
-            source_line: None,
-            reason: "r".into(),
-            flags: vec![],
-        }
-    }
-
-    fn user(n: u8) -> GroupMember {
+    fn user(n: u32) -> GroupMember {
         GroupMember {
             id: id(n),
             kind: MemberKind::User,

@@ -748,7 +748,7 @@ mod tests {
 
     /// An archive that adds up: a signed plan, an approval, its journal and a signed receipt.
     fn archive(k: &Keys) -> (Vec<ArchiveFile>, Plan, Vec<u8>) {
-        let plan = plan::tests_support::sample_plan();
+        let plan = crate::fixtures::sample_plan();
         let bytes = plan::encode(&plan, plan::PlanFormat::Json);
         let sha = plan::precondition::sha256_hex(&bytes);
         let mut events = vec![Event::ApplyStarted {

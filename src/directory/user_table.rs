@@ -295,7 +295,7 @@ mod tests {
 
     fn user(n: u32, upn: &str, mail: Option<&str>, proxies: &[&str]) -> DirectoryUser {
         DirectoryUser {
-            id: ObjectId::parse(&format!("00000000-0000-0000-0000-{n:012}")).unwrap(),
+            id: crate::fixtures::id(n),
             upn: upn.into(),
             display_name: n.is_multiple_of(2).then(|| format!("User {n}")),
             mail: mail.map(str::to_string),

@@ -86,7 +86,7 @@ pub fn render(ids: &[String], version_row: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests_support::sample_plan;
+    use crate::fixtures::sample_plan;
 
     #[test]
     fn one_file_per_group_per_action_with_the_header_and_ids_only() {

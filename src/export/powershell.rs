@@ -268,7 +268,7 @@ function Remove-PlanMember {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests_support::sample_plan;
+    use crate::fixtures::sample_plan;
     use chrono::TimeZone;
 
     fn header() -> ScriptHeader<'static> {

@@ -454,7 +454,7 @@ fn finish_group(draft: GroupDraft) -> Result<GroupPlan, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests_support::sample_plan;
+    use crate::fixtures::sample_plan;
 
     #[test]
     fn neutralizes_formula_cells() {

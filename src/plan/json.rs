@@ -86,7 +86,7 @@ impl<'de> serde::Deserialize<'de> for TopLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests_support::sample_plan;
+    use crate::fixtures::sample_plan;
 
     fn text() -> String {
         String::from_utf8(encode(&sample_plan())).unwrap()

@@ -80,9 +80,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn id(n: u8) -> ObjectId {
-        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
-    }
+    use crate::fixtures::id;
 
     #[test]
     fn order_does_not_matter() {

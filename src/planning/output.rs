@@ -195,7 +195,7 @@ mod tests {
     }
 
     fn plan_bytes() -> Vec<u8> {
-        crate::plan::json::encode(&crate::plan::tests_support::sample_plan())
+        crate::plan::json::encode(&crate::fixtures::sample_plan())
     }
 
     fn refused(result: Result<()>, needle: &str) {

@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn the_staged_file_and_digests_are_the_encoding() {
-        let plan = crate::plan::tests_support::sample_plan();
+        let plan = crate::fixtures::sample_plan();
         let dir = tempfile::tempdir().unwrap();
         for format in [PlanFormat::Json, PlanFormat::Csv] {
             let out = dir.path().join("plan.out");
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_write_that_fails_is_an_error_naming_the_file() {
-        let plan = crate::plan::tests_support::sample_plan();
+        let plan = crate::fixtures::sample_plan();
         let out = Path::new("/nonexistent-folder/plan.json");
         let err = stage_plan(&plan, PlanFormat::Json, out, false).err().unwrap().to_string();
         assert!(err.contains("/nonexistent-folder/plan.json"), "{err}");

@@ -731,9 +731,7 @@ mod tests {
         super::reconcile(contacts, &UserTable::from_users(users).unwrap(), members, options)
     }
 
-    fn oid(n: u32) -> ObjectId {
-        ObjectId::parse(&format!("00000000-0000-0000-0000-{n:012}")).unwrap()
-    }
+    use crate::fixtures::id as oid;
 
     fn user(n: u32, upn: &str) -> DirectoryUser {
         DirectoryUser {

@@ -397,7 +397,7 @@ fn skipped_entry(s: &crate::plan::Skipped) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests_support::sample_plan;
+    use crate::fixtures::sample_plan;
     use chrono::TimeZone;
 
     #[test]

@@ -442,7 +442,7 @@ impl<'a> ReviewJson<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests_support::sample_plan;
+    use crate::fixtures::sample_plan;
 
     #[test]
     fn review_fits_80_columns_and_names_everything() {

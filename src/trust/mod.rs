@@ -265,14 +265,11 @@ pub fn verify_plan_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::ObjectId;
     use crate::plan::{Change, Counts, GroupPlan, PlanOptions, Precondition};
     use chrono::TimeZone;
     use proptest::prelude::*;
 
-    fn id(n: u8) -> ObjectId {
-        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
-    }
+    use crate::fixtures::id;
 
     fn t(y: i32, m: u32, d: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, m, d, 9, 0, 0).unwrap()

@@ -441,9 +441,7 @@ mod tests {
     use crate::apply::Outcome;
     use crate::plan::Action;
 
-    fn id(n: u8) -> ObjectId {
-        ObjectId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap()
-    }
+    use crate::fixtures::id;
 
     pub(super) fn t(s: u32) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + i64::from(s), 0).unwrap()
@@ -453,7 +451,7 @@ mod tests {
         Uuid::from_u128(7)
     }
 
-    pub(super) fn outcome(user: u8, outcome: Outcome) -> Event {
+    pub(super) fn outcome(user: u32, outcome: Outcome) -> Event {
         Event::ChangeOutcome {
             plan_id: plan(),
             request: None,

@@ -279,7 +279,7 @@ mod tests {
     }
 
     fn uid(n: usize) -> String {
-        format!("00000000-0000-0000-0000-{n:012}")
+        crate::fixtures::uid(n as u32)
     }
 
     #[tokio::test]

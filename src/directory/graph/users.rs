@@ -271,7 +271,7 @@ mod tests {
     use std::sync::Arc;
 
     fn uid(n: usize) -> String {
-        format!("00000000-0000-0000-0000-{n:012}")
+        crate::fixtures::uid(n as u32)
     }
 
     /// 3000 users: u{i}@contoso.com as UPN; every third has mail m{i}@contoso.com; every fifth an smtp alias
