@@ -3,7 +3,6 @@
 //! Every successful run ends with the fake's membership equal to the plan's target, and with the receipt and
 //! the journal accounting for every change exactly once. Every refusal leaves the fake without a single write.
 
-mod common;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use support::fake_graph::{Config as FakeConfig, FakeGraph, Faults, RetryAfter, Seed};
+use support::{code, oid, ok, text};
 use writeback::apply::journal::{self, PlanProgress};
 use writeback::apply::receipt::Receipt;
 use writeback::apply::Outcome;
@@ -44,10 +44,6 @@ fn env(n: u64, members: usize, cfg: FakeConfig) -> Env {
     let allowed = format!("{SIGNER} namespaces=\"writeback-plan\" {}\n", key.public_key_openssh());
     std::fs::write(dir.path().join("allowed_signers"), allowed).unwrap();
     Env { dir, fake, tenant, group, users, key }
-}
-
-fn oid(s: &str) -> ObjectId {
-    ObjectId::parse(s).unwrap()
 }
 
 fn change(action: Action, id: &str) -> Change {
@@ -109,21 +105,16 @@ impl Env {
     }
 
     fn command(&self, plan: &Path, extra: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
+        let mut cmd = support::command(self.dir.path());
         cmd.arg("apply")
             .arg(plan)
             .arg("--allowed-signers")
             .arg(self.path("allowed_signers"))
             .args(extra)
-            .current_dir(self.dir.path())
             .envs(self.fake.env())
             .env("WRITEBACK_RETRY_BASE_MS", "5")
             .env("WRITEBACK_RETRY_MAX_SECONDS", "5")
-            .env_remove("WRITEBACK_CONFIG")
-            .env_remove("WRITEBACK_ALLOWED_SIGNERS")
-            .env_remove("WRITEBACK_ACCESS_TOKEN")
             .stdin(Stdio::null());
-        common::isolate(&mut cmd);
         cmd
     }
 
@@ -173,18 +164,6 @@ impl Env {
         self.fake.assert_no_misuse();
         by_user
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn ok(out: &Output) {
-    assert_eq!(code(out), 0, "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
 }
 
 fn slice(users: &[String], range: std::ops::Range<usize>) -> Vec<String> {

@@ -2,7 +2,6 @@
 //! cancelled plan, a started plan with another journal, and a second apply while one runs. Every refusal leaves
 //! the fake Graph without a single write.
 
-mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use chrono::Utc;
 use support::fake_graph::{FakeGraph, Seed};
+use support::{code, oid, ok, text};
 use writeback::identity::ObjectId;
 use writeback::plan::{Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
 use writeback::trust::SigningKey;
@@ -40,7 +40,7 @@ fn env(n: u64, members: usize) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let admin_key = dir.path().join("admin-key");
     std::fs::write(&admin_key, admin.to_openssh_bytes(None).unwrap()).unwrap();
-    common::set_private(&admin_key);
+    support::set_private(&admin_key);
     let allowed = format!(
         "{SIGNER} namespaces=\"writeback-plan\" {}\n{ADMIN} namespaces=\"writeback-receipt\" {}\n",
         key.public_key_openssh(),
@@ -48,10 +48,6 @@ fn env(n: u64, members: usize) -> Env {
     );
     std::fs::write(dir.path().join("allowed_signers"), allowed).unwrap();
     Env { dir, fake, tenant, group, users, key, admin_key }
-}
-
-fn oid(s: &str) -> ObjectId {
-    ObjectId::parse(s).unwrap()
 }
 
 impl Env {
@@ -117,7 +113,7 @@ impl Env {
 
     /// `writeback ARGS…` in the workspace, pointed at the fake, with the workspace's own state folder.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = common::command(self.dir.path());
+        let mut cmd = support::command(self.dir.path());
         // The workspace's own state folder: the default ledger, fresh for each test.
         cmd.env("XDG_STATE_HOME", self.path(".state"));
         cmd.args(args)
@@ -140,19 +136,6 @@ impl Env {
     fn writes(&self) -> usize {
         self.fake.count(|r| r.is_write())
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-#[track_caller]
-fn ok(out: &Output) {
-    assert_eq!(code(out), 0, "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
 }
 
 #[track_caller]
@@ -244,7 +227,7 @@ fn a_cancelled_plan_is_refused_and_the_ledger_lists_it() {
     let stranger = SigningKey::generate("stranger@contoso.example").unwrap();
     let stranger_key = e.path("stranger");
     std::fs::write(&stranger_key, stranger.to_openssh_bytes(None).unwrap()).unwrap();
-    common::set_private(&stranger_key);
+    support::set_private(&stranger_key);
     let other = e.write(&e.plan(&e.users[7..8], &[]), "other.json");
     let out =
         e.command(&["cancel", other.to_str().unwrap(), "--key", stranger_key.to_str().unwrap()]).output().unwrap();

@@ -1,16 +1,15 @@
 //! End-to-end tests of `writeback check` (against the fake Graph) and `writeback audit` (on an archive built from
 //! the samples, then tampered with one file at a time).
 
-mod common;
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{copy_dir, samples};
 use serde_json::Value;
 use support::fake_graph::{FakeGraph, Seed};
+use support::{samples, text, writeback_with};
 use writeback::apply::journal::{Event, Journal};
 use writeback::apply::receipt::{JournalAnchor, Receipt, ReceiptInput};
 use writeback::apply::{Applier, FinishStatus};
@@ -22,46 +21,10 @@ use writeback::trust::SigningKey;
 const CHECK_EXIT_NOT_IN_EFFECT: i32 = 30;
 const AUDIT_EXIT_FINDINGS: i32 = 31;
 
-fn writeback(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
-    cmd.args(args).current_dir(dir);
-    for var in [
-        "WRITEBACK_CONFIG",
-        "WRITEBACK_KEY",
-        "WRITEBACK_SIGNER",
-        "WRITEBACK_ALLOWED_SIGNERS",
-        "WRITEBACK_KEY_PASSPHRASE",
-        "WRITEBACK_GRAPH_URL",
-        "WRITEBACK_LOGIN_URL",
-        "WRITEBACK_ACCESS_TOKEN",
-        "AZURE_TENANT_ID",
-        "AZURE_CLIENT_ID",
-        "AZURE_CLIENT_SECRET",
-        "AZURE_CLIENT_CERTIFICATE_PATH",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("COLUMNS", "160");
-    common::isolate(&mut cmd);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
+/// A workspace with the samples and the sample plan, and the plan as JSON.
 fn workspace() -> (tempfile::TempDir, Value) {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&samples(), dir.path());
-    for key in ["demo-planner", "demo-approver", "demo-admin"] {
-        std::fs::set_permissions(dir.path().join("keys").join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let run = writeback(dir.path(), &["plan", "--config", "writeback.toml", "--out", "plan.json"], &[]);
-    assert!(run.status.success(), "plan failed: {}", text(&run.stderr));
+    let dir = support::workspace();
+    support::sample_plan(dir.path());
     let plan = serde_json::from_slice(&std::fs::read(dir.path().join("plan.json")).unwrap()).unwrap();
     (dir, plan)
 }
@@ -91,7 +54,7 @@ fn check(dir: &Path, graph: &FakeGraph, extra: &[&str]) -> Output {
     let mut args = vec!["check", "plan.json", "--allowed-signers", "keys/allowed_signers"];
     args.extend_from_slice(extra);
     let env: Vec<(&str, String)> = graph.env();
-    writeback(dir, &args, &env)
+    writeback_with(dir, &args, &env)
 }
 
 fn first_add(plan: &Value) -> (String, String) {
@@ -137,7 +100,7 @@ fn check_all_in_effect_writes_a_signed_manual_receipt() {
     assert_eq!(std::fs::read(&receipt_path).unwrap(), before);
 
     // And the archive of plan, signature and manual receipt adds up.
-    let audit = writeback(dir.path(), &["audit", ".", "--allowed-signers", "keys/allowed_signers"], &[]);
+    let audit = writeback_with(dir.path(), &["audit", ".", "--allowed-signers", "keys/allowed_signers"], &[]);
     assert_eq!(audit.status.code(), Some(0), "{}{}", text(&audit.stdout), text(&audit.stderr));
     assert!(text(&audit.stdout).contains("(manual, verified)"), "{}", text(&audit.stdout));
 }
@@ -324,7 +287,7 @@ fn write_signed_receipt(path: &Path, receipt: &Receipt, key: &SigningKey) {
 fn audit(dir: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["audit", "archive", "--allowed-signers", "keys/allowed_signers"];
     args.extend_from_slice(extra);
-    writeback(dir, &args, &[])
+    writeback_with(dir, &args, &[])
 }
 
 /// Runs audit, expects exit 31, and returns the findings' lines.
@@ -460,7 +423,7 @@ fn an_archive_made_by_apply_adds_up_and_check_agrees() {
     let (dir, _) = workspace();
     let graph = fake();
     let env = graph.env();
-    let apply = writeback(
+    let apply = writeback_with(
         dir.path(),
         &["apply", "plan.json", "--allowed-signers", "keys/allowed_signers", "--yes", "--key", "keys/demo-admin"],
         &env,
@@ -468,7 +431,7 @@ fn an_archive_made_by_apply_adds_up_and_check_agrees() {
     assert_eq!(apply.status.code(), Some(0), "{}{}", text(&apply.stdout), text(&apply.stderr));
     assert!(dir.path().join("plan.json.journal.jsonl").exists());
 
-    let run = writeback(dir.path(), &["audit", ".", "--allowed-signers", "keys/allowed_signers", "--json"], &[]);
+    let run = writeback_with(dir.path(), &["audit", ".", "--allowed-signers", "keys/allowed_signers", "--json"], &[]);
     assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
     let v: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(v["plans"][0]["applied_by"], "admin@contoso.example");
@@ -484,7 +447,7 @@ fn an_archive_made_by_apply_adds_up_and_check_agrees() {
     // A second receipt for the same plan (a check written elsewhere) is a replay finding.
     let again = check(dir.path(), &graph, &["--key", "keys/demo-admin", "--receipt-out", "manual.receipt.json"]);
     assert_eq!(again.status.code(), Some(0));
-    let run = writeback(dir.path(), &["audit", ".", "--allowed-signers", "keys/allowed_signers"], &[]);
+    let run = writeback_with(dir.path(), &["audit", ".", "--allowed-signers", "keys/allowed_signers"], &[]);
     assert_eq!(run.status.code(), Some(AUDIT_EXIT_FINDINGS), "{}", text(&run.stdout));
     assert!(text(&run.stdout).contains("has another receipt"), "{}", text(&run.stdout));
 }

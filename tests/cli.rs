@@ -1,18 +1,18 @@
 //! End-to-end tests of the command line's habits: closed pipes, shell completions and man pages, table widths,
 //! `verify --json` on failure, words.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Stdio;
 
-use common::{sample_plan, text, workspace, writeback};
+use support::{sample_plan, text, workspace, writeback};
 
 /// Runs the binary with a stdout whose reader has already gone away, so the first write meets a closed pipe.
 fn run_into_closed_pipe(dir: &Path, args: &[&str]) -> std::process::Output {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    common::command(dir).args(args).stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped()).output().unwrap()
+    support::command(dir).args(args).stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped()).output().unwrap()
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn tables_fit_the_width_without_splitting_upns_and_are_whole_in_a_pipe() {
     sample_plan(dir.path());
     let upns = plan_strings(dir.path(), "upn");
     let details = plan_strings(dir.path(), "detail");
-    let narrow = common::command(dir.path()).args(["show", "plan.json"]).env("COLUMNS", "100").output().unwrap();
+    let narrow = support::command(dir.path()).args(["show", "plan.json"]).env("COLUMNS", "100").output().unwrap();
     assert!(narrow.status.success(), "{}", text(&narrow.stderr));
     let shown = text(&narrow.stdout);
     for line in shown.lines() {

@@ -1,9 +1,9 @@
 //! End-to-end tests of `writeback approve` and `writeback export`.
 
-mod common;
+mod support;
 
 use chrono::{Duration, Utc};
-use common::*;
+use support::*;
 
 const GROUP: &str = "b53a97e9-e214-49f9-9d7e-4e4a23c5c243";
 

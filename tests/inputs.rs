@@ -3,6 +3,8 @@
 //!
 //! The first half calls the readers directly. The second half runs the real binary.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use writeback::directory::{entra_csv, MemberKind};
@@ -164,7 +166,7 @@ fn plan_with_contacts_and(contacts: &[u8], extra: &[&str]) -> (i32, String, bool
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let out = dir.path().join("plan.json");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_writeback"))
+    let output = support::command(dir.path())
         .arg("plan")
         .arg("--contacts")
         .arg(&contacts)
@@ -230,7 +232,7 @@ fn plan_with(contacts: Option<&[u8]>, members: Option<&[u8]>, users: Option<&[u8
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_writeback"))
+    let output = support::command(dir.path())
         .arg("plan")
         .arg("--contacts")
         .arg(file("contacts.csv", contacts, "politemail-all-staff.csv"))

@@ -4,18 +4,18 @@
 //! The central claim (issue 3 §6): the list from the PoliteMail API and the group from Graph give the same plan as
 //! the equivalent exports, also when the services throttle, fail, drop connections or expire tokens.
 
-mod common;
 mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use common::samples;
 use serde_json::Value;
 use support::fake_graph::{self as fg, FakeGraph, RetryAfter, SeedGroup};
 use support::fake_politemail::{self as fp, FakePoliteMail};
+use support::samples;
+use support::text;
 
 const TENANT: &str = "bf88b34e-db80-46f7-8aa4-acb3c54f52e1";
 const ALL_STAFF: &str = "b53a97e9-e214-49f9-9d7e-4e4a23c5c243";
@@ -31,7 +31,7 @@ fn sample(name: &str) -> String {
 /// A working folder with the samples and the demo keys made private, without `writeback.toml` (whose
 /// `users = entra-users.csv` default would stop the users from being read from Graph).
 fn workspace() -> tempfile::TempDir {
-    let dir = common::workspace();
+    let dir = support::workspace();
     std::fs::remove_file(dir.path().join("writeback.toml")).unwrap();
     dir
 }
@@ -75,20 +75,10 @@ impl Fakes {
     }
 }
 
-/// Runs the binary in `dir` with only `env` (and PATH) set, so nothing from the developer's shell leaks in.
+/// Runs the binary in `dir` with `env` set (the fakes' addresses and secrets) and none of the developer's own
+/// writeback or sign-in variables ([`support::command`]).
 fn writeback(dir: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_writeback"))
-        .env_clear()
-        .env("PATH", common::path_without_az())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    support::writeback_with(dir, args, env)
 }
 
 fn all_output(run: &Output) -> String {

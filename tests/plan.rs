@@ -1,11 +1,11 @@
 //! End-to-end tests of `writeback plan`, `show` and `verify` on the samples and on generated edge cases.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::{text, workspace, writeback};
+use support::{text, workspace, writeback};
 
 fn plan_json(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["plan", "--config", "writeback.toml", "--out", out];
@@ -180,7 +180,7 @@ fn a_world_readable_key_is_refused() {
 fn show_reports_tampering_and_expiry_without_hiding_the_plan() {
     let dir = workspace();
     plan_json(dir.path(), "plan.json", &[]);
-    let text_review = common::command(dir.path())
+    let text_review = support::command(dir.path())
         .args(["show", "plan.json", "--allowed-signers", "keys/allowed_signers"])
         .env("COLUMNS", "80")
         .output()

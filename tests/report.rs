@@ -1,8 +1,8 @@
 //! End-to-end tests of `writeback report`.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 
 /// A receipt in the format `apply` writes, for the plan in `dir` (its first group's first two changes: one
 /// applied, one failed with a hostile Graph message).

@@ -1,12 +1,11 @@
 //! No command, at any verbosity, prints or writes the client secret, the access token or the key passphrase.
 
-mod common;
 mod support;
 
 use std::path::Path;
 
-use common::*;
 use support::fake_graph::{Config, FakeGraph, Seed};
+use support::*;
 
 const CLIENT_SECRET: &str = "fake-client-secret-Qx7vT2pLm9";
 const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.fake-token-8KfW3zR";

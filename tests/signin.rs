@@ -7,7 +7,6 @@
 //! No test reaches the real metadata address or the internet: the managed identity tests always point
 //! `IDENTITY_ENDPOINT` or `WRITEBACK_IMDS_URL` at the fake, and the commands run with a cleared environment.
 
-mod common;
 mod support;
 
 use std::ffi::OsString;
@@ -17,6 +16,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 use support::fake_az::FakeAz;
 use support::fake_graph::{self as fg, DevicePoll, FakeGraph, Federated, ManagedIdentity, Person, Principal, Seed};
+use support::{code, text};
 
 const ALL_STAFF: &str = "b53a97e9-e214-49f9-9d7e-4e4a23c5c243";
 const ADA: &str = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
@@ -34,11 +34,11 @@ fn setup(cfg: fg::Config) -> Setup {
 }
 
 fn sample_seed() -> Seed {
-    Seed::from_file(&common::samples().join("fake-tenant.json").to_string_lossy()).unwrap()
+    Seed::from_file(&support::samples().join("fake-tenant.json").to_string_lossy()).unwrap()
 }
 
 fn setup_with(seed: Seed, cfg: fg::Config) -> Setup {
-    let dir = common::workspace();
+    let dir = support::workspace();
     std::fs::remove_file(dir.path().join("writeback.toml")).unwrap();
     Setup { dir, graph: FakeGraph::start_with(seed, cfg) }
 }
@@ -47,8 +47,8 @@ fn setup_with(seed: Seed, cfg: fg::Config) -> Setup {
 fn run(dir: &Path, env: &[(&str, String)], path: Option<&OsString>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_writeback"));
     cmd.env_clear();
-    common::isolate(&mut cmd)
-        .env("PATH", path.cloned().unwrap_or_else(common::path_without_az))
+    support::isolate(&mut cmd)
+        .env("PATH", path.cloned().unwrap_or_else(support::path_without_az))
         .env("WRITEBACK_RETRY_BASE_MS", "5")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
@@ -74,16 +74,8 @@ const PLAN: &[&str] = &[
 const APPLY: &[&str] =
     &["apply", "plan.json", "--allowed-signers", "keys/allowed_signers", "--yes", "--key", "keys/demo-admin"];
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn ok(out: &Output, what: &str) {
     assert_eq!(out.status.code(), Some(0), "{what}\nstdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
 }
 
 impl Setup {
@@ -310,7 +302,7 @@ fn managed_identity_vm_style_user_assigned() {
 fn azure_cli_kind_with_a_delegated_token() {
     let s = setup(fg::Config::default());
     let az = FakeAz::new(&s.graph.issue_user_token(&ada()));
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     let env = s.env(&[("AZURE_TENANT_ID", s.graph.tenant_id.clone())]);
     s.plan_and_apply(&env, Some(&path));
     let calls = az.calls();
@@ -333,7 +325,7 @@ fn an_azure_cli_token_is_fetched_again_during_a_long_apply() {
     for call in 1..=12 {
         az.answer(Some(call), &s.graph.issue_user_token(&ada()));
     }
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     let env = s.env(&[]);
     s.plan_and_apply(&env, Some(&path));
     assert!(az.calls().len() >= 3, "az was asked again when its token stopped working: {:?}", az.calls());
@@ -345,7 +337,7 @@ fn auto_without_a_signed_in_azure_cli_lists_every_kind() {
     let s = setup(fg::Config::default());
     let az = FakeAz::new("unused");
     az.fail("ERROR: Please run 'az login' to setup account.\n");
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     let out = run(s.path(), &s.env(&[]), Some(&path), PLAN);
     assert_eq!(code(&out), 3, "{}", text(&out.stderr));
     let err = text(&out.stderr);
@@ -441,7 +433,7 @@ fn a_person_without_a_role_or_ownership_is_told_which_role_is_missing() {
     let s = setup(fg::Config::default());
     let nobody = Person::new(ADA, ADA_UPN, &["GroupMember.ReadWrite.All", "User.Read.All"], &[]);
     let az = FakeAz::new(&s.graph.issue_user_token(&nobody));
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     let env = s.env(&[]);
     ok(&run(s.path(), &env, Some(&path), PLAN), "plan");
     let out = run(s.path(), &env, Some(&path), APPLY);
@@ -455,7 +447,7 @@ fn a_person_without_a_role_or_ownership_is_told_which_role_is_missing() {
     seed.groups.iter_mut().find(|g| g.id == ALL_STAFF).unwrap().owners.push(ADA.into());
     let s = setup_with(seed, fg::Config::default());
     let az = FakeAz::new(&s.graph.issue_user_token(&nobody));
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     s.plan_and_apply(&s.env(&[]), Some(&path));
 }
 
@@ -465,7 +457,7 @@ fn a_planner_without_user_read_all_is_told_the_missing_scope() {
     let s = setup(fg::Config::default());
     let basic = Person::new(ADA, ADA_UPN, &["GroupMember.Read.All", "User.ReadBasic.All"], &[]);
     let az = FakeAz::new(&s.graph.issue_user_token(&basic));
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     let out = run(s.path(), &s.env(&[]), Some(&path), PLAN);
     assert_eq!(code(&out), 4, "{}", text(&out.stderr));
     let err = text(&out.stderr);
@@ -486,7 +478,7 @@ fn a_delegated_apply_batches_survives_throttling_and_resumes() {
     let s = setup_with(seed, fg::Config { faults, ..fg::Config::default() });
     std::fs::write(s.path().join("staff.csv"), contacts + "\n").unwrap();
     let az = FakeAz::new(&s.graph.issue_user_token(&ada()));
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     let env = s.env(&[]);
     let plan =
         ["plan", "--contacts", "staff.csv", "--group", &group, "--key", "keys/demo-planner", "--out", "plan.json"];
@@ -523,7 +515,7 @@ fn sign(path: &Path, key: &Path, namespace: &str) {
 fn show_and_audit_put_the_entra_actor_beside_the_signer_and_flag_another_tenant() {
     let s = setup(fg::Config::default());
     let az = FakeAz::new(&s.graph.issue_user_token(&ada()));
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     s.plan_and_apply(&s.env(&[]), Some(&path));
     let show = run(s.path(), &[], None, &["show", "plan.json", "--allowed-signers", "keys/allowed_signers"]);
     ok(&show, "show");
@@ -585,7 +577,7 @@ fn show_and_audit_put_the_entra_actor_beside_the_signer_and_flag_another_tenant(
 fn a_csv_plan_records_its_planner_in_entra_actor_rows() {
     let s = setup(fg::Config::default());
     let az = FakeAz::new(&s.graph.issue_user_token(&ada()));
-    let path = az.path_with(&common::path_without_az());
+    let path = az.path_with(&support::path_without_az());
     let args = [&PLAN[..PLAN.len() - 1], &["plan.csv", "--format", "csv"]].concat();
     ok(&run(s.path(), &s.env(&[]), Some(&path), &args), "plan");
     let csv = std::fs::read_to_string(s.path().join("plan.csv")).unwrap();
@@ -601,7 +593,7 @@ fn a_csv_plan_records_its_planner_in_entra_actor_rows() {
     }
     // Offline, there is no actor to record.
     let offline = ["plan", "--config", "writeback.toml", "--out", "offline.csv", "--format", "csv"];
-    std::fs::copy(common::samples().join("writeback.toml"), s.path().join("writeback.toml")).unwrap();
+    std::fs::copy(support::samples().join("writeback.toml"), s.path().join("writeback.toml")).unwrap();
     ok(&run(s.path(), &[], None, &offline), "offline plan");
     assert!(!std::fs::read_to_string(s.path().join("offline.csv")).unwrap().contains("#entra_actor"));
 }

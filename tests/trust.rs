@@ -1,7 +1,7 @@
 //! End-to-end tests of signatures and trust: `writeback keygen`, `writeback verify`, and interoperability with
 //! the real `ssh-keygen` in both directions.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -79,7 +79,7 @@ fn writeback() -> Command {
         .env_remove("WRITEBACK_KEY_PASSPHRASE")
         .env_remove("WRITEBACK_CONFIG")
         .stdin(Stdio::null());
-    common::isolate(&mut cmd);
+    support::isolate(&mut cmd);
     cmd
 }
 

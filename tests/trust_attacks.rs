@@ -2,7 +2,6 @@
 //! is involved) and must be refused with its documented exit code, a message that says what was wrong and what
 //! to do, and not a single write reaching Graph.
 
-mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use chrono::{DateTime, Duration, Utc};
 use support::fake_graph::{FakeGraph, Seed};
+use support::{oid, text};
 use writeback::identity::ObjectId;
 use writeback::plan::{self, Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
 use writeback::trust::SigningKey;
@@ -54,7 +54,7 @@ impl Lab {
     fn key_file(&self, key: &SigningKey, name: &str) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, key.to_openssh_bytes(None).unwrap()).unwrap();
-        common::set_private(&path);
+        support::set_private(&path);
         path
     }
 
@@ -118,7 +118,7 @@ impl Lab {
 
     /// The binary in the lab's folder, pointed at the fake, with the user's folders isolated.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = common::command(self.dir.path());
+        let mut cmd = support::command(self.dir.path());
         cmd.args(args)
             .envs(self.fake.env())
             .env("WRITEBACK_RETRY_BASE_MS", "5")
@@ -152,10 +152,6 @@ fn ten_minutes_ago() -> DateTime<Utc> {
     chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap() - Duration::minutes(10)
 }
 
-fn oid(s: &str) -> ObjectId {
-    ObjectId::parse(s).unwrap()
-}
-
 fn change(action: Action, id: &str) -> Change {
     Change {
         action,
@@ -168,10 +164,6 @@ fn change(action: Action, id: &str) -> Change {
         reason: "test".into(),
         flags: vec![],
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Asserts the exit code and that stderr holds every needle; returns stderr.
@@ -350,7 +342,7 @@ fn a_planner_listed_under_an_alias_cannot_approve_their_own_plan() {
 
     let approve = lab.run(&["approve", "plan.json", "--key", "second-key", "--allowed-signers", "allowed_signers"]);
     refused(&approve, 15, &["'planner@contoso.example', a name of the plan's signer", "someone else"]);
-    assert!(common::files(lab.dir.path()).iter().all(|f| !f.contains(".approval-")));
+    assert!(support::files(lab.dir.path()).iter().all(|f| !f.contains(".approval-")));
 
     // The same approval made by hand still does not count, for apply, export and audit alike.
     std::fs::write(
@@ -407,7 +399,7 @@ fn a_plan_signed_before_its_key_was_revoked_is_not_applied_after() {
     let export = lab.run(&["export", "plan.json", "--to", "powershell", "--allowed-signers", "allowed_signers"]);
     refused(&export, 11, &needles);
     lab.assert_no_writes();
-    assert!(!lab.path("plan.ps1").exists() && common::files(lab.dir.path()).iter().all(|f| !f.ends_with(".ps1")));
+    assert!(!lab.path("plan.ps1").exists() && support::files(lab.dir.path()).iter().all(|f| !f.ends_with(".ps1")));
 }
 
 #[test]
@@ -451,7 +443,7 @@ fn a_plan_from_the_future_or_that_lives_too_long_is_refused_with_zero_writes() {
         refused(&lab.apply(&lab.path(name), &[]), 16, needles);
     }
     lab.assert_no_writes();
-    assert!(common::files(lab.dir.path()).iter().all(|f| !f.contains(".approval-") && !f.ends_with(".ps1")));
+    assert!(support::files(lab.dir.path()).iter().all(|f| !f.contains(".approval-") && !f.ends_with(".ps1")));
     // The admin's own config may allow longer lives.
     lab.user_config("[defaults]\nmax_plan_lifetime = \"90d\"\n");
     let out = lab.run(&["verify", "long.json", "--allowed-signers", "allowed_signers"]);
@@ -460,8 +452,8 @@ fn a_plan_from_the_future_or_that_lives_too_long_is_refused_with_zero_writes() {
 
 #[test]
 fn plan_refuses_an_expiry_beyond_max_plan_lifetime() {
-    let dir = common::workspace();
-    let out = common::writeback(
+    let dir = support::workspace();
+    let out = support::writeback(
         dir.path(),
         &["plan", "--config", "writeback.toml", "--out", "plan.json", "--expires-in", "45d"],
     );
@@ -576,12 +568,12 @@ fn audit_judges_each_plan_when_its_signed_receipt_says_it_was_applied_else_now()
 
 #[test]
 fn plan_out_never_replaces_an_applied_plan_its_inputs_keys_or_signers() {
-    let dir = common::workspace();
+    let dir = support::workspace();
     let d = dir.path();
     let plan = |out: &str, extra: &[&str]| {
         let mut args = vec!["plan", "--config", "writeback.toml", "--out", out];
         args.extend_from_slice(extra);
-        common::writeback(d, &args)
+        support::writeback(d, &args)
     };
     // The README's first command, twice: a plan nobody acted on is replaced, with its signature.
     for _ in 0..2 {
@@ -623,7 +615,7 @@ fn plan_out_never_replaces_an_applied_plan_its_inputs_keys_or_signers() {
     // Placeholders give each run its own file.
     let out = plan("nightly-{date}-{plan_id}.json", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let made: Vec<String> = common::files(d).into_iter().filter(|f| f.starts_with("nightly-")).collect();
+    let made: Vec<String> = support::files(d).into_iter().filter(|f| f.starts_with("nightly-")).collect();
     assert_eq!(made.len(), 2, "{made:?}");
     assert!(!made[0].contains('{'), "{made:?}");
 }
@@ -697,7 +689,7 @@ fn a_journal_whose_last_line_lacks_its_line_feed_keeps_that_line() {
 
 #[test]
 fn plan_refuses_an_empty_list_and_warns_about_large_removals() {
-    let dir = common::workspace();
+    let dir = support::workspace();
     let d = dir.path();
     let list = d.join("politemail-all-staff.csv");
     let full = std::fs::read_to_string(&list).unwrap();
@@ -706,7 +698,7 @@ fn plan_refuses_an_empty_list_and_warns_about_large_removals() {
     let run = |extra: &[&str]| {
         let mut args = vec!["plan", "--config", "writeback.toml", "--sync", "all-staff", "--out", "p.json"];
         args.extend_from_slice(extra);
-        common::writeback(d, &args)
+        support::writeback(d, &args)
     };
     refused(&run(&[]), 3, &["politemail-all-staff.csv", "has no contacts", "remove every member", "--allow-empty"]);
     assert!(!d.join("p.json").exists());

@@ -1,5 +1,5 @@
-//! Helpers shared by the end-to-end tests: a workspace with the samples, and running the real binary.
-#![allow(dead_code)]
+//! Running the real binary in a workspace of its own (samples, demo keys, isolated user folders), and the signed
+//! plans and key sets the tests build on. Re-exported by `support`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,6 +16,11 @@ pub fn samples() -> PathBuf {
 /// Runs the binary in `dir` with none of writeback's variables set.
 pub fn writeback(dir: &Path, args: &[&str]) -> Output {
     command(dir).args(args).output().expect("the binary runs")
+}
+
+/// Runs the binary in `dir` like [`writeback`], with the variables `env` set (a fake's sign-in, for example).
+pub fn writeback_with(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
+    command(dir).args(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().expect("the binary runs")
 }
 
 /// Runs the binary in `dir` with none of writeback's variables set, and with the user's folders (home, config,
@@ -88,8 +93,25 @@ pub fn path_without_az() -> std::ffi::OsString {
     std::env::join_paths(kept).unwrap_or_default()
 }
 
+/// Output bytes as text (lossy).
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The exit code, or -1 when a signal ended the process.
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// Asserts that the run exited 0, showing its stdout and stderr when it did not.
+#[track_caller]
+pub fn ok(out: &Output) {
+    assert_eq!(code(out), 0, "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+}
+
+/// An object id from its text.
+pub fn oid(s: &str) -> ObjectId {
+    ObjectId::parse(s).unwrap()
 }
 
 /// A working folder with the samples copied in and the demo keys made private.
@@ -157,7 +179,7 @@ pub fn ssh_keygen(dir: &Path, name: &str, comment: &str, passphrase: &str) -> (P
     (path, public.trim().to_string())
 }
 
-fn oid(group: u32, n: u64) -> ObjectId {
+fn numbered_oid(group: u32, n: u64) -> ObjectId {
     ObjectId::parse(&format!("{group:08x}-0000-4000-8000-{n:012x}")).unwrap()
 }
 
@@ -173,11 +195,11 @@ pub fn signed_plan(
     created_at: DateTime<Utc>,
 ) -> PathBuf {
     let mut changes = Vec::new();
-    let members: Vec<ObjectId> = (0..removes).map(|n| oid(2, n)).collect();
+    let members: Vec<ObjectId> = (0..removes).map(|n| numbered_oid(2, n)).collect();
     for n in 0..adds {
         changes.push(Change {
             action: Action::Add,
-            user_id: oid(1, n),
+            user_id: numbered_oid(1, n),
             upn: format!("user{n:06}@contoso.example"),
             mail: None,
             display_name: Some(format!("User {n}")),
