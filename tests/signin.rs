@@ -613,3 +613,49 @@ fn an_entra_actor_hidden_in_a_1_0_plan_is_refused_with_zero_writes() {
     assert!(text(&out.stderr).contains("unknown field 'entra_actor'"), "{}", text(&out.stderr));
     assert_eq!(s.writes(), 0);
 }
+
+// ----------------------------------------------------------------------------------------------------------
+// Unattended planning: `plan --detailed-exitcode`.
+// ----------------------------------------------------------------------------------------------------------
+
+#[test]
+fn detailed_exitcode_tells_a_nightly_planner_whether_there_is_anything_to_apply() {
+    let s = setup(fg::Config::default());
+    let env = s.graph.env();
+    let nightly = |out: &'static str, more: &[&'static str]| {
+        [&PLAN[..PLAN.len() - 1], &[out, "--detailed-exitcode"], more].concat()
+    };
+    let first = run(s.path(), &env, None, &nightly("plan.json", &[]));
+    assert_eq!(code(&first), 40, "a plan with changes\n{}", text(&first.stderr));
+    assert!(!text(&first.stderr).contains("error"), "{}", text(&first.stderr));
+    assert!(text(&first.stdout).contains("Wrote plan.json"), "{}", text(&first.stdout));
+    assert!(s.path().join("plan.json").is_file());
+    ok(&run(s.path(), &env, None, APPLY), "apply");
+
+    // Every change is in effect now: the next night's plan has nothing to hand over, and writes nothing.
+    let second = run(s.path(), &env, None, &nightly("again.json", &[]));
+    ok(&second, "a plan without changes");
+    assert!(text(&second.stdout).contains("No changes"), "{}", text(&second.stdout));
+    assert!(!text(&second.stderr).contains("error"), "{}", text(&second.stderr));
+    let dir: Vec<String> =
+        std::fs::read_dir(s.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!dir.iter().any(|name| name.starts_with("again")), "{dir:?}");
+    let json = run(s.path(), &env, None, &nightly("again.json", &["--json"]));
+    ok(&json, "--json without changes");
+    let summary: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(summary["written"], false);
+    assert!(summary["plan"].is_null(), "{summary}");
+    assert!(!s.path().join("again.json").exists());
+    // Without the flag, the same run writes its (empty) plan and exits 0, as before.
+    ok(&run(s.path(), &env, None, &[&PLAN[..PLAN.len() - 1], &["empty.json"]].concat()), "plan");
+    assert!(s.path().join("empty.json").is_file());
+
+    // Errors keep their own codes.
+    let mut no_key = nightly("x.json", &[]);
+    let at = no_key.iter().position(|a| *a == "keys/demo-planner").unwrap();
+    no_key[at] = "keys/missing";
+    let failed = run(s.path(), &env, None, &no_key);
+    let plain = run(s.path(), &env, None, &no_key[..no_key.len() - 1]);
+    assert_eq!(code(&failed), code(&plain), "{}", text(&failed.stderr));
+    assert!(![0, 40].contains(&code(&failed)) && text(&failed.stderr).contains("error:"));
+}

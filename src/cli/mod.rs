@@ -97,11 +97,12 @@ pub fn run() -> i32 {
     let result = dispatch(cli.command, &ctx);
     // A reader that closed the pipe early (`| head`) is not a failure; a disk that refused the output is.
     let result = match (result, crate::terminal::stdout_failure()) {
-        (Ok(()), Some(why)) => Err(crate::Error::Internal(format!("cannot write the output: {why}"))),
+        (Ok(_), Some(why)) => Err(crate::Error::Internal(format!("cannot write the output: {why}"))),
         (result, _) => result,
     };
     match result {
-        Ok(()) => exit::OK,
+        // A success-like status (`plan --detailed-exitcode`'s CHANGES) is no error: nothing more to say.
+        Ok(code) => code,
         Err(e) => {
             crate::eoutln!("error: {e}");
             e.exit_code()
@@ -109,9 +110,10 @@ pub fn run() -> i32 {
     }
 }
 
-fn dispatch(command: Command, ctx: &Context) -> Result<()> {
-    match command {
-        Command::Plan(args) => plan::run(args, ctx),
+/// Runs the command; returns the exit status of a command that succeeded.
+fn dispatch(command: Command, ctx: &Context) -> Result<i32> {
+    let done = match command {
+        Command::Plan(args) => return plan::run(args, ctx),
         Command::Show(args) => show::run(args, ctx),
         Command::Verify(args) => verify::run(args, ctx),
         Command::Keygen(args) => keygen::run(args, ctx),
@@ -125,7 +127,8 @@ fn dispatch(command: Command, ctx: &Context) -> Result<()> {
         Command::Ledger(args) => ledger::run(args, ctx),
         Command::Completions(args) => completions::run(args, ctx),
         Command::Man(args) => man::run(args, ctx),
-    }
+    };
+    done.map(|()| exit::OK)
 }
 
 fn init_logging(verbose: u8) {

@@ -1,17 +1,18 @@
 //! `writeback plan`: read the list and the group, resolve, diff, and write a signed plan.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::cli::Context;
 use crate::config::{self, parse_duration, Scope};
-use crate::error::{Error, Result};
-use crate::plan::{Plan, PlanFormat};
+use crate::error::{exit, Error, Result};
+use crate::plan::PlanFormat;
 use crate::planning::mapping::{self, MappingFlags};
 use crate::planning::output::{self, OutputPolicy};
 use crate::planning::services::Endpoints;
-use crate::planning::{self, PlanRequest};
+use crate::planning::{self, PlanRequest, Planned};
+use crate::report::plan::{self as report, Files};
 use crate::trust::keys::SigningKey;
 
 /// Arguments of `writeback plan`.
@@ -96,6 +97,11 @@ pub struct PlanArgs {
     #[arg(long)]
     pub allow_empty: bool,
 
+    /// For unattended runs: exit 0 and write no plan when no group has a change, exit 40 when a plan with
+    /// changes was written.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+
     /// Print the plan summary as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -105,18 +111,30 @@ pub struct PlanArgs {
     pub graph: crate::cli::options::GraphOptions,
 }
 
-/// Runs `writeback plan`.
-pub fn run(args: PlanArgs, ctx: &Context) -> Result<()> {
+/// Runs `writeback plan`; returns the exit status (with `--detailed-exitcode`, [`exit::CHANGES`] when a plan
+/// with changes was written).
+pub fn run(args: PlanArgs, ctx: &Context) -> Result<i32> {
     let request = request(&args, ctx)?;
-    let written = planning::plan(request)?;
-    for warning in &written.warnings {
+    let planned = planning::plan(request)?;
+    let (plan, warnings, files) = match &planned {
+        Planned::Written(w) => {
+            (&w.plan, &w.warnings, Some(Files { plan: &w.out, signature: &w.signature, sha256: w.sha256.as_deref() }))
+        }
+        Planned::Unchanged { plan, warnings } => (plan, warnings, None),
+    };
+    for warning in warnings {
         crate::eoutln!("warning: {warning}");
     }
-    print_result(&written.plan, &written.out, &written.signature, written.sha256.as_deref(), args.json);
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&report::summary_json(plan, files)).unwrap_or_default());
+    } else {
+        crate::out!("{}", report::summary_text(plan, files, crate::terminal::table_width()));
+    }
+    let code = if args.detailed_exitcode && files.is_some() { exit::CHANGES } else { exit::OK };
     // The process ends now: handing a plan of a million members back to the allocator, string by string, would
     // only cost time.
-    std::mem::forget(written);
-    Ok(())
+    std::mem::forget(planned);
+    Ok(code)
 }
 
 /// Merges the flags, the environment and the config into a request, checking every argument (and loading the
@@ -175,6 +193,7 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
             .max_removal_percent
             .unwrap_or(crate::apply::gates::Thresholds::default().max_removal_percent),
         want_sha256: args.json,
+        only_with_changes: args.detailed_exitcode,
     })
 }
 
@@ -193,50 +212,4 @@ fn mapping_flags(args: &PlanArgs) -> MappingFlags {
         add_only: args.add_only,
         remove_only: args.remove_only,
     }
-}
-
-fn print_result(plan: &Plan, out: &Path, sig: &Path, sha256: Option<&str>, json: bool) {
-    if json {
-        let groups: Vec<serde_json::Value> = plan
-            .groups
-            .iter()
-            .map(|g| {
-                serde_json::json!({
-                    "group_id": g.group_id,
-                    "display_name": g.display_name,
-                    "member_count": g.precondition.member_count,
-                    "counts": g.counts,
-                })
-            })
-            .collect();
-        let summary = serde_json::json!({
-            "plan": out.display().to_string(),
-            "signature": sig.display().to_string(),
-            "plan_id": plan.plan_id,
-            "plan_sha256": sha256,
-            "signer": plan.signer,
-            "expires_at": crate::plan::timestamp::format(&plan.expires_at),
-            "groups": groups,
-        });
-        crate::outln!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
-        return;
-    }
-    let (adds, removes) = plan.totals();
-    crate::outln!("Wrote {} and {}", out.display(), sig.display());
-    crate::outln!(
-        "Plan {}: {adds} adds, {removes} removes, signed by {}, valid until {}",
-        plan.plan_id,
-        plan.signer,
-        plan.expires_at.format("%Y-%m-%d %H:%M UTC")
-    );
-    crate::outln!("{}", crate::report::summary_table(plan, crate::terminal::table_width()));
-    let skipped: u64 = plan.groups.iter().map(|g| g.counts.not_acted_on_total()).sum();
-    if skipped > 0 {
-        let by_kind = crate::report::review::skipped_by_kind(|kind| {
-            plan.groups.iter().filter_map(|g| g.counts.not_acted_on.get(&kind)).sum()
-        });
-        crate::outln!("{skipped} entries will not be acted on: {}.", by_kind.join(", "));
-    }
-    crate::outln!("Review it with: writeback show {}", out.display());
-    crate::outln!("Then hand {} and {} to your IT admin.", out.display(), sig.display());
 }

@@ -65,6 +65,22 @@ pub struct PlanRequest {
     pub max_removal_percent: f64,
     /// Whether to give the plan file's SHA-256 in [`WrittenPlan::sha256`] (for a summary that shows it).
     pub want_sha256: bool,
+    /// `plan --detailed-exitcode`: write nothing when no mapping has a change ([`Planned::Unchanged`]).
+    pub only_with_changes: bool,
+}
+
+/// What [`plan`] did.
+pub enum Planned {
+    /// The plan and its signature were written.
+    Written(WrittenPlan),
+    /// No mapping has a change and the request asked for a plan only when there is one
+    /// ([`PlanRequest::only_with_changes`]): nothing was written.
+    Unchanged {
+        /// The plan that was not written (for its summary: groups, members, entries not acted on).
+        plan: Plan,
+        /// Things the planner should know, each prefixed with its mapping's name.
+        warnings: Vec<String>,
+    },
 }
 
 /// A plan written to disk with its signature.
@@ -82,12 +98,16 @@ pub struct WrittenPlan {
 }
 
 /// Reads every mapping's inputs, reconciles, builds the plan, signs it and writes the plan and its signature
-/// together.
-pub fn plan(request: PlanRequest) -> Result<WrittenPlan> {
+/// together; with [`PlanRequest::only_with_changes`], writes nothing when no mapping has a change.
+pub fn plan(request: PlanRequest) -> Result<Planned> {
     // Before anything is read: the plan must not replace what matters (and the check is repeated before the write).
     output::check(&request.out, &request.output)?;
     let mut phases = Phases::start();
     let (plan, warnings) = build_timed(&request, &mut phases)?;
+    if request.only_with_changes && !has_changes(&plan) {
+        phases.log();
+        return Ok(Planned::Unchanged { plan, warnings });
+    }
     output::check(&request.out, &request.output)?;
     let (staged, digest, sha256) = write::stage_plan(&plan, request.format, &request.out, request.want_sha256)?;
     phases.lap("plan: encode, hash, write and sync (two threads)");
@@ -100,7 +120,12 @@ pub fn plan(request: PlanRequest) -> Result<WrittenPlan> {
     crate::atomic_write::commit_together(vec![staged, staged_signature])?;
     phases.lap("plan: sign, write the signature, rename both");
     phases.log();
-    Ok(WrittenPlan { plan, sha256, out: request.out, signature: sig_path, warnings })
+    Ok(Planned::Written(WrittenPlan { plan, sha256, out: request.out, signature: sig_path, warnings }))
+}
+
+/// True when some group of the plan has a change (an add or a remove); entries not acted on are no change.
+pub fn has_changes(plan: &Plan) -> bool {
+    plan.groups.iter().any(|g| !g.changes.is_empty())
 }
 
 /// The plan for the request's mappings (checked by [`Plan::validate`]) and the warnings met on the way.

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod check;
 pub mod html;
 pub mod page;
+pub mod plan;
 pub mod review;
 
 pub use review::{render_review, summary_table, SignatureStatus};
