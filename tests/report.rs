@@ -99,15 +99,16 @@ fn a_tampered_plan_is_reported_as_such_and_the_command_fails() {
     assert!(html.contains("class=\"fail\">FAIL</td>"), "the page shows the failed check");
 }
 
+/// The page renders in a real browser. It needs Chromium, which a developer's machine may not have, so it is
+/// ignored by a plain `cargo test`; `.ci/run` installs Chromium and runs it with `--ignored`, where a missing
+/// Chromium fails it.
 #[test]
+#[ignore = "needs headless Chromium; .ci/run installs it and runs this test with --ignored"]
 fn renders_in_headless_chromium() {
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
-        .find(|c| std::process::Command::new(c).arg("--version").output().map(|o| o.status.success()).unwrap_or(false));
-    let Some(chromium) = chromium else {
-        println!("note: chromium is not installed; skipping the headless rendering check");
-        return;
-    };
+        .find(|c| std::process::Command::new(c).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
+        .expect("Chromium (chromium or chromium-browser on PATH) renders the page; install it to run this test");
     let dir = workspace();
     let d = dir.path();
     sample_plan(d);

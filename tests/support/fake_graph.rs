@@ -926,6 +926,8 @@ struct State {
     faults: Faults,
     op_counter: u64,
     bucket: Option<(f64, Instant)>,
+    /// How far the write quota's clock is ahead of the real one ([`FakeGraph::advance_clock`]).
+    skew: Duration,
     tokens: HashMap<String, Token>,
     device_codes: HashMap<String, DeviceCode>,
     refresh_tokens: HashMap<String, Principal>,
@@ -945,6 +947,8 @@ struct Hold {
     on: std::sync::atomic::AtomicBool,
     /// Only requests that are not GETs wait (`$batch` envelopes, writes).
     writes_only: std::sync::atomic::AtomicBool,
+    /// How many requests that would be held are still let through first.
+    pass: std::sync::atomic::AtomicU64,
     /// How many requests arrived while holding.
     arrived: Mutex<u64>,
     arrivals: std::sync::Condvar,
@@ -1019,6 +1023,7 @@ impl FakeGraph {
             dir,
             op_counter: 0,
             bucket: None,
+            skew: Duration::ZERO,
             tokens: HashMap::new(),
             device_codes: HashMap::new(),
             refresh_tokens: HashMap::new(),
@@ -1162,18 +1167,25 @@ impl FakeGraph {
     /// From now on, Graph requests (not the token endpoint) wait before they are handled, until
     /// [`FakeGraph::release_requests`]. Each is counted as it arrives ([`FakeGraph::wait_for_held`]).
     pub fn hold_requests(&self) {
-        self.hold(false);
+        self.hold(false, 0);
     }
 
     /// Like [`FakeGraph::hold_requests`], for writes only (a `$batch` with a write among its items, a PATCH, a
     /// DELETE): reads, also a `$batch` of GETs, are answered; the first write waits.
     pub fn hold_writes(&self) {
-        self.hold(true);
+        self.hold(true, 0);
     }
 
-    fn hold(&self, writes_only: bool) {
+    /// Like [`FakeGraph::hold_writes`], after letting the next `n` writes through: a test catches a client in the
+    /// middle of its writes, after exactly `n` of them were answered.
+    pub fn hold_writes_after(&self, n: u64) {
+        self.hold(true, n);
+    }
+
+    fn hold(&self, writes_only: bool, pass: u64) {
         let hold = self.st().hold.clone();
         *hold.arrived.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        hold.pass.store(pass, std::sync::atomic::Ordering::SeqCst);
         hold.writes_only.store(writes_only, std::sync::atomic::Ordering::SeqCst);
         hold.on.store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -1245,6 +1257,11 @@ impl FakeGraph {
         if st.faults.write_quota != before {
             st.bucket = None;
         }
+    }
+
+    /// Moves the write quota's clock forward by `by`, so a test sees the bucket refill without waiting for it.
+    pub fn advance_clock(&self, by: Duration) {
+        self.st().skew += by;
     }
 
     /// Makes every token issued so far expired (the next Graph call with one gets 401).
@@ -1407,7 +1424,14 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
         (st.cfg.base_path.clone(), st.faults.delay, st.hold.clone())
     };
     let holds_this = is_write(&method, &bytes) || !hold.writes_only.load(std::sync::atomic::Ordering::SeqCst);
-    if holds_this && hold.on.load(std::sync::atomic::Ordering::SeqCst) {
+    let passes = || {
+        hold.pass
+            .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                n.checked_sub(1)
+            })
+            .is_ok()
+    };
+    if holds_this && hold.on.load(std::sync::atomic::Ordering::SeqCst) && !passes() {
         let released = hold.release.notified();
         tokio::pin!(released);
         released.as_mut().enable();
@@ -2165,7 +2189,7 @@ fn throttle(st: &mut State, ctx: &Ctx, method: &str) -> Option<Answer> {
     if let (true, Some(q)) = (write, st.faults.write_quota) {
         let cap = f64::from(q.writes.max(1));
         let rate = cap / q.window.as_secs_f64().max(1e-6);
-        let now = Instant::now();
+        let now = Instant::now() + st.skew;
         let (mut tokens, last) = st.bucket.unwrap_or((cap, now));
         tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(cap);
         if tokens >= 1.0 {
