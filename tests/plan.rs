@@ -225,3 +225,60 @@ fn verify_and_show_list_the_approvals() {
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["approvals"]["valid"][0]["principal"], "approver@contoso.example");
 }
+
+#[test]
+fn resolution_never_guesses_between_mail_and_proxy_and_notes_a_upn_conflict() {
+    let dir = workspace();
+    let d = dir.path();
+    // b holds conflict@ as mail, c as a proxy address: one level, so ambiguous. d holds a@ as mail, but a@ is
+    // a's UPN: a wins, with a note naming d.
+    let users = "id,userPrincipalName,displayName,mail,userType,accountEnabled,proxyAddresses\n\
+        00000000-0000-4000-8000-00000000000a,a@contoso.example,A,a@contoso.example,Member,true,SMTP:a@contoso.example\n\
+        00000000-0000-4000-8000-00000000000b,b@contoso.example,B,Conflict@contoso.example,Member,true,SMTP:Conflict@contoso.example\n\
+        00000000-0000-4000-8000-00000000000c,c@contoso.example,C,c@contoso.example,Member,true,SMTP:c@contoso.example;smtp:conflict@contoso.example\n\
+        00000000-0000-4000-8000-00000000000d,d@contoso.example,D,A@contoso.example,Member,true,SMTP:A@contoso.example\n";
+    std::fs::write(d.join("users.csv"), users).unwrap();
+    std::fs::write(d.join("contacts.csv"), "Email\nconflict@contoso.example\na@contoso.example\n").unwrap();
+    std::fs::write(d.join("members.csv"), "Object ID,User principal name,Display name,Member type\n").unwrap();
+    let run = writeback(
+        d,
+        &[
+            "plan",
+            "--contacts",
+            "contacts.csv",
+            "--members",
+            "members.csv",
+            "--users",
+            "users.csv",
+            "--group",
+            "b53a97e9-e214-49f9-9d7e-4e4a23c5c243",
+            "--key",
+            "keys/demo-planner",
+            "--signer",
+            "planner@contoso.example",
+            "--out",
+            "resolved.json",
+        ],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("another user holds the same address"), "{}", text(&run.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("resolved.json")).unwrap()).unwrap();
+    let group = &plan["groups"][0];
+    let changes = group["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "only a@ is added: {changes:#?}");
+    assert_eq!(changes[0]["upn"], "a@contoso.example");
+    let reason = changes[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("matched by userPrincipalName; note: "), "{reason}");
+    assert!(reason.contains("d@contoso.example (00000000-0000-4000-8000-00000000000d) holds it as mail"), "{reason}");
+    let skipped = group["not_acted_on"].as_array().unwrap();
+    let ambiguous: Vec<_> = skipped.iter().filter(|s| s["kind"] == "ambiguous").collect();
+    assert_eq!(ambiguous.len(), 1, "{skipped:#?}");
+    let detail = ambiguous[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("b@contoso.example (00000000-0000-4000-8000-00000000000b) by mail"), "{detail}");
+    assert!(detail.contains("c@contoso.example (00000000-0000-4000-8000-00000000000c) by proxy address"), "{detail}");
+    // The reviewer sees both.
+    let shown = writeback(d, &["show", "resolved.json"]);
+    let review = text(&shown.stdout);
+    assert!(review.contains("NOTE: another user also has this address"), "{review}");
+    assert!(review.contains("several matching users"), "{review}");
+}

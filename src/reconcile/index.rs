@@ -252,10 +252,11 @@ impl HashMultimap {
 
 /// A contact's address as the directory resolves it.
 pub(super) enum Resolution {
-    /// The user's position.
+    /// The user's position, and how the address matched. A UPN match may leave other users holding the address
+    /// as mail or proxy address in the lookup's `found` (see [`UserIndex::resolve`]).
     Found(u32, MatchedBy),
-    /// The users' positions, in directory order, each once.
-    Ambiguous(Vec<u32>, MatchedBy),
+    /// Two or more different users at the same level, each once with how it matched, in directory order.
+    Ambiguous(Vec<(u32, MatchedBy)>),
     NotFound,
 }
 
@@ -343,7 +344,11 @@ impl<'t> UserIndex<'t> {
         self.by_id.get(hash).find(|&p| self.users.id_at(p as usize) == Some(id))
     }
 
-    /// Resolves a normalized address: the first of UPN, mail, proxy address that finds anyone decides.
+    /// Resolves a normalized address. Two levels, and the first that finds anyone decides: the userPrincipalName,
+    /// then `mail` and `smtp:` proxy addresses together (Exchange keeps a primary address in both, so one user's
+    /// mail that is another's proxy address is a conflict, not a preference). Two different users at the deciding
+    /// level make the address ambiguous. `found` is left holding every (rule, position) that matched, sorted: on a
+    /// UPN match, the entries after the first are the other users who hold the address as mail or proxy.
     pub(super) fn resolve(&self, key: &str, hash: u32, found: &mut Vec<(MatchedBy, u32)>) -> Resolution {
         found.clear();
         for entry in self.by_address.get(hash) {
@@ -352,19 +357,26 @@ impl<'t> UserIndex<'t> {
                 found.push((how, position));
             }
         }
-        found.sort_unstable();
-        found.dedup();
-        match found.first() {
-            None => Resolution::NotFound,
-            Some(&(how, position)) => {
-                let users: Vec<u32> = found.iter().take_while(|(h, _)| *h == how).map(|&(_, p)| p).collect();
-                if users.len() == 1 {
-                    Resolution::Found(position, how)
-                } else {
-                    Resolution::Ambiguous(users, how)
-                }
+        if found.len() > 1 {
+            found.sort_unstable();
+            found.dedup();
+        }
+        let Some(&(how, position)) = found.first() else { return Resolution::NotFound };
+        // The level of the first match: the UPN alone, or mail and proxy addresses as one.
+        let level = |h: MatchedBy| h == MatchedBy::Upn;
+        let at_level = || found.iter().take_while(|(h, _)| level(*h) == level(how));
+        if at_level().all(|&(_, p)| p == position || self.canonical(p) == self.canonical(position)) {
+            return Resolution::Found(position, how);
+        }
+        // Each user once (a user holding the address both ways is named by the first way), in directory order.
+        let mut users: Vec<(u32, MatchedBy)> = Vec::new();
+        for &(h, p) in at_level() {
+            if !users.iter().any(|&(q, _)| q == p) {
+                users.push((p, h));
             }
         }
+        users.sort_unstable_by_key(|&(p, _)| p);
+        Resolution::Ambiguous(users)
     }
 }
 

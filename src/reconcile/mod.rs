@@ -4,8 +4,11 @@
 //!
 //! Rules:
 //! - An address is normalized (trimmed, lowercased) and checked; a malformed one is `invalid`.
-//! - A contact resolves to exactly one user: by userPrincipalName, then `mail`, then an `smtp:` proxy address.
-//!   The first rule that finds anyone decides; if it finds two or more users, the contact is `ambiguous`. No
+//! - A contact resolves to exactly one user, and resolution never guesses. The userPrincipalName wins. Otherwise
+//!   `mail` and `smtp:` proxy addresses are one level (Exchange keeps the primary address in both, so one user's
+//!   mail that is another user's proxy address is a conflict in the directory, not a preference): an address two
+//!   different users hold there is `ambiguous`, and the entry names both and how each matched. When a UPN match
+//!   wins while another user holds the address as mail or proxy, the add carries a note naming that user. No
 //!   match at all is `unresolved`.
 //! - A contact that repeats an earlier address, or resolves to a user an earlier contact already resolved to,
 //!   is a `duplicate` of that earlier line.
@@ -23,6 +26,10 @@ use crate::plan::{Action, Change, Flag, Precondition, SkipKind, Skipped};
 use crate::source::{Contact, ContactRef};
 
 pub use index::UserIndex;
+
+/// What separates a change's reason from its note (a UPN match while another user holds the address as mail or
+/// proxy): `…; matched by userPrincipalName; note: another user also has this address: …`.
+pub const NOTE: &str = "; note: ";
 use index::{id_hash, key_hash, same_address, FastMap, HashMultimap, MatchedBy, Resolution, GROUP, NONE};
 
 /// Users that are never removed, by object id or userPrincipalName.
@@ -139,6 +146,8 @@ pub struct Reconciler<'u> {
     wanted: Vec<Wanted>,
     /// The contact's own name, for wanted users the directory has no display name for (by `wanted` entry).
     wanted_names: FastMap<u32, String>,
+    /// For a user matched by UPN while other users hold the address as mail or proxy: who (by `wanted` entry).
+    wanted_notes: FastMap<u32, String>,
     members: MemberSet<'u>,
     /// Scratch space for one group of contacts: their keys end to end, and per contact its key's span and hash
     /// (or why it is not an address).
@@ -161,6 +170,7 @@ impl<'u> Reconciler<'u> {
             wanted_of_user: vec![NONE; index.users().len()],
             wanted: Vec::new(),
             wanted_names: FastMap::default(),
+            wanted_notes: FastMap::default(),
             members: MemberSet::new(index),
             keys: String::new(),
             checked: Vec::new(),
@@ -266,17 +276,29 @@ impl<'u> Reconciler<'u> {
         self.first_of_address.insert(hash, first);
         let mut found = std::mem::take(&mut self.found);
         let resolution = self.index.resolve(key, hash, &mut found);
+        // Rare: a UPN match while other users hold the address as mail or proxy. The add names them.
+        let note = match resolution {
+            Resolution::Found(position, MatchedBy::Upn) if found.len() > 1 => self.also_held(position, &found),
+            _ => None,
+        };
         self.found = found;
         match resolution {
-            Resolution::Found(position, how) => self.add_resolved(contact, first, position, how),
-            Resolution::Ambiguous(found, how) => {
-                let mut names: Vec<String> =
-                    found.iter().filter_map(|&p| self.user(p)).map(|u| format!("{} ({})", u.upn(), u.id())).collect();
-                names.sort();
+            Resolution::Found(position, how) => self.add_resolved(contact, first, position, how, note),
+            Resolution::Ambiguous(found) => {
+                let names: Vec<String> = found
+                    .iter()
+                    .filter_map(|&(p, how)| self.user(p).map(|u| (u, how)))
+                    .map(|(u, how)| format!("{} ({}) by {}", u.upn(), u.id(), how.label()))
+                    .collect();
                 self.not_acted_on.push(skipped_contact(
                     SkipKind::Ambiguous,
                     &contact,
-                    format!("{} users have this {}: {}", found.len(), how.label(), names.join(", ")),
+                    format!(
+                        "{} different users have this address: {}; writeback does not guess: fix the directory, or \
+                         list the person by userPrincipalName",
+                        found.len(),
+                        names.join(", ")
+                    ),
                 ));
             }
             Resolution::NotFound => self.not_acted_on.push(skipped_contact(
@@ -287,9 +309,33 @@ impl<'u> Reconciler<'u> {
         }
     }
 
+    /// The note of a UPN match at `position`: the other users in `found` (a lookup's matches) who hold the
+    /// address as mail or proxy address, and how. `None` when there are none.
+    fn also_held(&self, position: u32, found: &[(MatchedBy, u32)]) -> Option<String> {
+        let mut others: Vec<String> = Vec::new();
+        for &(how, p) in found.iter().filter(|&&(how, p)| how != MatchedBy::Upn && p != position) {
+            let Some(user) = self.user(p) else { continue };
+            if self.index.canonical(p) == self.index.canonical(position) {
+                continue;
+            }
+            let text = format!("{} ({}) holds it as {}", user.upn(), user.id(), how.label());
+            if !others.contains(&text) {
+                others.push(text);
+            }
+        }
+        (!others.is_empty()).then(|| format!("another user also has this address: {}", others.join(", ")))
+    }
+
     /// A first contact that resolved to the user at `position`: wanted, unless an earlier contact resolved to the
-    /// same user.
-    fn add_resolved(&mut self, contact: ContactRef<'_>, first: u32, position: u32, how: MatchedBy) {
+    /// same user. `note` names other users who hold the address as mail or proxy (a UPN match).
+    fn add_resolved(
+        &mut self,
+        contact: ContactRef<'_>,
+        first: u32,
+        position: u32,
+        how: MatchedBy,
+        note: Option<String>,
+    ) {
         let Some(user) = self.user(position) else { return };
         let slot = self.index.canonical(position) as usize;
         if let Some(earlier) = self.wanted_of_user.get(slot).and_then(|&w| self.wanted.get(w as usize)) {
@@ -310,6 +356,9 @@ impl<'u> Reconciler<'u> {
             *wanted = entry;
         }
         self.wanted.push(Wanted { first, user: position, how });
+        if let Some(note) = note {
+            self.wanted_notes.insert(entry, note);
+        }
         if user.display_name().is_none() {
             if let Some(name) = contact.name() {
                 self.wanted_names.insert(entry, name);
@@ -349,9 +398,18 @@ impl<'u> Reconciler<'u> {
             wanted_of_user,
             wanted,
             wanted_names,
+            wanted_notes,
             first_of_address,
             ..
         } = self;
+        if !wanted_notes.is_empty() {
+            warnings.push(format!(
+                "{} contact{} matched a user by userPrincipalName while another user holds the same address as mail \
+                 or proxy address; each add carries a note naming that user",
+                wanted_notes.len(),
+                if wanted_notes.len() == 1 { "" } else { "s" }
+            ));
+        }
         drop(first_of_address);
         let users = index.users();
         let MemberSet { row_of_user, rows, differing, others, non_users, ids, precondition, .. } = members;
@@ -370,7 +428,11 @@ impl<'u> Reconciler<'u> {
                 Some(first) => (first.line, addresses.get(first.start..first.end)),
                 None => (0, None),
             };
-            let reason = format!("in the list (line {line}), not a member; matched by {}", want.how.label());
+            let mut reason = format!("in the list (line {line}), not a member; matched by {}", want.how.label());
+            if let Some(note) = wanted_notes.get(&(entry as u32)) {
+                reason.push_str(NOTE);
+                reason.push_str(note);
+            }
             if options.remove_only {
                 not_acted_on.push(Skipped {
                     kind: SkipKind::SuppressedAdd,
@@ -398,7 +460,7 @@ impl<'u> Reconciler<'u> {
         }
 
         // What only the adds needed goes now, before the removes are made (a million contacts' worth).
-        drop((firsts, addresses, wanted, wanted_names));
+        drop((firsts, addresses, wanted, wanted_names, wanted_notes));
 
         // Removes: user members nobody resolved to.
         let known_members = row_of_user
@@ -801,6 +863,46 @@ mod tests {
         let r = reconcile(&[contact(2, "a@x.com")], &users, &[], &ReconcileOptions::default());
         assert_eq!(r.changes.len(), 1);
         assert_eq!(r.changes[0].user_id, oid(1));
+    }
+
+    #[test]
+    fn mail_and_proxy_addresses_are_one_level_and_a_conflict_is_ambiguous() {
+        // One user's mail is another user's proxy address: neither is preferred.
+        let mut by_mail = user(1, "one@x.com");
+        by_mail.mail = Some("shared@x.com".into());
+        let mut by_proxy = user(2, "two@x.com");
+        by_proxy.proxy_addresses.push("smtp:Shared@x.com".into());
+        let r = reconcile(&[contact(2, "shared@x.com")], &[by_proxy, by_mail], &[], &ReconcileOptions::default());
+        assert!(r.changes.is_empty(), "{:?}", r.changes);
+        assert_eq!(kinds(&r), vec![(SkipKind::Ambiguous, Some(2))]);
+        let detail = &r.not_acted_on[0].detail;
+        assert!(detail.contains(&format!("one@x.com ({}) by mail", oid(1))), "{detail}");
+        assert!(detail.contains(&format!("two@x.com ({}) by proxy address", oid(2))), "{detail}");
+        // In directory order, whatever the order of the rules.
+        assert!(detail.find("two@x.com") < detail.find("one@x.com"), "{detail}");
+    }
+
+    #[test]
+    fn a_upn_match_wins_and_notes_who_else_holds_the_address() {
+        let mut by_mail = user(2, "other@x.com");
+        by_mail.mail = Some("a@x.com".into());
+        let mut by_proxy = user(3, "third@x.com");
+        by_proxy.proxy_addresses.push("smtp:A@x.com".into());
+        let users = vec![user(1, "a@x.com"), by_mail, by_proxy, user(4, "b@x.com")];
+        let r = reconcile(&[contact(2, "a@x.com"), contact(3, "b@x.com")], &users, &[], &ReconcileOptions::default());
+        assert_eq!(r.changes.len(), 2);
+        let noted = &r.changes[0];
+        assert_eq!(noted.user_id, oid(1));
+        assert!(noted.reason.contains("matched by userPrincipalName; note: "), "{}", noted.reason);
+        assert!(noted.reason.contains(&format!("other@x.com ({}) holds it as mail", oid(2))), "{}", noted.reason);
+        assert!(noted.reason.contains(&format!("third@x.com ({}) holds it as proxy address", oid(3))));
+        assert!(!r.changes[1].reason.contains(NOTE), "no note without another holder");
+        assert!(r.warnings.iter().any(|w| w.contains("1 contact matched a user by userPrincipalName")));
+        // The same user holding the address as UPN and proxy needs no note.
+        let mut own = user(1, "a@x.com");
+        own.proxy_addresses.push("smtp:a@X.com".into());
+        let r = reconcile(&[contact(2, "a@x.com")], &[own], &[], &ReconcileOptions::default());
+        assert!(!r.changes[0].reason.contains(NOTE), "{}", r.changes[0].reason);
     }
 
     #[test]

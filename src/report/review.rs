@@ -132,11 +132,18 @@ pub fn summary_table_live(plan: &Plan, live: &[Option<&str>], width: Option<u16>
 fn notes(change: &Change) -> String {
     let mut notes: Vec<String> = change.flags.iter().map(|f| f.as_str().to_uppercase()).collect();
     if change.action == Action::Add {
-        if let Some(how) = change.reason.rsplit("matched by ").next().filter(|_| change.reason.contains("matched by "))
-        {
+        // `…; matched by mail`, perhaps followed by `; note: another user also has this address: …`.
+        let (reason, note) = match change.reason.split_once(crate::reconcile::NOTE) {
+            Some((reason, note)) => (reason, Some(note)),
+            None => (change.reason.as_str(), None),
+        };
+        if let Some((_, how)) = reason.rsplit_once("matched by ") {
             if how != "userPrincipalName" {
                 notes.push(format!("via {how}"));
             }
+        }
+        if let Some(note) = note {
+            notes.push(format!("NOTE: {note}"));
         }
     }
     escape(&notes.join(", ")).into_owned()
