@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use chrono::{DateTime, Duration, Utc};
-use support::fake_graph::{FakeGraph, Seed};
+use support::fake_graph::{guid, FakeGraph, Seed, SeedObject};
 use support::{oid, text};
 use writeback::identity::ObjectId;
 use writeback::plan::{self, Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
@@ -29,9 +29,17 @@ struct Lab {
 impl Lab {
     /// Twelve users; the group "Staff" holds the first eight.
     fn new() -> Lab {
+        Lab::with_others(Vec::new())
+    }
+
+    /// Like [`Lab::new`], the group also holding `others`: directory objects that are not users.
+    fn with_others(others: Vec<SeedObject>) -> Lab {
         let mut seed = Seed::new();
         let users = seed.add_users(12);
-        let group = seed.add_group("Staff", &users[..8]);
+        let mut members = users[..8].to_vec();
+        members.extend(others.iter().map(|o| o.id.clone()));
+        seed.directory_objects.extend(others);
+        let group = seed.add_group("Staff", &members);
         let tenant = seed.tenant_id.clone();
         let fake = FakeGraph::start(seed);
         let planner = SigningKey::generate(SIGNER).unwrap();
@@ -934,5 +942,29 @@ fn the_review_names_the_group_as_graph_does_with_the_plans_label_beside_it() {
     // check reads the group's name too.
     let checked = lab.run(&["check", "plan.json", "--allowed-signers", "allowed_signers"]);
     assert!(text(&checked.stdout).contains(both), "{}\n{}", text(&checked.stdout), text(&checked.stderr));
+    lab.assert_no_writes();
+}
+
+#[test]
+fn a_service_principal_labelled_with_a_users_upn_is_refused_with_zero_writes() {
+    let sp = guid(5, 1);
+    let lab = Lab::with_others(vec![SeedObject {
+        id: sp.clone(),
+        odata_type: "#microsoft.graph.servicePrincipal".into(),
+        display_name: Some("Payroll bot".into()),
+        extra: Default::default(),
+    }]);
+    // The plan removes the service principal (a member of the group) under the third user's UPN.
+    let mut plan = lab.plan();
+    let users: Vec<ObjectId> = lab.users[..8].iter().map(|u| oid(u)).collect();
+    plan.groups[0].precondition = Precondition::from_members(&users);
+    let remove = plan.groups[0].changes.iter_mut().find(|c| c.action == Action::Remove).unwrap();
+    remove.user_id = oid(&sp);
+    remove.upn = "user3@contoso.example".into();
+    let path = lab.sign_bytes(&plan::encode(&plan, PlanFormat::Json), "plan.json");
+    let shown = text(&lab.run(&["show", "plan.json", "--allowed-signers", "allowed_signers"]).stdout);
+    let row = shown.lines().find(|l| l.contains("user3@contoso.example")).unwrap_or_default();
+    assert!(row.contains(&oid(&sp).short()), "the review shows the object's own id:\n{shown}");
+    refused(&lab.apply(&path, &[]), 27, &[&sp, "service principal", "not a user", "user3@contoso.example"]);
     lab.assert_no_writes();
 }
