@@ -22,6 +22,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod doctor;
 pub mod error;
 pub mod export;
 #[cfg(test)]

@@ -208,6 +208,10 @@ fn no_sign_in_secret_reaches_any_output_or_file() {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            ["-vv", "doctor", "--role", "admin", "--allowed-signers", "keys/allowed_signers"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         ];
         for args in runs {
             let out = command(d)

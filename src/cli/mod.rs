@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cancel;
 pub mod check;
 pub mod completions;
+pub mod doctor;
 pub mod export;
 pub mod keygen;
 pub mod ledger;
@@ -69,6 +70,8 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Write man pages for writeback and each subcommand.
     Man(man::ManArgs),
+    /// Check a new installation for one role: config, sign-in, permissions, groups, keys, clock.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// What every command gets from the process: verbosity and the current time (passed in, so the library never
@@ -127,6 +130,7 @@ fn dispatch(command: Command, ctx: &Context) -> Result<i32> {
         Command::Ledger(args) => ledger::run(args, ctx),
         Command::Completions(args) => completions::run(args, ctx),
         Command::Man(args) => man::run(args, ctx),
+        Command::Doctor(args) => doctor::run(args, ctx),
     };
     done.map(|()| exit::OK)
 }

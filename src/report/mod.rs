@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod audit;
 pub mod check;
+pub mod doctor;
 pub mod html;
 pub mod page;
 pub mod plan;

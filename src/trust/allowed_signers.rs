@@ -139,6 +139,14 @@ pub struct Entry {
     pub key_blob: Vec<u8>,
 }
 
+impl Entry {
+    /// True when the line lets its key sign files of `namespace` (a line without `namespaces=` allows every
+    /// namespace).
+    pub fn allows_namespace(&self, namespace: &str) -> bool {
+        self.namespaces.as_ref().is_none_or(|patterns| match_pattern_list(namespace, patterns) == Match::Yes)
+    }
+}
+
 /// A parsed allowed_signers file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedSigners {

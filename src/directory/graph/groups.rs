@@ -212,6 +212,27 @@ impl GraphClient {
     }
 }
 
+impl GraphClient {
+    /// Whether the group's members can be read: asks for one member id (`$top=1`), for `doctor`.
+    pub async fn probe_members(&self, group_id: &ObjectId) -> Result<(), GraphError> {
+        let url = self.url(&format!("/groups/{group_id}/members?$select=id&$top=1"))?;
+        self.get_json(url, Kind::Other, &[], Need::ReadMembers).await.map(|_| ())
+    }
+
+    /// The object ids of the group's owners (first page: up to 100), for `doctor`.
+    pub async fn owner_ids(&self, group_id: &ObjectId) -> Result<Vec<String>, GraphError> {
+        let url = self.url(&format!("/groups/{group_id}/owners?$select=id&$top=100"))?;
+        let page = self.get_json(url, Kind::Other, &[], GROUP_READ_HINT).await?;
+        Ok(page
+            .get("value")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|o| str_field(o, "id"))
+            .collect())
+    }
+}
+
 enum MemberError {
     Protocol(String),
     Permission(String),

@@ -175,6 +175,23 @@ struct Inner {
     counters: Counters,
     tenant: tokio::sync::OnceCell<String>,
     reads: Pacer,
+    clock: std::sync::Mutex<Option<ClockReading>>,
+}
+
+/// Graph's clock against ours: the `Date` header of Graph's latest answer, and our clock when it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockReading {
+    /// Graph's `Date` (whole seconds).
+    pub graph: chrono::DateTime<chrono::Utc>,
+    /// Our clock when the answer arrived.
+    pub local: chrono::DateTime<chrono::Utc>,
+}
+
+impl ClockReading {
+    /// How far our clock is ahead of Graph's (negative: behind), give or take the second `Date` rounds to.
+    pub fn skew(&self) -> chrono::Duration {
+        self.local - self.graph
+    }
 }
 
 impl GraphClient {
@@ -191,6 +208,7 @@ impl GraphClient {
                 tokens,
                 counters: Counters::default(),
                 tenant: tokio::sync::OnceCell::new(),
+                clock: std::sync::Mutex::new(None),
                 reads: Pacer::new(),
             }),
         })
@@ -236,6 +254,28 @@ impl GraphClient {
     /// The pacer of the reads (member pages, user lookups).
     pub fn read_pacer(&self) -> &Pacer {
         &self.inner.reads
+    }
+
+    /// Graph's clock against ours, from the `Date` header of Graph's latest answer (`None` before the first).
+    pub fn clock(&self) -> Option<ClockReading> {
+        self.inner.clock.lock().ok().and_then(|c| *c)
+    }
+
+    /// Sends one small read (`GET /organization?$select=id`) whatever its answer, so that [`GraphClient::clock`]
+    /// has a reading; for `doctor`, when nothing else was read. An error only when no answer came.
+    pub async fn read_clock(&self) -> Result<Option<ClockReading>, GraphError> {
+        let url = self.url("/organization?$select=id")?;
+        self.execute(Method::GET, &url, Kind::Other, &[], None).await?;
+        Ok(self.clock())
+    }
+
+    fn note_clock(&self, response: &reqwest::Response) {
+        let date = response.headers().get("date").and_then(|d| d.to_str().ok());
+        let Some(graph) = date.and_then(|d| httpdate::parse_http_date(d.trim()).ok()) else { return };
+        let reading = ClockReading { graph: graph.into(), local: crate::http::wall_clock() };
+        if let Ok(mut clock) = self.inner.clock.lock() {
+            *clock = Some(reading);
+        }
     }
 
     /// The requests sent so far.
@@ -368,6 +408,7 @@ impl GraphClient {
                     http.send_paced(paced, &method, url, build).await?
                 }
             };
+            self.note_clock(&sent.response);
             if sent.response.status() == 401 && !refreshed && self.inner.tokens.invalidate().await {
                 refreshed = true;
                 tracing::info!("Microsoft Graph: {method} {} got 401; getting a new token", url.path());
