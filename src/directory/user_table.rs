@@ -153,6 +153,27 @@ impl UserTable {
         Ok(())
     }
 
+    /// True when the user at `position` is `user` as far as the table can tell (the same id, UPN, display name,
+    /// mail, type, account state and kept proxy addresses): adding `user` would change no resolution or plan.
+    pub fn holds(&self, position: usize, user: &DirectoryUser) -> bool {
+        let mut one = UserTable::with_capacity(1, 0);
+        if one.push_user(user).is_err() {
+            return false;
+        }
+        match (self.get(position), one.get(0)) {
+            (Some(a), Some(b)) => {
+                a.id_u128() == b.id_u128()
+                    && a.upn() == b.upn()
+                    && a.display_name() == b.display_name()
+                    && a.mail() == b.mail()
+                    && a.user_type() == b.user_type()
+                    && a.account_enabled() == b.account_enabled()
+                    && a.smtp_addresses().eq(b.smtp_addresses())
+            }
+            _ => false,
+        }
+    }
+
     /// How many users the table holds.
     pub fn len(&self) -> usize {
         self.rows.len()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::mapping::{ContactsSource, DirectorySource, Mapping};
 use super::services::Services;
-use crate::directory::graph::GraphError;
+use crate::directory::graph::{GraphClient, GraphError, GraphGroup};
 use crate::directory::user_table::UserTable;
 use crate::directory::{entra_csv, GroupMember};
 use crate::error::{Error, Result};
@@ -65,9 +65,9 @@ pub struct GroupInputs {
     pub warnings: Vec<String>,
 }
 
-/// Reads one mapping's inputs from files, Microsoft Graph and the PoliteMail API, as the mapping says.
-pub fn gather(mapping: &Mapping, user_cache: &mut UserCache, services: &mut Services) -> Result<GroupInputs> {
-    let contacts = match &mapping.contacts {
+/// The mapping's contacts, from its CSV file or the PoliteMail API.
+pub fn read_contacts(mapping: &Mapping, services: &mut Services) -> Result<ContactList> {
+    Ok(match &mapping.contacts {
         ContactsSource::Csv(path) => politemail_csv::read(path, mapping.email_column.as_deref())?,
         ContactsSource::Api(list) => {
             let pm = services.politemail()?;
@@ -76,33 +76,54 @@ pub fn gather(mapping: &Mapping, user_cache: &mut UserCache, services: &mut Serv
                 pm.contacts(&list).await
             })??
         }
-    };
+    })
+}
+
+/// The mapping's group as Microsoft Graph has it, checked to be one writeback may change.
+pub struct LiveGroup {
+    /// The client it was read with.
+    pub graph: GraphClient,
+    /// The group.
+    pub group: GraphGroup,
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its display name (Graph's, else the mapping's).
+    pub display_name: Option<String>,
+    /// Things the planner should know (e.g. a role-assignable group).
+    pub warnings: Vec<String>,
+}
+
+/// Finds the mapping's group in Graph and the tenant; refuses a group Graph cannot change.
+pub fn live_group(mapping: &Mapping, services: &mut Services) -> Result<LiveGroup> {
+    let graph = services.graph()?;
+    let (group, tenant_id) = services.block_on(async {
+        Ok::<_, GraphError>((graph.find_group(&mapping.group).await?, graph.tenant_id().await?))
+    })??;
+    let warnings = group.manageability().map_err(|reason| {
+        Error::GroupNotManageable(format!("{}: {reason}; writeback will not plan changes to it", mapping.name))
+    })?;
+    let display_name = Some(group.display_name.clone()).filter(|n| !n.is_empty()).or(mapping.group_name.clone());
+    Ok(LiveGroup { graph, group, tenant_id, display_name, warnings })
+}
+
+/// Reads one mapping's inputs from files, Microsoft Graph and the PoliteMail API, as the mapping says.
+pub fn gather(mapping: &Mapping, user_cache: &mut UserCache, services: &mut Services) -> Result<GroupInputs> {
+    let contacts = read_contacts(mapping, services)?;
     let uses_graph = mapping.members == DirectorySource::Graph || mapping.users == DirectorySource::Graph;
     let mut warnings = Vec::new();
     let mut tenant_id = None;
-    let mut live_group = None;
+    let mut live_group_read = None;
     let (group_id, display_name) = if uses_graph {
-        let graph = services.graph()?;
-        let (group, tenant) = services.block_on(async {
-            Ok::<_, GraphError>((graph.find_group(&mapping.group).await?, graph.tenant_id().await?))
-        })??;
-        match group.manageability() {
-            Ok(w) => warnings.extend(w),
-            Err(reason) => {
-                return Err(Error::GroupNotManageable(format!(
-                    "{}: {reason}; writeback will not plan changes to it",
-                    mapping.name
-                )))
-            }
-        }
-        tenant_id = Some(tenant);
-        let name = Some(group.display_name.clone()).filter(|n| !n.is_empty()).or(mapping.group_name.clone());
-        let id = group.id.clone();
-        live_group = Some((graph, group));
-        (id, name)
+        let live = live_group(mapping, services)?;
+        warnings.extend(live.warnings);
+        tenant_id = Some(live.tenant_id);
+        let id = live.group.id.clone();
+        live_group_read = Some((live.graph, live.group));
+        (id, live.display_name)
     } else {
         (offline_group_id(mapping)?, mapping.group_name.clone())
     };
+    let live_group = live_group_read;
     // Member users as Graph describes them: with users from Graph, they let removals carry the same flags
     // (disabled, guest) as they would with the users export, which lists every user.
     let mut member_users = Vec::new();

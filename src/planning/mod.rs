@@ -8,6 +8,8 @@
 //! - [`inputs`]: reading one mapping's contacts, group, members, users and keep list.
 //! - [`pipeline`]: the path when all three inputs are files (two threads; the list and members never held as
 //!   one value per row).
+//! - [`live`]: the path when the members and users come from Graph (member and user pages streamed into one
+//!   compact table, never held as one value per member or user).
 //! - [`services`]: the Graph and PoliteMail clients and the async runtime, created on first use.
 //! - `write`: the plan encoded, hashed and written to disk on two threads, never held whole.
 //!
@@ -15,6 +17,7 @@
 //! the loaded key) and renders the result.
 
 pub mod inputs;
+pub mod live;
 pub mod mapping;
 pub mod output;
 pub mod pipeline;
@@ -240,7 +243,8 @@ pub struct MappingPlan {
     pub result: Reconciliation,
 }
 
-/// Plans one mapping: streamed when all its inputs are files, otherwise gathered whole and reconciled.
+/// Plans one mapping: streamed when all its inputs are files or its members and users come from Graph, otherwise
+/// gathered whole and reconciled.
 fn plan_mapping(
     mapping: &Mapping,
     user_cache: &mut UserCache,
@@ -248,6 +252,9 @@ fn plan_mapping(
     phases: &mut Phases,
 ) -> Result<MappingPlan> {
     if let Some(planned) = pipeline::plan_from_files(mapping, user_cache, services, phases)? {
+        return Ok(planned);
+    }
+    if let Some(planned) = live::plan_from_graph(mapping, services, phases)? {
         return Ok(planned);
     }
     let inputs = gather(mapping, user_cache, services)?;

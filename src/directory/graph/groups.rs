@@ -178,10 +178,35 @@ impl GraphClient {
         group_id: &ObjectId,
         select: &str,
     ) -> Result<(Vec<GroupMember>, Vec<DirectoryUser>), GraphError> {
-        let what = format!("GET /groups/{group_id}/members");
-        let mut next = Some(self.url(&format!("/groups/{group_id}/members?$select={select}&$top=999"))?);
         let mut members = Vec::new();
         let mut users = Vec::new();
+        self.each_member_with_select(group_id, select, |member, user| {
+            users.extend(user);
+            members.push(member);
+        })
+        .await?;
+        Ok((members, users))
+    }
+
+    /// As [`GraphClient::list_members_detailed`] (same requests), handing each member to `each` as its page is read
+    /// instead of collecting them: with the member users' [`DirectoryUser`] (`None` for other objects). A page is
+    /// the most that is held at once.
+    pub async fn each_member_detailed(
+        &self,
+        group_id: &ObjectId,
+        each: impl FnMut(GroupMember, Option<DirectoryUser>),
+    ) -> Result<(), GraphError> {
+        self.each_member_with_select(group_id, super::users::USER_SELECT, each).await
+    }
+
+    async fn each_member_with_select(
+        &self,
+        group_id: &ObjectId,
+        select: &str,
+        mut each: impl FnMut(GroupMember, Option<DirectoryUser>),
+    ) -> Result<(), GraphError> {
+        let what = format!("GET /groups/{group_id}/members");
+        let mut next = Some(self.url(&format!("/groups/{group_id}/members?$select={select}&$top=999"))?);
         while let Some(url) = next {
             let sent = self.execute(Method::GET, &url, Kind::MemberPage, &[], None).await?;
             if sent.response.status() == 404 {
@@ -198,17 +223,19 @@ impl GraphClient {
                         GraphError::MissingPermission(format!("{m}: {}", self.explain_forbidden(Need::ReadUsers)))
                     }
                 })?;
-                if member.kind == MemberKind::User && select != MEMBER_SELECT {
-                    users.push(
+                let user = if member.kind == MemberKind::User && select != MEMBER_SELECT {
+                    Some(
                         super::users::user_from_json(item)
                             .map_err(|reason| GraphError::Protocol { what: what.clone(), reason })?,
-                    );
-                }
-                members.push(member);
+                    )
+                } else {
+                    None
+                };
+                each(member, user);
             }
             next = self.next_link(&page, &what)?;
         }
-        Ok((members, users))
+        Ok(())
     }
 }
 

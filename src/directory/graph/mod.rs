@@ -458,61 +458,111 @@ impl GraphClient {
     /// The plan's record of a member list read from Graph: `Microsoft Graph <url> group '<name>' (<id>)`, and
     /// the SHA-256 of [`canonical_members`].
     pub fn members_input(&self, group: &GraphGroup, members: &[crate::directory::GroupMember]) -> InputRecord {
+        self.members_input_of(group, members.len(), sha256_hex(&canonical_members(members)))
+    }
+
+    /// [`GraphClient::members_input`] for `count` members whose [`canonical_members`] bytes hash to `sha256` (hex).
+    pub fn members_input_of(&self, group: &GraphGroup, count: usize, sha256: String) -> InputRecord {
         InputRecord {
             role: InputRole::Members,
             description: format!(
-                "Microsoft Graph {} group '{}' ({}): {} direct members",
+                "Microsoft Graph {} group '{}' ({}): {count} direct members",
                 base_str(&self.inner.base),
                 group.display_name,
                 group.id,
-                members.len()
             ),
-            sha256: sha256_hex(&canonical_members(members)),
+            sha256,
         }
     }
 
     /// The plan's record of the users resolved from Graph for `addresses` addresses, and the SHA-256 of
     /// [`canonical_users`].
     pub fn users_input(&self, addresses: usize, users: &[crate::directory::DirectoryUser]) -> InputRecord {
+        self.users_input_of(addresses, users.len(), sha256_hex(&canonical_users(users)))
+    }
+
+    /// [`GraphClient::users_input`] for `count` users whose [`canonical_users`] bytes hash to `sha256` (hex).
+    pub fn users_input_of(&self, addresses: usize, count: usize, sha256: String) -> InputRecord {
         InputRecord {
             role: InputRole::Users,
             description: format!(
-                "Microsoft Graph {}: {} users matching {addresses} list addresses",
+                "Microsoft Graph {}: {count} users matching {addresses} list addresses",
                 base_str(&self.inner.base),
-                users.len()
             ),
-            sha256: sha256_hex(&canonical_users(users)),
+            sha256,
         }
     }
 }
 
 /// The bytes a Graph member list's SHA-256 is taken over: per member, sorted by object id, the JSON array
-/// `[id, kind, userPrincipalName, displayName, mail]` and `\n`.
+/// `[id, kind, userPrincipalName, displayName, mail]` and `\n` ([`canonical_member_row`]).
 pub fn canonical_members(members: &[crate::directory::GroupMember]) -> Vec<u8> {
     let mut sorted: Vec<&crate::directory::GroupMember> = members.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out = Vec::new();
     for m in sorted {
-        let row = serde_json::json!([m.id, m.kind.label(), m.upn, m.display_name, m.mail]);
-        out.extend_from_slice(row.to_string().as_bytes());
-        out.push(b'\n');
+        canonical_member_row(&mut out, &m.as_ref());
     }
     out
 }
 
+/// Appends one member's line of [`canonical_members`] to `out`.
+pub fn canonical_member_row(out: &mut Vec<u8>, m: &crate::directory::MemberRef<'_>) {
+    let row = (&m.id, m.kind.label(), m.upn, m.display_name, m.mail);
+    // Writing JSON into a Vec cannot fail: every field is a string, null or a plain value.
+    let _ = serde_json::to_writer(&mut *out, &row);
+    out.push(b'\n');
+}
+
 /// The bytes a resolved user set's SHA-256 is taken over: per user, sorted by object id, the JSON array
-/// `[id, userPrincipalName, displayName, mail, userType, accountEnabled, proxyAddresses]` and `\n`.
+/// `[id, userPrincipalName, displayName, mail, userType, accountEnabled, proxyAddresses]` and `\n`
+/// ([`canonical_user_row`]).
 pub fn canonical_users(users: &[crate::directory::DirectoryUser]) -> Vec<u8> {
     let mut sorted: Vec<&crate::directory::DirectoryUser> = users.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out = Vec::new();
     for u in sorted {
-        let row =
-            serde_json::json!([u.id, u.upn, u.display_name, u.mail, u.user_type, u.account_enabled, u.proxy_addresses]);
-        out.extend_from_slice(row.to_string().as_bytes());
-        out.push(b'\n');
+        let mut proxies = Vec::new();
+        let _ = serde_json::to_writer(&mut proxies, &u.proxy_addresses);
+        let fields = CanonicalUser {
+            id: &u.id,
+            upn: &u.upn,
+            display_name: u.display_name.as_deref(),
+            mail: u.mail.as_deref(),
+            user_type: u.user_type,
+            account_enabled: u.account_enabled,
+        };
+        canonical_user_row(&mut out, &fields, &proxies);
     }
     out
+}
+
+/// One user's fields for [`canonical_user_row`], borrowed.
+pub struct CanonicalUser<'a> {
+    /// Object id.
+    pub id: &'a crate::identity::ObjectId,
+    /// userPrincipalName.
+    pub upn: &'a str,
+    /// displayName.
+    pub display_name: Option<&'a str>,
+    /// mail.
+    pub mail: Option<&'a str>,
+    /// userType.
+    pub user_type: crate::directory::UserType,
+    /// accountEnabled.
+    pub account_enabled: Option<bool>,
+}
+
+/// Appends one user's line of [`canonical_users`] to `out`, with `proxies_json` the user's proxy addresses as
+/// written by `serde_json::to_writer` (a compact JSON array).
+pub fn canonical_user_row(out: &mut Vec<u8>, u: &CanonicalUser<'_>, proxies_json: &[u8]) {
+    let head = (u.id, u.upn, u.display_name, u.mail, u.user_type, u.account_enabled);
+    let _ = serde_json::to_writer(&mut *out, &head);
+    // The six fields' array without its `]`, then the seventh: the same bytes as a seven-element array.
+    out.pop();
+    out.push(b',');
+    out.extend_from_slice(proxies_json);
+    out.extend_from_slice(b"]\n");
 }
 
 async fn read_json(sent: Sent, url: &Url) -> Result<Value, GraphError> {
@@ -583,6 +633,75 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
     use std::time::Duration;
+
+    /// The canonical rows, written field by field, are the bytes of the JSON arrays they stand for (the plan's
+    /// input hashes from Graph were, and must stay, taken over those).
+    #[test]
+    fn canonical_rows_are_the_json_arrays() {
+        use crate::directory::{DirectoryUser, GroupMember, MemberKind, UserType};
+        let id = crate::identity::ObjectId::parse("1b4e28ba-2fa1-11d2-883f-0016d3cca427").unwrap();
+        let members = [
+            GroupMember {
+                id: id.clone(),
+                kind: MemberKind::User,
+                upn: Some("a\"b@x.com".into()),
+                display_name: Some("Åsa \\ Ö\u{1}".into()),
+                mail: None,
+                source_line: None,
+            },
+            GroupMember {
+                id: id.clone(),
+                kind: MemberKind::Other("device".into()),
+                upn: None,
+                display_name: None,
+                mail: Some("m@x.com".into()),
+                source_line: None,
+            },
+        ];
+        let mut expected = Vec::new();
+        for m in &members {
+            let row = serde_json::json!([m.id, m.kind.label(), m.upn, m.display_name, m.mail]);
+            expected.extend_from_slice(row.to_string().as_bytes());
+            expected.push(b'\n');
+        }
+        assert_eq!(canonical_members(&members), expected);
+
+        let users = [
+            DirectoryUser {
+                id: id.clone(),
+                upn: "u\"1@x.com".into(),
+                display_name: None,
+                mail: Some("m@x.com".into()),
+                user_type: UserType::Guest,
+                account_enabled: Some(false),
+                proxy_addresses: vec!["SMTP:u@x.com".into(), "x500:/o=\"q\"".into()],
+            },
+            DirectoryUser {
+                id,
+                upn: "v@x.com".into(),
+                display_name: Some("V \u{7f}".into()),
+                mail: None,
+                user_type: UserType::Unknown,
+                account_enabled: None,
+                proxy_addresses: vec![],
+            },
+        ];
+        let mut expected = Vec::new();
+        for u in &users {
+            let row = serde_json::json!([
+                u.id,
+                u.upn,
+                u.display_name,
+                u.mail,
+                u.user_type,
+                u.account_enabled,
+                u.proxy_addresses
+            ]);
+            expected.extend_from_slice(row.to_string().as_bytes());
+            expected.push(b'\n');
+        }
+        assert_eq!(canonical_users(&users), expected);
+    }
 
     fn jwt(tid: &str, n: u32) -> String {
         let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);

@@ -37,41 +37,72 @@ impl GraphClient {
     /// conditions with `or`). For more, writeback asks for the user count (`GET /users/$count`) and reads all
     /// users instead when [`scan_is_cheaper`]; both ways give the same result.
     pub async fn resolve_users(&self, emails: &[Email]) -> Result<Vec<DirectoryUser>, GraphError> {
-        let wanted: BTreeSet<String> = emails.iter().map(|e| e.as_str().to_string()).collect();
-        if wanted.is_empty() {
-            return Ok(Vec::new());
+        let mut found = BTreeMap::new();
+        self.each_resolved_user(emails, |user| {
+            found.insert(user.id.clone(), user);
+        })
+        .await?;
+        Ok(found.into_values().collect())
+    }
+
+    /// The users [`GraphClient::resolve_users`] finds (same requests), handed to `each` as they are read instead of
+    /// collected: when all users are read, each matching user of a page as the page comes in (a page is the most
+    /// that is held); when addresses are looked up, every user found, once each, in object id order. Nothing else
+    /// is held but the addresses, borrowed from `emails`.
+    pub async fn each_resolved_user(
+        &self,
+        emails: &[Email],
+        mut each: impl FnMut(DirectoryUser),
+    ) -> Result<(), GraphError> {
+        let mut keys: Vec<&str> = emails.iter().map(Email::as_str).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let wanted = SortedKeys(keys);
+        if wanted.0.is_empty() {
+            return Ok(());
         }
-        if wanted.len() > 2 * MAX_BATCH_ITEMS {
+        if wanted.0.len() > 2 * MAX_BATCH_ITEMS {
             match self.user_count().await {
-                Ok(count) if scan_is_cheaper(wanted.len(), count) => {
+                Ok(count) if scan_is_cheaper(wanted.0.len(), count) => {
                     tracing::info!(
                         "Microsoft Graph: reading all {count} users (fewer requests than {} lookups)",
-                        wanted.len()
+                        wanted.0.len()
                     );
-                    return self.resolve_by_scan(&wanted).await;
+                    return self.scan(&wanted, &mut each).await;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::info!("Microsoft Graph: cannot count users ({e}); looking addresses up instead"),
             }
         }
-        self.resolve_by_lookup(&wanted).await
+        self.resolve_by_lookup(&wanted).await?.into_iter().for_each(each);
+        Ok(())
     }
 
     /// Reads all users and keeps those matching `wanted`.
-    pub(super) async fn resolve_by_scan(&self, wanted: &BTreeSet<String>) -> Result<Vec<DirectoryUser>, GraphError> {
+    #[cfg(test)]
+    pub(super) async fn resolve_by_scan(&self, wanted: &impl Wanted) -> Result<Vec<DirectoryUser>, GraphError> {
         let mut found = BTreeMap::new();
-        let mut next = Some(self.url(&format!("/users?$select={USER_SELECT}&$top={USER_PAGE}"))?);
-        while let Some(url) = next {
-            let page = self.get_json(url, Kind::Lookup, &[], USER_READ_HINT).await?;
-            collect_matches(&page, wanted, &mut found, "GET /users")?;
-            next = self.next_link(&page, "GET /users")?;
-        }
+        self.scan(wanted, &mut |user: DirectoryUser| {
+            found.insert(user.id.clone(), user);
+        })
+        .await?;
         Ok(found.into_values().collect())
     }
 
+    /// Reads all users, a page at a time, and hands those matching `wanted` to `each`.
+    async fn scan(&self, wanted: &impl Wanted, each: &mut impl FnMut(DirectoryUser)) -> Result<(), GraphError> {
+        let mut next = Some(self.url(&format!("/users?$select={USER_SELECT}&$top={USER_PAGE}"))?);
+        while let Some(url) = next {
+            let page = self.get_json(url, Kind::Lookup, &[], USER_READ_HINT).await?;
+            each_match(&page, wanted, "GET /users", &mut *each)?;
+            next = self.next_link(&page, "GET /users")?;
+        }
+        Ok(())
+    }
+
     /// Looks each address up, 20 to a `$batch`, retrying throttled items after the longest `Retry-After`.
-    pub(super) async fn resolve_by_lookup(&self, wanted: &BTreeSet<String>) -> Result<Vec<DirectoryUser>, GraphError> {
-        let addresses: Vec<&String> = wanted.iter().collect();
+    pub(super) async fn resolve_by_lookup(&self, wanted: &impl Wanted) -> Result<Vec<DirectoryUser>, GraphError> {
+        let addresses = wanted.keys();
         let mut found = BTreeMap::new();
         for chunk in addresses.chunks(MAX_BATCH_ITEMS) {
             let mut pending: Vec<BatchItem> =
@@ -208,8 +239,40 @@ fn lookup_item(id: &str, address: &str) -> BatchItem {
     }
 }
 
+/// The addresses being resolved (normalized keys), as a set.
+pub(super) trait Wanted {
+    /// True when `key` is one of them.
+    fn contains(&self, key: &str) -> bool;
+    /// All of them, in order.
+    fn keys(&self) -> Vec<&str>;
+}
+
+impl Wanted for BTreeSet<String> {
+    fn contains(&self, key: &str) -> bool {
+        BTreeSet::contains(self, key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.iter().map(String::as_str).collect()
+    }
+}
+
+/// Addresses borrowed from the list, sorted and without repeats: a million of them take 16 MB here, several times
+/// less than as a set of owned strings.
+pub(super) struct SortedKeys<'a>(Vec<&'a str>);
+
+impl Wanted for SortedKeys<'_> {
+    fn contains(&self, key: &str) -> bool {
+        self.0.binary_search(&key).is_ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.clone()
+    }
+}
+
 /// True when the user's UPN, mail or an `smtp:` proxy address is in `wanted` (normalized keys).
-pub(super) fn user_matches(user: &DirectoryUser, wanted: &BTreeSet<String>) -> bool {
+pub(super) fn user_matches(user: &DirectoryUser, wanted: &impl Wanted) -> bool {
     wanted.contains(&address_key(&user.upn))
         || user.mail.as_deref().is_some_and(|m| wanted.contains(&address_key(m)))
         || user.proxy_addresses.iter().filter_map(|p| smtp_proxy_address(p)).any(|a| wanted.contains(&address_key(a)))
@@ -217,14 +280,26 @@ pub(super) fn user_matches(user: &DirectoryUser, wanted: &BTreeSet<String>) -> b
 
 fn collect_matches(
     page: &Value,
-    wanted: &BTreeSet<String>,
+    wanted: &impl Wanted,
     found: &mut BTreeMap<ObjectId, DirectoryUser>,
     what: &str,
+) -> Result<(), GraphError> {
+    each_match(page, wanted, what, |user| {
+        found.insert(user.id.clone(), user);
+    })
+}
+
+/// Hands each user of `page` that matches `wanted` to `each`.
+fn each_match(
+    page: &Value,
+    wanted: &impl Wanted,
+    what: &str,
+    mut each: impl FnMut(DirectoryUser),
 ) -> Result<(), GraphError> {
     for item in page.get("value").and_then(Value::as_array).into_iter().flatten() {
         let user = user_from_json(item).map_err(|reason| GraphError::Protocol { what: what.to_string(), reason })?;
         if user_matches(&user, wanted) {
-            found.insert(user.id.clone(), user);
+            each(user);
         }
     }
     Ok(())
