@@ -344,3 +344,406 @@ pub fn rebuild_receipt(
     .map_err(|e| Error::Internal(format!("{}: {e}", journal_path.display())))?;
     Ok(Some(receipt))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session against an in-memory tenant that is both the read side (the gates' [`DirectoryReads`]) and the
+    //! write side (the executor's [`Transport`]), so what a run reads is what earlier writes left.
+
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::apply::executor::{BatchAnswer, ItemResponse, Method, Request, TransportError};
+    use crate::apply::gates::GroupState;
+    use crate::apply::{FinishStatus, GraphFailure, Outcome};
+    use crate::directory::graph::DeletedItem;
+    use crate::directory::{DirectoryUser, GroupMember, UserType};
+    use crate::fixtures::{change, id};
+    use crate::plan::{Action, Change, Counts, GroupPlan, Precondition};
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const GROUP: u32 = 100;
+    const SHA: &str = "ab";
+
+    /// One group and users 1 to 99 (`u{n}@contoso.example`), with a log of what was read and written.
+    #[derive(Default)]
+    struct Tenant(Mutex<State>);
+
+    #[derive(Default)]
+    struct State {
+        members: BTreeSet<u32>,
+        /// Users whose add Graph refuses with 403.
+        refused: BTreeSet<u32>,
+        member_reads: u64,
+        /// Every user written with success, in order (an add or a remove).
+        written: Vec<(Action, u32)>,
+    }
+
+    fn number(id: &str) -> u32 {
+        id.rsplit('-').next().and_then(|n| n.parse().ok()).expect("a fixture id")
+    }
+
+    fn upn(n: u32) -> String {
+        format!("u{n}@contoso.example")
+    }
+
+    impl Tenant {
+        fn with_members(members: impl IntoIterator<Item = u32>) -> Arc<Tenant> {
+            let tenant = Tenant::default();
+            tenant.state().members = members.into_iter().collect();
+            Arc::new(tenant)
+        }
+
+        fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            self.0.lock().unwrap()
+        }
+
+        fn members(&self) -> BTreeSet<u32> {
+            self.state().members.clone()
+        }
+
+        fn written(&self) -> Vec<(Action, u32)> {
+            self.state().written.clone()
+        }
+
+        fn answer(&self, item: &Request) -> ItemResponse {
+            let mut s = self.state();
+            let fail = |status: u16, message: &str| ItemResponse {
+                error: Some(GraphFailure {
+                    status,
+                    code: Some("Test".into()),
+                    message: Some(message.into()),
+                    request_id: None,
+                }),
+                ..ItemResponse::with_status(item.id(), status)
+            };
+            match item.method() {
+                Method::Patch => {
+                    let binds =
+                        item.body().and_then(|b| b["members@odata.bind"].as_array()).cloned().unwrap_or_default();
+                    let users: Vec<u32> = binds.iter().filter_map(|b| b.as_str()).map(number).collect();
+                    if users.iter().any(|u| s.refused.contains(u)) {
+                        return fail(403, "Insufficient privileges to complete the operation.");
+                    }
+                    if users.iter().any(|u| s.members.contains(u)) {
+                        return fail(
+                            400,
+                            "One or more added object references already exist for the following modified \
+                             properties: 'members'.",
+                        );
+                    }
+                    for user in users {
+                        s.members.insert(user);
+                        s.written.push((Action::Add, user));
+                    }
+                    ItemResponse::with_status(item.id(), 204)
+                }
+                Method::Delete => {
+                    let user = item.url().split('/').nth(4).map(number).expect("/groups/{g}/members/{u}/$ref");
+                    if !s.members.remove(&user) {
+                        return fail(404, "Resource does not exist");
+                    }
+                    s.written.push((Action::Remove, user));
+                    ItemResponse::with_status(item.id(), 204)
+                }
+            }
+        }
+    }
+
+    impl DirectoryReads for Tenant {
+        async fn tenant_id(&self) -> Result<String> {
+            Ok(TENANT.into())
+        }
+
+        async fn group(&self, group: &ObjectId) -> Result<Option<GroupState>> {
+            Ok((*group == id(GROUP)).then(|| GroupState { display_name: Some("Staff".into()), not_manageable: None }))
+        }
+
+        async fn members(&self, _: &ObjectId) -> Result<Vec<GroupMember>> {
+            let mut s = self.state();
+            s.member_reads += 1;
+            Ok(s.members
+                .iter()
+                .map(|n| GroupMember {
+                    id: id(*n),
+                    kind: MemberKind::User,
+                    upn: Some(upn(*n)),
+                    display_name: None,
+                    mail: None,
+                    source_line: None,
+                })
+                .collect())
+        }
+
+        async fn users_by_id(&self, ids: &[ObjectId]) -> Result<Vec<DirectoryUser>> {
+            Ok(ids
+                .iter()
+                .map(|i| DirectoryUser {
+                    id: i.clone(),
+                    upn: upn(number(i.as_str())),
+                    display_name: None,
+                    mail: None,
+                    user_type: UserType::Member,
+                    account_enabled: Some(true),
+                    proxy_addresses: vec![],
+                })
+                .collect())
+        }
+
+        async fn deleted_items(&self, ids: &[ObjectId]) -> Result<Vec<(ObjectId, DeletedItem)>> {
+            Ok(ids.iter().map(|i| (i.clone(), DeletedItem::NotFound)).collect())
+        }
+    }
+
+    impl Transport for Tenant {
+        async fn send(&self, items: Vec<Request>) -> std::result::Result<BatchAnswer, TransportError> {
+            let items = items.iter().map(|item| self.answer(item)).collect();
+            Ok(BatchAnswer { items, client_request_id: "client-request".into(), request_id: Some("request".into()) })
+        }
+    }
+
+    /// A fixed clock.
+    struct At(DateTime<Utc>);
+
+    impl Clock for At {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    /// A plan for the group as it was with `members`: add `adds`, remove `removes`.
+    fn plan(members: impl IntoIterator<Item = u32>, adds: &[u32], removes: &[u32]) -> Plan {
+        let mut changes: Vec<Change> = adds.iter().map(|n| change(Action::Add, *n)).collect();
+        changes.extend(removes.iter().map(|n| change(Action::Remove, *n)));
+        let members: Vec<ObjectId> = members.into_iter().map(id).collect();
+        Plan {
+            format: crate::plan::FORMAT_NAME.into(),
+            format_version: crate::plan::FORMAT_VERSION.into(),
+            plan_id: uuid::Uuid::from_u128(7),
+            created_at: t0() - chrono::Duration::hours(1),
+            expires_at: t0() + chrono::Duration::days(7),
+            signer: "planner@contoso.example".into(),
+            tool_version: "test".into(),
+            tenant_id: Some(TENANT.into()),
+            entra_actor: None,
+            groups: vec![GroupPlan {
+                group_id: id(GROUP),
+                display_name: Some("Staff".into()),
+                options: Default::default(),
+                inputs: vec![],
+                precondition: Precondition::from_members(&members),
+                counts: Counts::tally(&changes, &[]),
+                changes,
+                not_acted_on: vec![],
+            }],
+        }
+    }
+
+    /// A folder for the plan's journal and receipt.
+    struct Files {
+        _dir: tempfile::TempDir,
+        plan: PathBuf,
+    }
+
+    impl Files {
+        fn new() -> Files {
+            let dir = tempfile::tempdir().unwrap();
+            let plan = dir.path().join("plan.json");
+            Files { _dir: dir, plan }
+        }
+
+        fn journal(&self) -> PathBuf {
+            crate::archive::journal_path(&self.plan)
+        }
+
+        fn progress(&self, plan: &Plan) -> PlanProgress {
+            let chain = journal::read(&self.journal()).unwrap().expect("a journal");
+            PlanProgress::of(&chain, plan.plan_id).unwrap()
+        }
+
+        fn prepare(&self, tenant: &Tenant, plan: &Plan) -> Result<Prepared> {
+            let receipt = crate::archive::receipt_path(&self.plan);
+            runtime().block_on(prepare(tenant, plan, SHA, &self.journal(), &receipt, GateOptions::default()))
+        }
+
+        /// Runs the writes; `progress` sees each batch's outcomes and may send `true` on `stop`.
+        fn execute(
+            &self,
+            tenant: &Arc<Tenant>,
+            plan: &Plan,
+            prepared: &Prepared,
+            stop: Option<tokio::sync::watch::Receiver<bool>>,
+            progress: &mut dyn FnMut(&[ChangeResult]),
+        ) -> Result<Finished> {
+            let journal = self.journal();
+            let clock = At(t0());
+            let run = RunInputs {
+                journal_path: &journal,
+                plan_path: &self.plan,
+                plan_sha256: SHA,
+                applier: Applier {
+                    os_user: Some("admin".into()),
+                    key_principal: None,
+                    key_fingerprint: None,
+                    tool_version: "test".into(),
+                },
+                entra_actor: None,
+                clock: &clock,
+                config: Config {
+                    patches_per_batch: 1,
+                    max_concurrency: 1,
+                    bind_base: "https://graph.example/v1.0".into(),
+                    ..Config::default()
+                },
+                stop,
+                on_started: None,
+            };
+            runtime().block_on(execute(Arc::clone(tenant), plan, prepared, run, progress))
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap()
+    }
+
+    #[test]
+    fn a_run_writes_each_change_once_journals_it_and_builds_the_receipt() {
+        let tenant = Tenant::with_members(1..=10);
+        let plan = plan(1..=10, &[11, 12], &[2]);
+        let files = Files::new();
+        let prepared = files.prepare(&tenant, &plan).unwrap();
+        assert_eq!((prepared.pending(), prepared.resuming()), (3, false));
+        assert!(tenant.written().is_empty(), "the gates only read");
+        let finished = files.execute(&tenant, &plan, &prepared, None, &mut |_| {}).unwrap();
+        assert_eq!(tenant.members(), [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12].into());
+        assert_eq!(tenant.written(), vec![(Action::Add, 11), (Action::Add, 12), (Action::Remove, 2)]);
+        let receipt = &finished.receipt;
+        assert_eq!((receipt.status, receipt.counts.applied, receipt.counts.total()), (FinishStatus::Complete, 3, 3));
+        assert_eq!((receipt.runs, finished.settled, finished.resumed), (1, 0, false));
+        let progress = files.progress(&plan);
+        assert_eq!(progress.outcomes.len(), 3);
+        assert!(progress.finished.is_some());
+        let chain = journal::read(&files.journal()).unwrap().unwrap();
+        assert_eq!((receipt.journal.seq, &receipt.journal.head), (chain.seq, &chain.head));
+    }
+
+    #[test]
+    fn a_finished_plan_is_refused_as_a_replay_before_the_members_are_read() {
+        let tenant = Tenant::with_members(1..=10);
+        let plan = plan(1..=10, &[11], &[]);
+        let files = Files::new();
+        let prepared = files.prepare(&tenant, &plan).unwrap();
+        files.execute(&tenant, &plan, &prepared, None, &mut |_| {}).unwrap();
+        let reads = tenant.state().member_reads;
+        // Someone takes user 11 out again: the plan must not be applied a second time all the same.
+        tenant.state().members.remove(&11);
+        let again = files.prepare(&tenant, &plan);
+        assert!(matches!(again, Err(Error::Replay(_))), "{again:?}");
+        assert_eq!(tenant.state().member_reads, reads);
+        assert_eq!(tenant.written().len(), 1);
+    }
+
+    #[test]
+    fn drift_since_planning_is_settled_without_a_write() {
+        // User 11 joined and user 2 left since planning, as the plan wanted.
+        let tenant = Tenant::with_members((1..=11).filter(|n| *n != 2));
+        let plan = plan(1..=10, &[11, 12], &[2]);
+        let files = Files::new();
+        let prepared = files.prepare(&tenant, &plan).unwrap();
+        let work = &prepared.works[0];
+        assert_eq!((work.adds.as_slice(), work.removes.len(), work.settled.len()), ([id(12)].as_slice(), 0, 2));
+        let finished = files.execute(&tenant, &plan, &prepared, None, &mut |_| {}).unwrap();
+        assert_eq!(tenant.written(), vec![(Action::Add, 12)]);
+        assert_eq!(finished.settled, 2);
+        let c = finished.receipt.counts;
+        assert_eq!((c.applied, c.already_member, c.already_absent, c.failed), (1, 1, 1, 0));
+        assert_eq!(files.progress(&plan).outcomes.len(), 3);
+    }
+
+    #[test]
+    fn another_tenant_is_refused_before_any_member_read_or_write() {
+        let tenant = Tenant::with_members(1..=10);
+        let mut plan = plan(1..=10, &[11], &[]);
+        plan.tenant_id = Some("00000000-0000-0000-0000-00000000beef".into());
+        let files = Files::new();
+        let refused = files.prepare(&tenant, &plan);
+        assert!(matches!(refused, Err(Error::TenantMismatch(_))), "{refused:?}");
+        assert_eq!(tenant.state().member_reads, 0);
+        assert!(tenant.written().is_empty());
+        assert!(!files.journal().exists(), "nothing is journaled before the gates pass");
+    }
+
+    #[test]
+    fn an_interrupted_run_is_finished_by_the_next_without_writing_anything_twice() {
+        let tenant = Tenant::with_members(1..=10);
+        // 40 adds: two PATCHes of 20, one per $batch; Ctrl-C after the first batch's outcomes are journaled.
+        let adds: Vec<u32> = (11..=50).collect();
+        let plan = plan(1..=10, &adds, &[]);
+        let files = Files::new();
+        let prepared = files.prepare(&tenant, &plan).unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let interrupted = files.execute(&tenant, &plan, &prepared, Some(stopped), &mut |_| {
+            let _ = stop.send(true);
+        });
+        assert!(matches!(interrupted, Err(Error::Interrupted(_))), "{interrupted:?}");
+        assert_eq!(tenant.written().len(), 20);
+        let progress = files.progress(&plan);
+        assert_eq!((progress.outcomes.len(), progress.runs, progress.finished.is_some()), (20, 1, false));
+
+        let resumed = files.prepare(&tenant, &plan).unwrap();
+        assert_eq!((resumed.pending(), resumed.resuming()), (20, true));
+        let finished = files.execute(&tenant, &plan, &resumed, None, &mut |_| {}).unwrap();
+        assert!(finished.resumed);
+        assert_eq!((finished.receipt.runs, finished.receipt.counts.applied), (2, 40));
+        let written = tenant.written();
+        let once: BTreeSet<_> = written.iter().collect();
+        assert_eq!((written.len(), once.len()), (40, 40), "every user written once");
+    }
+
+    #[test]
+    fn a_journal_that_changed_after_the_gates_is_refused_and_nothing_is_sent() {
+        let tenant = Tenant::with_members(1..=10);
+        let plan = plan(1..=10, &[11], &[]);
+        let files = Files::new();
+        let prepared = files.prepare(&tenant, &plan).unwrap();
+        // Another apply writes to the journal between the gates and the writes.
+        let mut other = Journal::open(&files.journal(), t0()).unwrap().journal;
+        let event = Event::ApplyStarted {
+            plan_id: uuid::Uuid::from_u128(8),
+            plan_sha256: "cd".into(),
+            tenant_id: Some(TENANT.into()),
+            applier: Applier { os_user: None, key_principal: None, key_fingerprint: None, tool_version: "x".into() },
+            entra_actor: None,
+            resume: false,
+            pending: 1,
+        };
+        other.append(t0(), event).unwrap();
+        other.sync().unwrap();
+        let refused = files.execute(&tenant, &plan, &prepared, None, &mut |_| {});
+        assert!(matches!(refused, Err(Error::Replay(_))), "{refused:?}");
+        assert!(tenant.written().is_empty());
+    }
+
+    #[test]
+    fn a_refused_write_is_a_failed_outcome_in_a_partial_receipt() {
+        let tenant = Tenant::with_members(1..=10);
+        tenant.state().refused.insert(12);
+        let plan = plan(1..=10, &[11, 12], &[2]);
+        let files = Files::new();
+        let prepared = files.prepare(&tenant, &plan).unwrap();
+        let finished = files.execute(&tenant, &plan, &prepared, None, &mut |_| {}).unwrap();
+        let receipt = &finished.receipt;
+        assert_eq!(receipt.status, FinishStatus::Partial);
+        assert_eq!(receipt.counts.total(), 3, "every change has one outcome");
+        let failed: Vec<_> = receipt.failures().map(|(_, c)| (c.user_id.clone(), c.outcome)).collect();
+        assert!(failed.contains(&(id(12), Outcome::Failed)), "{failed:?}");
+        assert!(!tenant.members().contains(&12));
+        assert!(tenant.members().contains(&11) || failed.contains(&(id(11), Outcome::Failed)));
+        assert!(!tenant.members().contains(&2));
+    }
+}
