@@ -141,3 +141,26 @@ fn show_and_plan_name_the_entries_not_acted_on_alike() {
         assert!(!shown.contains(code), "show uses the plan's words, not {code}");
     }
 }
+
+#[test]
+fn keygen_into_a_missing_folder_names_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = writeback(dir.path(), &["keygen", "--principal", "a@contoso.example", "--out", "no-such-folder/key"]);
+    assert!(!run.status.success());
+    let err = text(&run.stderr);
+    assert!(err.contains("no-such-folder") && err.contains("does not exist"), "{err}");
+    assert!(!err.contains(".tmp"), "no temporary file in the message: {err}");
+}
+
+#[test]
+fn a_public_key_given_as_the_key_says_so() {
+    let dir = workspace();
+    let run = writeback(
+        dir.path(),
+        &["plan", "--config", "writeback.toml", "--out", "plan.json", "--key", "keys/demo-planner.pub"],
+    );
+    assert!(!run.status.success());
+    let err = text(&run.stderr);
+    assert!(err.contains("that is a public key") && err.contains("keys/demo-planner"), "{err}");
+    assert!(!dir.path().join("plan.json").exists());
+}

@@ -136,3 +136,18 @@ fn renders_in_headless_chromium() {
     let png = std::fs::read(&shot).expect("chromium wrote a screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real picture ({} bytes)", png.len());
 }
+
+#[test]
+fn the_receipt_beside_the_plan_is_found_without_naming_it() {
+    let dir = workspace();
+    let d = dir.path();
+    sample_plan(d);
+    let raw = std::fs::read_to_string(d.join("plan.json")).unwrap();
+    let plan: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let sha = writeback::plan::precondition::sha256_hex(raw.as_bytes());
+    receipt(d, &sha, plan["plan_id"].as_str().unwrap());
+    let run = writeback(d, &["report", "plan.json", "--config", "writeback.toml", "--out", "r.html"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let html = std::fs::read_to_string(d.join("r.html")).unwrap();
+    assert!(html.contains("Receipt names this plan") && html.contains("req-1"), "the outcome is in the page");
+}

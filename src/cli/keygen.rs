@@ -64,6 +64,12 @@ pub fn run(args: KeygenArgs, _ctx: &Context) -> Result<()> {
     };
     check_principal(&principal).map_err(|m| Error::Usage(format!("{m} (give --principal)")))?;
     let pub_path = public_key_path(&args.out);
+    if let Some(folder) = args.out.parent().filter(|f| !f.as_os_str().is_empty() && !f.is_dir()) {
+        return Err(Error::Usage(format!(
+            "the folder {} does not exist; create it first (mkdir -p {0}) or give --out a path in an existing folder",
+            folder.display()
+        )));
+    }
     if !args.force {
         for path in [&args.out, &pub_path] {
             if path.exists() {

@@ -16,8 +16,8 @@ pub struct ReportArgs {
     /// The plan file.
     pub plan: PathBuf,
 
-    /// The apply receipt (`<plan>.receipt.json`) whose outcome the report shows; its signature, when
-    /// `<receipt>.sig` exists, is checked too.
+    /// The apply receipt whose outcome the report shows [default: PLAN.receipt.json, when it exists]; its
+    /// signature, when `<receipt>.sig` exists, is checked too.
     #[arg(long, value_name = "R")]
     pub receipt: Option<PathBuf>,
 
@@ -38,11 +38,13 @@ pub struct ReportArgs {
 /// command then exits with that check's code.
 pub fn run(args: ReportArgs, ctx: &Context) -> Result<()> {
     let config = args.trust.load_config(args.plan.parent())?;
+    // The receipt beside the plan, where apply and check write it, unless another is named.
+    let receipt = args.receipt.or_else(|| Some(crate::archive::receipt_path(&args.plan)).filter(|r| r.exists()));
     let request = PageRequest {
         allowed_signers: args.trust.allowed_signers(config.as_ref()),
         plan: args.plan,
         signature: args.signature,
-        receipt: args.receipt,
+        receipt,
         out: args.out,
         now: ctx.now,
     };

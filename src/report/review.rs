@@ -57,7 +57,10 @@ pub fn relative(when: DateTime<Utc>, now: DateTime<Utc>) -> String {
     } else if amount.num_hours() >= 2 {
         format!("{} hours", amount.num_hours())
     } else {
-        format!("{} minutes", amount.num_minutes().max(1))
+        match amount.num_minutes().max(1) {
+            1 => "1 minute".to_string(),
+            n => format!("{n} minutes"),
+        }
     };
     if future {
         format!("in {text}")
@@ -450,6 +453,15 @@ impl<'a> ReviewJson<'a> {
 mod tests {
     use super::*;
     use crate::fixtures::sample_plan;
+
+    #[test]
+    fn relative_times_use_the_singular_for_one() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(relative(now + chrono::Duration::seconds(90), now), "in 1 minute");
+        assert_eq!(relative(now - chrono::Duration::seconds(20), now), "1 minute ago");
+        assert_eq!(relative(now + chrono::Duration::minutes(5), now), "in 5 minutes");
+        assert_eq!(relative(now - chrono::Duration::hours(3), now), "3 hours ago");
+    }
 
     #[test]
     fn review_fits_80_columns_and_names_everything() {

@@ -34,6 +34,9 @@ pub enum KeyProblem {
         /// The path, for the command to run.
         path: String,
     },
+    /// The file is an OpenSSH public key (a `.pub`), where a private key was needed.
+    #[error("that is a public key (the `.pub` half of a key pair); give the private key file{0}")]
+    PublicKey(String),
     /// The file is not an OpenSSH private key.
     #[error("not an OpenSSH private key ({0}); make one with `writeback keygen` or `ssh-keygen -t ed25519`")]
     Malformed(String),
@@ -86,8 +89,14 @@ impl SigningKey {
         passphrase: impl FnOnce(&Path) -> Result<String, KeyProblem>,
     ) -> Result<SigningKey, KeyError> {
         let fail = |problem| KeyError { path: path.to_path_buf(), problem };
-        check_permissions(path).map_err(fail)?;
         let text = std::fs::read(path).map_err(|e| fail(KeyProblem::Read(e)))?;
+        // A public key is readable by everyone on purpose: say what it is before the permission check would.
+        if ssh_key::PublicKey::from_openssh(String::from_utf8_lossy(&text).trim()).is_ok() {
+            let private = path.to_string_lossy().strip_suffix(".pub").map(str::to_string);
+            let hint = private.filter(|p| Path::new(p).exists()).map(|p| format!(", {p}")).unwrap_or_default();
+            return Err(fail(KeyProblem::PublicKey(hint)));
+        }
+        check_permissions(path).map_err(fail)?;
         let key = PrivateKey::from_openssh(&text).map_err(|e| match other_key_type(&text) {
             Some(kind) => fail(KeyProblem::NotEd25519(kind)),
             None => fail(KeyProblem::Malformed(e.to_string())),
