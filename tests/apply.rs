@@ -198,6 +198,7 @@ fn happy_path_at_the_floor_then_replay_is_refused_with_zero_writes() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("complete"), "{stdout}");
     assert!(stdout.contains("Receipt"), "{stdout}");
+    assert!(stdout.contains("55 written, 0 already settled (no write needed), 0 retried, 0 failed"), "{stdout}");
 
     let before = e.writes();
     let again = e.apply(&path, &["--yes"]);

@@ -281,8 +281,7 @@ impl Receipt {
 
     /// Reads a receipt.
     pub fn decode(bytes: &[u8]) -> Result<Receipt, String> {
-        let receipt: Receipt =
-            serde_json::from_slice(bytes).map_err(|e| format!("line {}, column {}: {e}", e.line(), e.column()))?;
+        let receipt: Receipt = serde_json::from_slice(bytes).map_err(|e| crate::plan::json::error_at(&e))?;
         if receipt.format != RECEIPT_FORMAT {
             return Err(format!("not a writeback receipt (format '{}')", receipt.format));
         }

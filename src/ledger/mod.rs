@@ -212,7 +212,8 @@ impl Ledger {
                 &path,
                 e.line() as u64,
                 format!(
-                    "not a ledger record ({e}); the ledger must only be written by writeback. Restore it from a backup"
+                    "not a ledger record ({}); the ledger must only be written by writeback. Restore it from a backup",
+                    crate::plan::json::error_text(&e)
                 ),
             )
         })?;

@@ -41,10 +41,22 @@ pub fn decode(bytes: &[u8]) -> Result<Plan, PlanError> {
             }
         }
     }
-    let plan: Plan = serde_json::from_str(text)
-        .map_err(|e| PlanError::Malformed(format!("line {}, column {}: {e}", e.line(), e.column())))?;
+    let plan: Plan = serde_json::from_str(text).map_err(|e| PlanError::Malformed(error_at(&e)))?;
     plan.validate()?;
     Ok(plan)
+}
+
+/// A JSON error as `line L, column C: what`, the position said once (serde_json's own text ends with it too).
+pub fn error_at(e: &serde_json::Error) -> String {
+    format!("line {}, column {}: {}", e.line(), e.column(), error_text(e))
+}
+
+/// A JSON error's text without serde_json's ` at line L column C` ending, for a message that gives the position
+/// its own way.
+pub fn error_text(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let ending = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&ending).map(str::to_string).unwrap_or(text)
 }
 
 /// The top level of a JSON object: its `format` and `format_version` (when they are strings) and every key.
@@ -150,5 +162,13 @@ mod tests {
     fn duplicate_keys_are_refused() {
         let t = text().replacen("\"signer\"", "\"signer\": \"someone@else\",\n  \"signer\"", 1);
         assert!(matches!(decode(t.as_bytes()), Err(PlanError::Malformed(m)) if m.contains("duplicate")));
+    }
+
+    #[test]
+    fn a_json_error_gives_its_position_once() {
+        let e = serde_json::from_str::<serde_json::Value>("{\n  \"a\": ,\n}").unwrap_err();
+        let text = error_at(&e);
+        assert!(text.starts_with("line 2, column 8: "), "{text}");
+        assert_eq!(text.matches("line 2").count(), 1, "{text}");
     }
 }

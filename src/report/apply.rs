@@ -242,6 +242,14 @@ pub fn summary(finished: &Finished, receipt_path: &Path, signed: bool, width: Op
         out.push('\n');
     }
     let s = &finished.stats;
+    let c = &receipt.counts;
+    out.push_str(&format!(
+        "Changes    {} written, {} already settled (no write needed), {} retried, {} failed\n",
+        c.applied,
+        c.already_member + c.already_absent,
+        s.retried,
+        c.failed
+    ));
     out.push_str(&format!(
         "Status     {}{}\n",
         receipt.status.as_str(),
