@@ -282,3 +282,28 @@ fn resolution_never_guesses_between_mail_and_proxy_and_notes_a_upn_conflict() {
     assert!(review.contains("NOTE: another user also has this address"), "{review}");
     assert!(review.contains("several matching users"), "{review}");
 }
+
+#[test]
+fn verify_json_prints_a_result_on_failure_too() {
+    let dir = workspace();
+    plan_json(dir.path(), "plan.json", &[]);
+    let args = ["verify", "plan.json", "--allowed-signers", "keys/allowed_signers", "--json"];
+    let good = writeback(dir.path(), &args);
+    assert!(good.status.success(), "{}", text(&good.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    assert_eq!(value["valid"], true);
+
+    let path = dir.path().join("plan.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(9).position(|w| w == b"All Staff").unwrap();
+    bytes[at] = b'B';
+    std::fs::write(&path, &bytes).unwrap();
+    let tampered = writeback(dir.path(), &args);
+    assert_eq!(tampered.status.code(), Some(10));
+    let value: serde_json::Value = serde_json::from_slice(&tampered.stdout).expect("a JSON result on stdout");
+    assert_eq!(value["valid"], false);
+    assert_eq!(value["check"], "signature");
+    assert_eq!(value["exit_code"], 10);
+    let message = value["message"].as_str().unwrap();
+    assert!(message.contains("plan.json") && text(&tampered.stderr).contains(message), "{message}");
+}

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::approvals;
 use crate::cli::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plan::timestamp;
 use crate::terminal::Escaped;
 use crate::trust::{self, VerifiedPlan};
@@ -43,21 +43,20 @@ fn parse_at(raw: &str) -> std::result::Result<DateTime<Utc>, String> {
 }
 
 /// Runs `writeback verify`. Exit 0 only for a valid, unexpired plan; an expired plan is described, then
-/// exits 12.
+/// exits 12. With `--json`, a plan that fails a check prints a JSON result as well: the check, its exit code and
+/// the message.
 pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
-    let config = args.trust.load_config(args.plan.parent())?;
-    let allowed = args.trust.require_allowed_signers(config.as_ref(), "verify")?;
-    let max_lifetime = crate::config::max_plan_lifetime(config.as_ref())?;
-    // Keys are trusted, and the plan valid, at the time of the check: now, or the time asked about.
-    let at = args.at.unwrap_or(ctx.now);
-    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, at)?;
-    verified.check_times(&args.plan, at, max_lifetime)?;
+    let checked = match check(&args, ctx) {
+        Ok(checked) => checked,
+        Err(e) => {
+            if args.json {
+                crate::outln!("{}", serde_json::to_string_pretty(&failure_json(&args, &e)).unwrap_or_default());
+            }
+            return Err(e);
+        }
+    };
+    let Checked { allowed, verified, approval_files, report, at } = checked;
     let sig_path = args.signature.clone().unwrap_or_else(|| crate::archive::signature_path(&args.plan));
-    // Approvals are listed, not required: `apply` and `export` enforce `--require-approvals`.
-    let approval_files = crate::archive::approval_files(&args.plan);
-    let signer = approvals::PlanSigner::of(&verified);
-    let bytes = std::fs::read(&args.plan).map_err(|e| crate::Error::read(&args.plan, e))?;
-    let report = approvals::evaluate(&bytes, &signer, &approval_files, &trust::AllowedSigners::load(&allowed)?, at);
     if args.json {
         let mut value = as_json(&args, &allowed, &sig_path, &verified, at);
         if let Some(map) = value.as_object_mut() {
@@ -69,6 +68,52 @@ pub fn run(args: VerifyArgs, ctx: &Context) -> Result<()> {
         crate::out!("{}", approvals::render_section(&approval_files, Some(&report)));
     }
     verified.ensure_unexpired(&args.plan, at)
+}
+
+/// What the checks found, for printing.
+struct Checked {
+    allowed: std::path::PathBuf,
+    verified: VerifiedPlan,
+    approval_files: Vec<std::path::PathBuf>,
+    report: approvals::ApprovalReport,
+    at: DateTime<Utc>,
+}
+
+/// The checks in the order docs/exit-codes.md gives, up to the plan's times; expiry is checked after printing.
+fn check(args: &VerifyArgs, ctx: &Context) -> Result<Checked> {
+    let config = args.trust.load_config(args.plan.parent())?;
+    let allowed = args.trust.require_allowed_signers(config.as_ref(), "verify")?;
+    let max_lifetime = crate::config::max_plan_lifetime(config.as_ref())?;
+    // Keys are trusted, and the plan valid, at the time of the check: now, or the time asked about.
+    let at = args.at.unwrap_or(ctx.now);
+    let verified = trust::verify_plan_files(&args.plan, args.signature.as_deref(), &allowed, at)?;
+    verified.check_times(&args.plan, at, max_lifetime)?;
+    // Approvals are listed, not required: `apply` and `export` enforce `--require-approvals`.
+    let approval_files = crate::archive::approval_files(&args.plan);
+    let signer = approvals::PlanSigner::of(&verified);
+    let bytes = std::fs::read(&args.plan).map_err(|e| crate::Error::read(&args.plan, e))?;
+    let report = approvals::evaluate(&bytes, &signer, &approval_files, &trust::AllowedSigners::load(&allowed)?, at);
+    Ok(Checked { allowed, verified, approval_files, report, at })
+}
+
+/// The JSON result of a plan that failed a check: which check, its exit code and the message.
+fn failure_json(args: &VerifyArgs, e: &Error) -> serde_json::Value {
+    let check = match e {
+        Error::BadSignature { .. } => "signature",
+        Error::UnsupportedVersion { .. } | Error::MalformedPlan { .. } => "plan",
+        Error::UntrustedSigner { .. } => "signer",
+        Error::PlanTimes { .. } => "times",
+        Error::Expired { .. } => "expiry",
+        Error::Usage(_) => "arguments",
+        _ => "files",
+    };
+    json!({
+        "valid": false,
+        "plan_file": args.plan.display().to_string(),
+        "check": check,
+        "exit_code": e.exit_code(),
+        "message": e.to_string(),
+    })
 }
 
 fn as_json(
