@@ -659,3 +659,22 @@ fn detailed_exitcode_tells_a_nightly_planner_whether_there_is_anything_to_apply(
     assert_eq!(code(&failed), code(&plain), "{}", text(&failed.stderr));
     assert!(![0, 40].contains(&code(&failed)) && text(&failed.stderr).contains("error:"));
 }
+
+#[test]
+fn apply_warns_when_this_clock_is_minutes_off_graphs() {
+    // Graph's Date says ten minutes later than this machine's clock.
+    let s = setup(fg::Config { date_offset: Some(600), ..Default::default() });
+    let (planned, applied) = s.plan_and_apply(&s.graph.env(), None);
+    let stderr = text(&applied.stderr);
+    assert!(
+        stderr.contains("warning: this machine's clock is") && stderr.contains("behind Microsoft Graph's"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("NTP"), "{stderr}");
+    assert!(!text(&planned.stderr).contains("clock"), "plan does not judge times by Graph's clock");
+
+    // Within two minutes, nothing is said.
+    let s = setup(fg::Config { date_offset: Some(60), ..Default::default() });
+    let (_, applied) = s.plan_and_apply(&s.graph.env(), None);
+    assert!(!text(&applied.stderr).contains("clock"), "{}", text(&applied.stderr));
+}

@@ -20,6 +20,11 @@ pub trait Backend: DirectoryReads + Transport {
         None
     }
 
+    /// Graph's clock against ours, from the `Date` of Graph's latest answer (once the gates read Graph).
+    fn clock(&self) -> Option<crate::directory::graph::ClockReading> {
+        None
+    }
+
     /// Who writes to Entra ID: the person or application behind the Graph token (once the gates got one).
     fn entra_actor(&self) -> Option<crate::identity::EntraActor> {
         None

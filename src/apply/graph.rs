@@ -133,6 +133,10 @@ impl super::backend::Backend for GraphBackend {
         Some(self.client.explain_forbidden(crate::signin::Need::WriteMembers))
     }
 
+    fn clock(&self) -> Option<crate::directory::graph::ClockReading> {
+        self.client.clock()
+    }
+
     fn entra_actor(&self) -> Option<crate::identity::EntraActor> {
         self.client.entra_actor()
     }

@@ -255,6 +255,9 @@ pub async fn run_with<B: Backend>(
     // Gates 4–8.
     let prepared =
         session::prepare(backend.as_ref(), plan, &sha256, &request.journal, &checked.receipt, request.gates).await?;
+    if let Some(warning) = backend.clock().and_then(|reading| reading.warning()) {
+        ui.notice(&warning);
+    }
     let estimate = executor::estimate(&prepared.works, request.patches_per_batch);
     let review = Review {
         verified: &checked.verified,

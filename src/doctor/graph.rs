@@ -8,9 +8,6 @@ use crate::identity::ObjectId;
 use crate::signin::{AuthKind, Role, TokenClaims, TokenType};
 use crate::source::politemail_api::{PoliteMailClient, PoliteMailConfig, PoliteMailError};
 
-/// How far our clock may be from Graph's before `doctor` warns.
-pub const CLOCK_TOLERANCE: chrono::Duration = chrono::Duration::minutes(2);
-
 const PERMISSIONS_DOC: &str = "see docs/permissions.md";
 
 /// Signs in as the command would, then checks the token, its permissions, a person's roles and each configured
@@ -251,11 +248,8 @@ pub fn clock(reading: Option<ClockReading>, role: Role) -> Check {
             "fix the sign-in first; then doctor compares the clock with Graph's",
         );
     };
-    let skew = reading.skew();
-    let seconds = skew.num_seconds();
-    let how = if seconds >= 0 { "ahead of" } else { "behind" };
-    let detail = format!("this machine's clock is {}s {how} Microsoft Graph's", seconds.abs());
-    if skew.abs() > CLOCK_TOLERANCE {
+    let detail = reading.describe();
+    if reading.is_off() {
         return Check::warn(
             "clock",
             detail,

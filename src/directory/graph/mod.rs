@@ -187,10 +187,36 @@ pub struct ClockReading {
     pub local: chrono::DateTime<chrono::Utc>,
 }
 
+/// How far our clock may be from Graph's before `apply` and `doctor` warn.
+pub const CLOCK_TOLERANCE: chrono::Duration = chrono::Duration::minutes(2);
+
 impl ClockReading {
     /// How far our clock is ahead of Graph's (negative: behind), give or take the second `Date` rounds to.
     pub fn skew(&self) -> chrono::Duration {
         self.local - self.graph
+    }
+
+    /// "this machine's clock is 75s ahead of Microsoft Graph's".
+    pub fn describe(&self) -> String {
+        let seconds = self.skew().num_seconds();
+        let how = if seconds >= 0 { "ahead of" } else { "behind" };
+        format!("this machine's clock is {}s {how} Microsoft Graph's", seconds.abs())
+    }
+
+    /// True when the clocks are more than [`CLOCK_TOLERANCE`] apart.
+    pub fn is_off(&self) -> bool {
+        self.skew().abs() > CLOCK_TOLERANCE
+    }
+
+    /// The warning when the clocks are more than [`CLOCK_TOLERANCE`] apart: plan expiry, plan times and key
+    /// validity are judged by this machine's clock.
+    pub fn warning(&self) -> Option<String> {
+        self.is_off().then(|| {
+            format!(
+                "warning: {}: plan expiry and key validity are judged by this clock. Set it right (turn on time                  synchronisation, NTP)",
+                self.describe()
+            )
+        })
     }
 }
 
