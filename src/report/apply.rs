@@ -67,17 +67,19 @@ pub fn gate_report(prepared: &Prepared, estimate: &Estimate, journal: &Path) -> 
 }
 
 fn drift_lines(out: &mut String, work: &GroupWork) {
-    if work.drift.is_empty() {
+    // The drift the gate judges: on a resumed run, the plan's own changes made by the earlier run are not drift.
+    let drift = &work.strict_drift;
+    if drift.is_empty() {
         return;
     }
     out.push_str(&format!(
         "Drift in {}: {} joined and {} left since planning\n",
         escape(work.live_name.as_deref().unwrap_or(&work.label)),
-        work.drift.joined.len(),
-        work.drift.left.len()
+        drift.joined.len(),
+        drift.left.len()
     ));
     const SHOW: usize = 10;
-    for (sign, ids) in [("+", &work.drift.joined), ("-", &work.drift.left)] {
+    for (sign, ids) in [("+", &drift.joined), ("-", &drift.left)] {
         for id in ids.iter().take(SHOW) {
             out.push_str(&format!("  {sign} {}\n", drift_user(work, id)));
         }
