@@ -864,7 +864,11 @@ fn objects_that_are_not_users_repeated_upns_and_renames_are_refused_with_zero_wr
         text(&out.stderr)
     );
     assert_eq!(e.writes(), 0, "every refusal before any write");
-    ok(&e.apply(&path, &["--yes", "--accept-renames"]));
+    let accepted = e.apply(&path, &["--yes", "--accept-renames"]);
+    ok(&accepted);
+    // The review lists each old → new UPN.
+    let review = text(&accepted.stdout);
+    assert!(review.contains("old-name@contoso.example → user11@contoso.example"), "{review}");
     let receipt = Receipt::decode(&std::fs::read(e.path("renamed.json.receipt.json")).unwrap()).unwrap();
     assert_eq!(receipt.renames.len(), 1);
     assert_eq!(receipt.renames[0].graph_upn, "user11@contoso.example");

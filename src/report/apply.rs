@@ -52,6 +52,20 @@ pub fn gate_report(prepared: &Prepared, estimate: &Estimate, journal: &Path) -> 
             journal.display()
         ));
     }
+    if !prepared.renames.is_empty() {
+        out.push_str(&format!(
+            "Renamed since planning (accepted with --accept-renames; the receipt lists them too): {}\n",
+            prepared.renames.len()
+        ));
+        for rename in &prepared.renames {
+            out.push_str(&format!(
+                "  {} → {} {}\n",
+                escape(&rename.planned_upn),
+                escape(&rename.graph_upn),
+                rename.user_id.short()
+            ));
+        }
+    }
     for work in &prepared.works {
         drift_lines(&mut out, work);
     }
