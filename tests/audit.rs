@@ -370,7 +370,7 @@ fn an_edited_journal_line_breaks_the_chain_at_the_next_line() {
     lines[2] = lines[2].replace("\"failed\"", "\"applied\"");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     let f = findings(dir.path());
-    assert!(f.contains("plan.json.journal.jsonl, line 4: the journal chain is broken"), "{f}");
+    assert!(f.contains("plan.json.journal.jsonl, line 4 (seq 3): the journal chain is broken: prev is"), "{f}");
 }
 
 #[test]

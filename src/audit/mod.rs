@@ -78,6 +78,19 @@ impl Finding {
     }
 }
 
+/// A broken journal: its line (and `seq`, for a line after the header) and what broke, said once.
+fn chain_finding(path: &str, e: journal::ChainError) -> Finding {
+    let message = if e.message.starts_with("the chain is broken") {
+        format!("the journal {}", e.message.trim_start_matches("the "))
+    } else {
+        format!("the journal chain is broken: {}", e.message)
+    };
+    match e.line {
+        line @ 2.. => Finding::seq(path, line - 1, message),
+        line => Finding::line(path, line, message),
+    }
+}
+
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.location(), self.message)
@@ -366,7 +379,7 @@ pub fn audit(files: &[ArchiveFile], allowed: &AllowedSigners, now: DateTime<Utc>
         let Some(&bytes) = by_path.get(path) else { continue };
         report.files.journals += 1;
         match journal::verify_chain(bytes) {
-            Err(e) => findings.push(Finding::line(path, e.line, format!("the journal chain is broken: {}", e.message))),
+            Err(e) => findings.push(chain_finding(path, e)),
             Ok(chain) => {
                 if let Some(torn) = &chain.torn_tail {
                     findings.push(Finding::line(
@@ -873,7 +886,13 @@ mod tests {
         let r = run(&files, &k);
         let f = r.findings.iter().find(|f| f.file == "a/plan.json.journal.jsonl").expect("a journal finding");
         assert_eq!(f.line, Some(4), "line 3 (the first outcome) changed, so line 4's prev breaks: {f}");
-        assert!(f.message.contains("chain is broken"), "{f}");
+        assert_eq!(f.seq, Some(3), "{f}");
+        assert!(
+            f.to_string()
+                .starts_with("a/plan.json.journal.jsonl, line 4 (seq 3): the journal chain is broken: prev is sha256:"),
+            "{f}"
+        );
+        assert_eq!(f.message.matches("broken").count(), 1, "said once: {f}");
         assert!(messages(&r).contains("is in no journal of the archive"), "{}", messages(&r));
     }
 
