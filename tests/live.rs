@@ -597,6 +597,7 @@ fn verbose_shows_each_retry_and_no_secret_at_any_verbosity() {
     for (i, (flags, env)) in runs.into_iter().enumerate() {
         let out = format!("v{i}.json");
         let graph_before = fakes.graph.count(|r| matches!(r.status, 429 | 503));
+        let graph_before_all = fakes.graph.count(|r| r.batch_item.is_none() && !r.is_token());
         let pm_before = fakes.pm.count(|r| r.status == 429);
         let mut args = flags.clone();
         args.extend(plan_args(&out, &["--list", "All Staff", "--group", "All Staff"]));
@@ -618,6 +619,15 @@ fn verbose_shows_each_retry_and_no_secret_at_any_verbosity() {
             assert_eq!(logged("Microsoft Graph"), graph_retries, "one line per Graph retry: {stderr}");
             assert_eq!(logged("PoliteMail"), pm_retries, "one line per PoliteMail retry: {stderr}");
             assert!(stderr.contains("request-id "), "{stderr}");
+            // One line per request with the method, the path (never a query string), the status and the time.
+            let graph_requests = fakes.graph.count(|r| r.batch_item.is_none() && !r.is_token()) - graph_before_all;
+            let lines: Vec<&str> = stderr.lines().filter(|l| l.ends_with(" ms")).collect();
+            let graph_lines = lines.iter().filter(|l| l.contains("Microsoft Graph: ")).count();
+            assert_eq!(graph_lines, graph_requests, "one line per Graph request: {stderr}");
+            assert!(lines.iter().any(|l| l.contains("Microsoft Graph: GET /v1.0/groups/") && l.contains(" 200 in ")));
+            assert!(lines.iter().any(|l| l.contains("PoliteMail: GET ") && l.contains(" 429 in ")), "{stderr}");
+            assert!(lines.iter().all(|l| !l.contains('?')), "no query strings: {stderr}");
+            assert!(!stderr.contains('\u{1b}'), "no colour when stderr is not a terminal: {stderr:?}");
         }
     }
 }
