@@ -167,25 +167,8 @@ impl OutcomeCounts {
     }
 }
 
-/// How a plan's apply ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FinishStatus {
-    /// Every change is applied, or was not needed.
-    Complete,
-    /// Some changes failed; the receipt lists them.
-    Partial,
-}
-
-impl FinishStatus {
-    /// `complete` or `partial`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishStatus::Complete => "complete",
-            FinishStatus::Partial => "partial",
-        }
-    }
-}
+/// How a plan's apply ended. It lives with the ledger, which records it too and sits below `apply`.
+pub use crate::ledger::FinishStatus;
 
 /// Who ran the apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,9 +24,28 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::apply::FinishStatus;
 use crate::error::{Error, Result};
 use crate::plan::timestamp;
+
+/// How a plan's apply ended: the ledger's finished record, the journal's last line and the receipt say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinishStatus {
+    /// Every change is applied, or was not needed.
+    Complete,
+    /// Some changes failed; the receipt lists them.
+    Partial,
+}
+
+impl FinishStatus {
+    /// `complete` or `partial`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishStatus::Complete => "complete",
+            FinishStatus::Partial => "partial",
+        }
+    }
+}
 
 /// The `format` marker of a ledger record.
 pub const LEDGER_FORMAT: &str = "writeback-ledger";
