@@ -36,6 +36,7 @@ pub mod pacing;
 pub mod phases;
 pub mod plan;
 pub mod planning;
+pub mod progress;
 pub mod reconcile;
 pub mod report;
 pub mod retry;

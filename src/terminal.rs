@@ -295,6 +295,19 @@ pub fn shorten(line: &str, width: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Asks `question` on stderr and reads one line of the answer from stdin, trimmed.
+pub fn ask(question: &str) -> crate::Result<String> {
+    use std::io::{BufRead, Write};
+    crate::eout!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| crate::Error::Internal(format!("cannot read the answer: {e}")))?;
+    Ok(answer.trim().to_string())
+}
+
 /// A progress bar of `total` steps on stderr, drawn with `template` (indicatif's syntax), when stderr is a
 /// terminal; a hidden one otherwise, so logs and pipes get no control sequences.
 pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {

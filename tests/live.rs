@@ -609,6 +609,9 @@ fn verbose_shows_each_retry_and_no_secret_at_any_verbosity() {
         }
         let written = std::fs::read_to_string(dir.path().join(&out)).unwrap();
         assert!(fakes.secrets().iter().all(|s| !written.contains(s)), "a secret in the plan");
+        // Live reads show their progress on stderr: without a terminal, the first page, then a line at most every
+        // 5 seconds.
+        assert!(text(&run.stderr).contains("reading: 1 page, "), "{flags:?}: {}", text(&run.stderr));
         if flags == ["-v"] {
             let graph_retries = fakes.graph.count(|r| matches!(r.status, 429 | 503)) - graph_before;
             let pm_retries = fakes.pm.count(|r| r.status == 429) - pm_before;

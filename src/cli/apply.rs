@@ -2,15 +2,13 @@
 //! Microsoft Graph with a journal and a receipt. The sequence is [`crate::apply::run`]; this file parses the
 //! flags, plays the [`ApplyUi`] at the terminal, and prints the result.
 
-use std::io::{BufRead, IsTerminal, Write as _};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::apply::executor;
-use crate::apply::gates::{DriftLimit, Thresholds};
 use crate::apply::run::{self, ApplyOutcome, ApplyRequest, ApplyUi, Review};
-use crate::apply::session::GateOptions;
 use crate::apply::ChangeResult;
 use crate::cli::Context;
 use crate::error::{Error, Result};
@@ -47,36 +45,9 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Refuse the plan when the membership changed since planning (by default only the changes still needed are
-    /// applied).
-    #[arg(long)]
-    pub strict: bool,
-
-    /// Refuse when more members joined and left a group since planning than max(10, P% of the members the plan
-    /// was made against) [default: max_drift_percent in the config, else 20].
-    #[arg(long, value_name = "P")]
-    pub max_drift_percent: Option<f64>,
-
-    /// Apply even when the drift is above the limit (only the changes still needed are sent).
-    #[arg(long, conflicts_with = "strict")]
-    pub accept_drift: bool,
-
-    /// Apply even when users' UPNs in Graph differ from the plan's; each old → new UPN is listed in the review
-    /// and the receipt.
-    #[arg(long)]
-    pub accept_renames: bool,
-
-    /// Apply even when a group's name in Graph differs from the name the plan gives it.
-    #[arg(long)]
-    pub accept_group_rename: bool,
-
-    /// Refuse when the plan removes more members than this, over all groups [default: 500].
-    #[arg(long, value_name = "N")]
-    pub max_removals: Option<u64>,
-
-    /// Refuse when the plan removes more than this percentage of a group's members [default: 20].
-    #[arg(long, value_name = "P")]
-    pub max_removal_percent: Option<f64>,
+    /// The gates' limits and what they may accept.
+    #[command(flatten)]
+    pub gates: crate::cli::options::GateFlags,
 
     /// The ledger of started, finished and cancelled plans [default: ledger in the config, else the user's state
     /// folder, ~/.local/state/writeback/ledger on Linux].
@@ -104,14 +75,14 @@ pub struct ApplyArgs {
     pub concurrency: usize,
 
     /// Abandon a $batch request that has no answer after this many seconds, and send its items again.
-    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
-    pub request_timeout: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = crate::cli::options::seconds)]
+    pub request_timeout: std::time::Duration,
 }
 
 /// Runs `writeback apply`.
 pub fn run(args: ApplyArgs, ctx: &Context) -> Result<()> {
     let request = request(&args, ctx)?;
-    let mut ui = Terminal { json: args.json, yes: args.yes, bar: None, deferred: None };
+    let mut ui = Terminal { json: args.json, yes: args.yes, progress: None, deferred: None };
     match run::apply(&request, &mut ui)? {
         ApplyOutcome::DryRun => Ok(()),
         ApplyOutcome::Done(done) => {
@@ -133,30 +104,6 @@ fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
     let config = config.as_ref();
     let sign_in = args.graph.resolve(config);
     let allowed_signers = args.trust.require_allowed_signers(config, "apply")?;
-    let max_removal_percent = args
-        .max_removal_percent
-        .or_else(|| config.and_then(|c| c.defaults.max_removal_percent))
-        .unwrap_or(Thresholds::default().max_removal_percent);
-    if !(args.request_timeout.is_finite() && args.request_timeout > 0.0 && args.request_timeout < 86_400.0) {
-        return Err(Error::Usage(format!("--request-timeout {} is not a number of seconds", args.request_timeout)));
-    }
-    let max_drift_percent = args
-        .max_drift_percent
-        .or_else(|| config.and_then(|c| c.defaults.max_drift_percent))
-        .unwrap_or(DriftLimit::default().max_percent);
-    if !(0.0..=100.0).contains(&max_drift_percent) {
-        return Err(Error::Usage(format!("--max-drift-percent {max_drift_percent} is not between 0 and 100")));
-    }
-    if !(0.0..=100.0).contains(&max_removal_percent) {
-        return Err(Error::Usage(format!("--max-removal-percent {max_removal_percent} is not between 0 and 100")));
-    }
-    let thresholds = Thresholds {
-        max_removals: args
-            .max_removals
-            .or_else(|| config.and_then(|c| c.defaults.max_removals))
-            .unwrap_or(Thresholds::default().max_removals),
-        max_removal_percent,
-    };
     Ok(ApplyRequest {
         plan: args.plan.clone(),
         signature: args.signature.clone(),
@@ -168,17 +115,11 @@ fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
         journal: args.journal.clone().unwrap_or_else(|| crate::archive::journal_path(&args.plan)),
         ledger: crate::ledger::resolve_dir(args.ledger.as_deref(), config)?,
         key: args.key.clone(),
-        gates: GateOptions {
-            strict: args.strict,
-            thresholds,
-            drift: DriftLimit { max_percent: max_drift_percent, accept: args.accept_drift, strict: args.strict },
-            accept_renames: args.accept_renames,
-            accept_group_rename: args.accept_group_rename,
-        },
+        gates: args.gates.resolve(config)?,
         dry_run: args.dry_run,
         patches_per_batch: args.patches_per_batch,
         concurrency: args.concurrency,
-        request_timeout: std::time::Duration::from_secs_f64(args.request_timeout),
+        request_timeout: args.request_timeout,
         sign_in,
         now: ctx.now,
         max_plan_lifetime: crate::config::max_plan_lifetime(config)?,
@@ -190,7 +131,7 @@ fn request(args: &ApplyArgs, ctx: &Context) -> Result<ApplyRequest> {
 struct Terminal {
     json: bool,
     yes: bool,
-    bar: Option<indicatif::ProgressBar>,
+    progress: Option<crate::progress::Changes>,
     deferred: Option<crate::interrupt::Deferred>,
 }
 
@@ -242,14 +183,8 @@ impl ApplyUi for Terminal {
                     .into(),
             ));
         }
-        crate::eout!("{}", confirm_question(review));
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .map_err(|e| Error::Internal(format!("cannot read the answer: {e}")))?;
-        if answer.trim().eq_ignore_ascii_case("yes") {
+        let answer = crate::terminal::ask(&confirm_question(review))?;
+        if answer.eq_ignore_ascii_case("yes") {
             Ok(())
         } else {
             Err(Error::NotConfirmed("not confirmed; nothing was sent".into()))
@@ -257,10 +192,7 @@ impl ApplyUi for Terminal {
     }
 
     fn sending(&mut self, pending: u64) -> Option<tokio::sync::watch::Receiver<bool>> {
-        self.bar = Some(crate::terminal::progress_bar(
-            pending,
-            "{spinner} applying [{bar:40}] {pos}/{len} changes, {elapsed} ({eta} left)",
-        ));
+        self.progress = Some(crate::progress::Changes::start(pending));
         // Ctrl-C stops sending; the answers on the way are journaled (see crate::interrupt).
         let (deferred, stop) = crate::interrupt::defer();
         self.deferred = Some(deferred);
@@ -268,14 +200,14 @@ impl ApplyUi for Terminal {
     }
 
     fn progress(&mut self, results: &[ChangeResult]) {
-        if let Some(bar) = &self.bar {
-            bar.inc(results.len() as u64);
+        if let Some(progress) = &mut self.progress {
+            progress.inc(results.len() as u64);
         }
     }
 
     fn sent(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
+        if let Some(progress) = self.progress.take() {
+            progress.finish();
         }
         self.deferred = None;
     }

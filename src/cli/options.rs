@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::apply::gates::{DriftLimit, Thresholds};
+use crate::apply::session::GateOptions;
 use crate::config::{self, Config, Scope};
 use crate::error::{Error, Result};
 use crate::signin::{AuthKind, Cloud, SignInSettings};
@@ -102,4 +104,89 @@ fn ignored_note(ignored: &[PathBuf]) -> String {
         names.join(" and "),
         user_config_display()
     )
+}
+
+/// A percentage flag's value, checked to lie between 0 and 100.
+pub fn percent(flag: &str, value: f64) -> Result<f64> {
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(crate::Error::Usage(format!("{flag} {value} is not between 0 and 100")))
+    }
+}
+
+/// clap: a positive number of seconds under a day (`0.5`, `120`).
+pub fn seconds(raw: &str) -> std::result::Result<std::time::Duration, String> {
+    match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 86_400.0 => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!("'{raw}' is not a number of seconds (more than 0, less than a day)")),
+    }
+}
+
+/// `apply`'s gate flags: how much drift and how many removals to allow, and what to accept.
+#[derive(Debug, clap::Args)]
+pub struct GateFlags {
+    /// Refuse the plan when the membership changed since planning (by default only the changes still needed are
+    /// applied).
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Refuse when more members joined and left a group since planning than max(10, P% of the members the plan
+    /// was made against) [default: max_drift_percent in the config, else 20].
+    #[arg(long, value_name = "P")]
+    pub max_drift_percent: Option<f64>,
+
+    /// Apply even when the drift is above the limit (only the changes still needed are sent).
+    #[arg(long, conflicts_with = "strict")]
+    pub accept_drift: bool,
+
+    /// Apply even when users' UPNs in Graph differ from the plan's; each old → new UPN is listed in the review
+    /// and the receipt.
+    #[arg(long)]
+    pub accept_renames: bool,
+
+    /// Apply even when a group's name in Graph differs from the name the plan gives it.
+    #[arg(long)]
+    pub accept_group_rename: bool,
+
+    /// Refuse when more removals than this are still to be sent, over all groups [default: max_removals in the
+    /// config, else 500].
+    #[arg(long, value_name = "N")]
+    pub max_removals: Option<u64>,
+
+    /// Refuse when the removals still to be sent from a group are more than this percentage of its current user
+    /// members [default: max_removal_percent in the config, else 20].
+    #[arg(long, value_name = "P")]
+    pub max_removal_percent: Option<f64>,
+}
+
+impl GateFlags {
+    /// The gates' options: each flag, else the config's `[defaults]`, else the built-in default; the
+    /// percentages checked.
+    pub fn resolve(&self, config: Option<&Config>) -> Result<GateOptions> {
+        let defaults = config.map(|c| &c.defaults);
+        let max_drift_percent = percent(
+            "--max-drift-percent",
+            self.max_drift_percent
+                .or_else(|| defaults.and_then(|d| d.max_drift_percent))
+                .unwrap_or(DriftLimit::default().max_percent),
+        )?;
+        let max_removal_percent = percent(
+            "--max-removal-percent",
+            self.max_removal_percent
+                .or_else(|| defaults.and_then(|d| d.max_removal_percent))
+                .unwrap_or(Thresholds::default().max_removal_percent),
+        )?;
+        let max_removals = self
+            .max_removals
+            .or_else(|| defaults.and_then(|d| d.max_removals))
+            .unwrap_or(Thresholds::default().max_removals);
+        Ok(GateOptions {
+            strict: self.strict,
+            thresholds: Thresholds { max_removals, max_removal_percent },
+            drift: DriftLimit { max_percent: max_drift_percent, accept: self.accept_drift, strict: self.strict },
+            accept_renames: self.accept_renames,
+            accept_group_rename: self.accept_group_rename,
+        })
+    }
 }

@@ -115,7 +115,11 @@ pub struct PlanArgs {
 /// with changes was written).
 pub fn run(args: PlanArgs, ctx: &Context) -> Result<i32> {
     let request = request(&args, ctx)?;
-    let planned = planning::plan(request)?;
+    // Pages read from Graph or PoliteMail are counted on stderr while the plan is made (nothing for files).
+    crate::progress::show_reads();
+    let planned = planning::plan(request);
+    crate::progress::end_reads();
+    let planned = planned?;
     let (plan, warnings, files) = match &planned {
         Planned::Written(w) => {
             (&w.plan, &w.warnings, Some(Files { plan: &w.out, signature: &w.signature, sha256: w.sha256.as_deref() }))

@@ -336,6 +336,7 @@ impl PoliteMailClient {
                 what: format!("GET {}", url.path()),
                 reason: "the answer has no 'value' array".into(),
             })?;
+            crate::progress::page("PoliteMail", value.len());
             items.extend(value.iter().cloned());
             next = match page.get("@odata.nextLink").or_else(|| page.get("odata.nextLink")).and_then(Value::as_str) {
                 None => None,

@@ -233,6 +233,7 @@ impl GraphClient {
                 };
                 each(member, user);
             }
+            crate::progress::page("Microsoft Graph", super::users::page_len(&page));
             next = self.next_link(&page, &what)?;
         }
         Ok(())

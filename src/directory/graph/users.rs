@@ -94,6 +94,7 @@ impl GraphClient {
         let mut next = Some(self.url(&format!("/users?$select={USER_SELECT}&$top={USER_PAGE}"))?);
         while let Some(url) = next {
             let page = self.get_json(url, Kind::Lookup, &[], USER_READ_HINT).await?;
+            crate::progress::page("Microsoft Graph", page_len(&page));
             each_match(&page, wanted, "GET /users", &mut *each)?;
             next = self.next_link(&page, "GET /users")?;
         }
@@ -113,6 +114,7 @@ impl GraphClient {
             while !pending.is_empty() {
                 round += 1;
                 let answers = self.batch_raw(&pending, Kind::LookupBatch).await?.items;
+                crate::progress::page("Microsoft Graph", answers.len());
                 let mut again = Vec::new();
                 let mut wait = Duration::ZERO;
                 self.observe_lookups(&answers);
@@ -331,6 +333,11 @@ pub(super) fn user_from_json(value: &Value) -> Result<DirectoryUser, String> {
             .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
             .unwrap_or_default(),
     })
+}
+
+/// How many objects a page of a Graph collection holds.
+pub(super) fn page_len(page: &Value) -> usize {
+    page.get("value").and_then(Value::as_array).map_or(0, Vec::len)
 }
 
 #[cfg(test)]
