@@ -19,8 +19,15 @@ fn fake(cfg: fg::Config) -> FakeGraph {
     FakeGraph::start_with(seed, cfg)
 }
 
+/// A config whose mappings read the members and the users from Graph (the samples' reads them from files).
+const LIVE: &str = "[defaults]\nkey = \"keys/demo-planner\"\nsigner = \"planner@contoso.example\"\n\
+allowed_signers = \"keys/allowed_signers\"\n\n\
+[[sync]]\nname = \"all-staff\"\ngroup = \"b53a97e9-e214-49f9-9d7e-4e4a23c5c243\"\ncontacts = \"politemail-all-staff.csv\"\n\n\
+[[sync]]\nname = \"managers\"\ngroup = \"4215fbad-0d2a-4fcf-bf8c-01ee7318e9cb\"\ncontacts = \"politemail-managers.csv\"\n";
+
 fn doctor(dir: &Path, graph: &FakeGraph, args: &[&str]) -> Output {
-    let mut all = vec!["doctor", "--config", "writeback.toml"];
+    std::fs::write(dir.join("live.toml"), LIVE).unwrap();
+    let mut all = vec!["doctor", "--config", "live.toml"];
     all.extend_from_slice(args);
     writeback_with(dir, &all, &graph.env())
 }
@@ -182,7 +189,8 @@ fn a_person_without_an_active_role_is_warned_about_pim_and_scoped_roles() {
             ("WRITEBACK_GRAPH_URL", graph.base_url.clone()),
             ("WRITEBACK_LOGIN_URL", graph.login_url.clone()),
         ];
-        let args = ["doctor", "--role", "admin", "--config", "writeback.toml", "--key", "keys/demo-admin", "--json"];
+        std::fs::write(dir.path().join("live.toml"), LIVE).unwrap();
+        let args = ["doctor", "--role", "admin", "--config", "live.toml", "--key", "keys/demo-admin", "--json"];
         let out = writeback_with(dir.path(), &args, &env);
         assert_eq!(code(&out), 0, "{}\n{}", text(&out.stdout), text(&out.stderr));
         checks(&out)
@@ -209,4 +217,19 @@ fn a_person_without_an_active_role_is_warned_about_pim_and_scoped_roles() {
     assert_eq!(roles["status"], "pass", "{roles}");
     assert!(roles["detail"].as_str().unwrap().contains("Groups Administrator"), "{roles}");
     assert_no_writes(&graph);
+}
+
+#[test]
+fn a_planner_working_from_exports_needs_no_sign_in() {
+    // The samples' config reads every group's members and the users from Entra exports: no Graph at all.
+    let dir = workspace();
+    let out = writeback_with(dir.path(), &["doctor", "--json"], &[]);
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let checks = checks(&out);
+    let sign_in = find(&checks, "sign-in");
+    assert_eq!(sign_in["status"], "pass");
+    assert!(sign_in["detail"].as_str().unwrap().contains("not needed"), "{sign_in}");
+    assert!(checks.iter().all(|c| !c["check"].as_str().unwrap().starts_with("group")), "{checks:#?}");
+    assert_eq!(find(&checks, "clock")["status"], "pass");
+    assert_eq!(find(&checks, "signer trusted")["status"], "pass");
 }
