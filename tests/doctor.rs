@@ -10,6 +10,7 @@ use std::process::Output;
 use serde_json::Value;
 use support::fake_az::FakeAz;
 use support::fake_graph::{self as fg, FakeGraph, Person, Seed};
+use support::fake_politemail::{self as fp, FakePoliteMail};
 use support::{code, text, workspace, writeback_with};
 
 const MANAGERS: &str = "4215fbad-0d2a-4fcf-bf8c-01ee7318e9cb";
@@ -232,4 +233,39 @@ fn a_planner_working_from_exports_needs_no_sign_in() {
     assert!(checks.iter().all(|c| !c["check"].as_str().unwrap().starts_with("group")), "{checks:#?}");
     assert_eq!(find(&checks, "clock")["status"], "pass");
     assert_eq!(find(&checks, "signer trusted")["status"], "pass");
+}
+
+#[test]
+fn a_planner_reading_politemail_finds_each_list_and_hears_of_refused_credentials() {
+    let dir = workspace();
+    let graph = fake(fg::Config::default());
+    let pm = FakePoliteMail::start(
+        fp::Seed::from_file(&support::samples().join("fake-politemail.json").to_string_lossy()).unwrap(),
+    );
+    let config = "[defaults]\nkey = \"keys/demo-planner\"\nallowed_signers = \"keys/allowed_signers\"\n\n\
+                  [[sync]]\ngroup = \"b53a97e9-e214-49f9-9d7e-4e4a23c5c243\"\nlist = \"All Staff\"\n\n\
+                  [[sync]]\ngroup = \"4215fbad-0d2a-4fcf-bf8c-01ee7318e9cb\"\nlist = \"Board\"\n";
+    std::fs::write(dir.path().join("pm.toml"), config).unwrap();
+    let mut env = graph.env();
+    env.extend(pm.env());
+    let out = writeback_with(dir.path(), &["doctor", "--config", "pm.toml", "--json"], &env);
+    assert_eq!(code(&out), 32, "{}", text(&out.stderr));
+    let found = checks(&out);
+    assert_eq!(find(&found, "PoliteMail")["status"], "pass", "{found:#?}");
+    assert_eq!(find(&found, "list All Staff")["status"], "pass");
+    let board = find(&found, "list Board");
+    assert_eq!(board["status"], "fail");
+    assert!(board["detail"].as_str().unwrap().contains("Board"), "{board}");
+
+    let wrong: Vec<(&str, String)> = env
+        .iter()
+        .map(|(k, v)| (*k, if *k == "POLITEMAIL_PASSWORD" { "wrong".to_string() } else { v.clone() }))
+        .collect();
+    let out = writeback_with(dir.path(), &["doctor", "--config", "pm.toml", "--json"], &wrong);
+    assert_eq!(code(&out), 32);
+    let checks = checks(&out);
+    let politemail = find(&checks, "PoliteMail");
+    assert_eq!(politemail["status"], "fail", "{politemail}");
+    assert!(politemail["detail"].as_str().unwrap().contains("credentials refused"), "{politemail}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&pm.env()[2].1), "the password is never shown");
 }
