@@ -344,3 +344,128 @@ pub fn write_receipt(path: &Path, receipt: &Receipt, key: Option<&SigningKey>) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `apply` from a signed plan on disk to the receipt and the ledger, against the session's in-memory tenant
+    //! (its reads and its writes) and a recording stand-in for the person at the keyboard.
+
+    use super::*;
+    use crate::apply::session::tests::{plan, t0, Tenant};
+    use crate::plan::Action;
+
+    /// Remembers what the apply showed and asked; says yes unless told not to.
+    #[derive(Default)]
+    struct Person {
+        refuse: bool,
+        reviews: u32,
+        dry_runs: u32,
+        progressed: u64,
+    }
+
+    impl ApplyUi for Person {
+        fn notice(&mut self, _: &str) {}
+        fn review(&mut self, _: &Review<'_>) {
+            self.reviews += 1;
+        }
+        fn dry_run(&mut self, _: &Review<'_>) {
+            self.dry_runs += 1;
+        }
+        fn confirm(&mut self, _: &Review<'_>) -> Result<()> {
+            if self.refuse {
+                return Err(Error::NotConfirmed("not confirmed; nothing was sent".into()));
+            }
+            Ok(())
+        }
+        fn sending(&mut self, _: u64) -> Option<tokio::sync::watch::Receiver<bool>> {
+            None
+        }
+        fn progress(&mut self, results: &[ChangeResult]) {
+            self.progressed += results.len() as u64;
+        }
+        fn sent(&mut self) {}
+    }
+
+    /// A folder with a plan for the tenant (add 11 and 12, remove 2), signed by a key allowed to sign plans.
+    fn signed(dir: &Path, dry_run: bool) -> ApplyRequest {
+        let key = SigningKey::generate("planner@contoso.example").unwrap();
+        let allowed = dir.join("allowed_signers");
+        let line = format!("planner@contoso.example namespaces=\"writeback-plan\" {}\n", key.public_key_openssh());
+        std::fs::write(&allowed, line).unwrap();
+        let mut plan = plan(1..=10, &[11, 12], &[2]);
+        plan.signer = "planner@contoso.example".into();
+        let bytes = crate::plan::encode(&plan, crate::plan::PlanFormat::Json);
+        let path = dir.join("plan.json");
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(crate::archive::signature_path(&path), key.sign(trust::PLAN_NAMESPACE, &bytes).unwrap())
+            .unwrap();
+        ApplyRequest {
+            journal: crate::archive::journal_path(&path),
+            plan: path,
+            signature: None,
+            allowed_signers: allowed,
+            require_approvals: 0,
+            ledger: dir.join("ledger"),
+            key: None,
+            gates: GateOptions::default(),
+            dry_run,
+            patches_per_batch: 20,
+            concurrency: 1,
+            request_timeout: Duration::from_secs(30),
+            sign_in: Default::default(),
+            now: t0(),
+            max_plan_lifetime: chrono::TimeDelta::days(30),
+        }
+    }
+
+    fn apply_with(request: &ApplyRequest, tenant: &Arc<Tenant>, person: &mut Person) -> Result<ApplyOutcome> {
+        let checked = check(request)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        runtime.block_on(run_with(request, checked, Arc::clone(tenant), person))
+    }
+
+    #[test]
+    fn a_signed_plan_is_applied_once_with_its_receipt_and_ledger_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = signed(dir.path(), false);
+        let tenant = Tenant::with_members(1..=10);
+        let mut person = Person::default();
+        let ApplyOutcome::Done(done) = apply_with(&request, &tenant, &mut person).unwrap() else {
+            panic!("not a dry run")
+        };
+        done.check_complete().unwrap();
+        assert_eq!((person.reviews, person.progressed), (1, 3));
+        assert_eq!(tenant.written(), vec![(Action::Add, 11), (Action::Add, 12), (Action::Remove, 2)]);
+        assert!(done.receipt_path.exists() && !done.signed);
+        let receipt = Receipt::decode(&std::fs::read(&done.receipt_path).unwrap()).unwrap();
+        assert_eq!(receipt.counts.applied, 3);
+        // The ledger has it as finished: the plan is refused before anything is read, wherever its file is.
+        let again = apply_with(&request, &tenant, &mut Person::default());
+        assert!(matches!(again, Err(Error::Replay(_))), "{again:?}");
+        assert_eq!(tenant.written().len(), 3);
+    }
+
+    #[test]
+    fn a_dry_run_reviews_and_then_sends_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = signed(dir.path(), true);
+        let tenant = Tenant::with_members(1..=10);
+        let mut person = Person::default();
+        assert!(matches!(apply_with(&request, &tenant, &mut person), Ok(ApplyOutcome::DryRun)));
+        assert_eq!((person.reviews, person.dry_runs), (1, 1));
+        assert!(tenant.written().is_empty());
+        assert!(!request.journal.exists() && !crate::archive::receipt_path(&request.plan).exists());
+    }
+
+    #[test]
+    fn without_consent_nothing_is_sent_or_journaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = signed(dir.path(), false);
+        let tenant = Tenant::with_members(1..=10);
+        let mut person = Person { refuse: true, ..Person::default() };
+        let refused = apply_with(&request, &tenant, &mut person);
+        assert!(matches!(refused, Err(Error::NotConfirmed(_))), "{refused:?}");
+        assert!(tenant.written().is_empty());
+        assert!(!request.journal.exists());
+    }
+}

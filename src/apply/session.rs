@@ -346,7 +346,7 @@ pub fn rebuild_receipt(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The session against an in-memory tenant that is both the read side (the gates' [`DirectoryReads`]) and the
     //! write side (the executor's [`Transport`]), so what a run reads is what earlier writes left.
 
@@ -368,7 +368,7 @@ mod tests {
 
     /// One group and users 1 to 99 (`u{n}@contoso.example`), with a log of what was read and written.
     #[derive(Default)]
-    struct Tenant(Mutex<State>);
+    pub(crate) struct Tenant(Mutex<State>);
 
     #[derive(Default)]
     struct State {
@@ -389,7 +389,7 @@ mod tests {
     }
 
     impl Tenant {
-        fn with_members(members: impl IntoIterator<Item = u32>) -> Arc<Tenant> {
+        pub(crate) fn with_members(members: impl IntoIterator<Item = u32>) -> Arc<Tenant> {
             let tenant = Tenant::default();
             tenant.state().members = members.into_iter().collect();
             Arc::new(tenant)
@@ -399,11 +399,11 @@ mod tests {
             self.0.lock().unwrap()
         }
 
-        fn members(&self) -> BTreeSet<u32> {
+        pub(crate) fn members(&self) -> BTreeSet<u32> {
             self.state().members.clone()
         }
 
-        fn written(&self) -> Vec<(Action, u32)> {
+        pub(crate) fn written(&self) -> Vec<(Action, u32)> {
             self.state().written.clone()
         }
 
@@ -503,6 +503,12 @@ mod tests {
         }
     }
 
+    impl crate::apply::backend::Backend for Tenant {
+        fn bind_base(&self) -> String {
+            "https://graph.example/v1.0".into()
+        }
+    }
+
     /// A fixed clock.
     struct At(DateTime<Utc>);
 
@@ -512,12 +518,12 @@ mod tests {
         }
     }
 
-    fn t0() -> DateTime<Utc> {
+    pub(crate) fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
     /// A plan for the group as it was with `members`: add `adds`, remove `removes`.
-    fn plan(members: impl IntoIterator<Item = u32>, adds: &[u32], removes: &[u32]) -> Plan {
+    pub(crate) fn plan(members: impl IntoIterator<Item = u32>, adds: &[u32], removes: &[u32]) -> Plan {
         let mut changes: Vec<Change> = adds.iter().map(|n| change(Action::Add, *n)).collect();
         changes.extend(removes.iter().map(|n| change(Action::Remove, *n)));
         let members: Vec<ObjectId> = members.into_iter().map(id).collect();
