@@ -235,25 +235,22 @@ impl PoliteMailClient {
     /// server pages), in the order PoliteMail gives them; `line` is the 1-based position.
     pub async fn contacts(&self, list: &PoliteMailList) -> Result<ContactList, PoliteMailError> {
         let url = self.url(&format!("/Lists({})/Contacts", list.id))?;
-        let items = self.collect(url).await?;
-        let contacts: Vec<Contact> = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let field = |name: &str| item.get(name).and_then(Value::as_str).map(str::to_string);
-                Contact {
-                    email: field("Email").unwrap_or_default(),
-                    first_name: field("FirstName"),
-                    last_name: field("LastName"),
-                    display_name: field("DisplayName"),
-                    line: i as u64 + 1,
-                }
-            })
-            .collect();
+        let mut contacts = Vec::new();
+        let mut next = Some(url);
+        while let Some(url) = next {
+            let sent = self.execute(&url).await?;
+            let before = contacts.len();
+            let link = self.contacts_page(sent, &url, &mut contacts).await?;
+            crate::progress::page("PoliteMail", contacts.len() - before);
+            next = self.next_page(link.as_deref(), &url)?;
+        }
+        for (i, contact) in contacts.iter_mut().enumerate() {
+            contact.line = i as u64 + 1;
+        }
         let input = InputRecord {
             role: InputRole::Contacts,
             description: format!("PoliteMail API {} list '{}' (id {})", base_str(&self.base), list.name, list.id),
-            sha256: crate::plan::precondition::sha256_hex(&canonical_contacts(&contacts)),
+            sha256: contacts_sha256(&contacts),
         };
         Ok(ContactList { contacts, input })
     }
@@ -295,34 +292,54 @@ impl PoliteMailClient {
     }
 
     async fn json(&self, sent: Sent, url: &Url) -> Result<Value, PoliteMailError> {
+        let bytes = self.body(sent, url).await?;
+        parse_json(&bytes, url)
+    }
+
+    /// The body of an answer; an error answer is refused, with what to do about it.
+    async fn body(&self, sent: Sent, url: &Url) -> Result<Vec<u8>, PoliteMailError> {
         if !sent.response.status().is_success() {
-            let err =
-                ServiceError::from_response("PoliteMail", &Method::GET, sent.response, &sent.client_request_id).await;
-            let err = match err.status {
-                401 => match self.auth {
-                    PoliteMailAuth::Basic { .. } => err.with_hint(
-                        "Check POLITEMAIL_USER and POLITEMAIL_PASSWORD; if PoliteMail signs in through Entra ID, SAML \
-                         or Windows, create a personal access token and set POLITEMAIL_TOKEN instead",
-                    ),
-                    PoliteMailAuth::Token(_) => err.with_hint(
-                        "PoliteMail refused POLITEMAIL_TOKEN both as user name + password and as password alone; \
-                         check that the token has not expired or been revoked",
-                    ),
-                },
-                403 => err.with_hint("the PoliteMail account cannot read this list; ask a PoliteMail admin"),
-                404 => err.with_hint("check POLITEMAIL_URL (…/api/odata on PoliteMail 5, …/ssv3/odata on 4.x)"),
-                _ => err,
-            };
-            return Err(PoliteMailError::Service(Box::new(err)));
+            return Err(self.refusal(sent).await);
         }
         let bytes = sent.response.bytes().await.map_err(|e| PoliteMailError::Protocol {
             what: format!("GET {}", url.path()),
             reason: format!("reading the answer failed: {e}"),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| PoliteMailError::Protocol {
-            what: format!("GET {}", url.path()),
-            reason: format!("the answer is not JSON ({e}); check POLITEMAIL_URL"),
-        })
+        Ok(Vec::from(bytes))
+    }
+
+    /// The error for an answer that is not a success, with a hint for the statuses a person can act on.
+    async fn refusal(&self, sent: Sent) -> PoliteMailError {
+        let err = ServiceError::from_response("PoliteMail", &Method::GET, sent.response, &sent.client_request_id).await;
+        let err = match err.status {
+            401 => match self.auth {
+                PoliteMailAuth::Basic { .. } => err.with_hint(
+                    "Check POLITEMAIL_USER and POLITEMAIL_PASSWORD; if PoliteMail signs in through Entra ID, SAML \
+                     or Windows, create a personal access token and set POLITEMAIL_TOKEN instead",
+                ),
+                PoliteMailAuth::Token(_) => err.with_hint(
+                    "PoliteMail refused POLITEMAIL_TOKEN both as user name + password and as password alone; \
+                     check that the token has not expired or been revoked",
+                ),
+            },
+            403 => err.with_hint("the PoliteMail account cannot read this list; ask a PoliteMail admin"),
+            404 => err.with_hint("check POLITEMAIL_URL (…/api/odata on PoliteMail 5, …/ssv3/odata on 4.x)"),
+            _ => err,
+        };
+        PoliteMailError::Service(Box::new(err))
+    }
+
+    /// Reads one page of a list's contacts into `contacts` and gives its next link. The page is read compactly
+    /// ([`ContactsPage`]); anything that reading does not take (a repeated page field, an item that is not an
+    /// object, …) is read as any JSON instead, as it always was, so that every answer gives what it gave before.
+    async fn contacts_page(
+        &self,
+        sent: Sent,
+        url: &Url,
+        contacts: &mut Vec<Contact>,
+    ) -> Result<Option<String>, PoliteMailError> {
+        let bytes = self.body(sent, url).await?;
+        page_contacts(&bytes, url, contacts)
     }
 
     /// GETs a collection and every further page.
@@ -332,33 +349,31 @@ impl PoliteMailClient {
         while let Some(url) = next {
             let sent = self.execute(&url).await?;
             let page = self.json(sent, &url).await?;
-            let value = page.get("value").and_then(Value::as_array).ok_or_else(|| PoliteMailError::Protocol {
-                what: format!("GET {}", url.path()),
-                reason: "the answer has no 'value' array".into(),
-            })?;
+            let value = page.get("value").and_then(Value::as_array).ok_or_else(|| no_value_array(&url))?;
             crate::progress::page("PoliteMail", value.len());
             items.extend(value.iter().cloned());
-            next = match page.get("@odata.nextLink").or_else(|| page.get("odata.nextLink")).and_then(Value::as_str) {
-                None => None,
-                Some(link) => {
-                    // OData v3 may give the link relative to the service root.
-                    let root = Url::parse(&format!("{}/", base_str(&self.base)))
-                        .map_err(|e| PoliteMailError::Protocol { what: "nextLink".into(), reason: e.to_string() })?;
-                    let link = root.join(link).map_err(|e| PoliteMailError::Protocol {
-                        what: format!("GET {}", url.path()),
-                        reason: format!("the next-page link is not a URL ({e})"),
-                    })?;
-                    if !same_origin(&link, &self.base) {
-                        return Err(PoliteMailError::Protocol {
-                            what: format!("GET {}", url.path()),
-                            reason: "the next-page link points at another server".into(),
-                        });
-                    }
-                    Some(link)
-                }
-            };
+            next = self.next_page(next_link_of(&page), &url)?;
         }
         Ok(items)
+    }
+
+    /// The next page's URL from a page's next link (OData v3 may give it relative to the service root); it must
+    /// be on the same server.
+    fn next_page(&self, link: Option<&str>, url: &Url) -> Result<Option<Url>, PoliteMailError> {
+        let Some(link) = link else { return Ok(None) };
+        let root = Url::parse(&format!("{}/", base_str(&self.base)))
+            .map_err(|e| PoliteMailError::Protocol { what: "nextLink".into(), reason: e.to_string() })?;
+        let link = root.join(link).map_err(|e| PoliteMailError::Protocol {
+            what: format!("GET {}", url.path()),
+            reason: format!("the next-page link is not a URL ({e})"),
+        })?;
+        if !same_origin(&link, &self.base) {
+            return Err(PoliteMailError::Protocol {
+                what: format!("GET {}", url.path()),
+                reason: "the next-page link points at another server".into(),
+            });
+        }
+        Ok(Some(link))
     }
 
     /// "; did you mean …" with up to five near names, or "" when none are near or listing fails.
@@ -395,11 +410,224 @@ fn list_from_json(value: &Value) -> Option<PoliteMailList> {
 pub fn canonical_contacts(contacts: &[Contact]) -> Vec<u8> {
     let mut out = Vec::new();
     for c in contacts {
-        let row = serde_json::json!([c.email, c.first_name, c.last_name, c.display_name]);
-        out.extend_from_slice(row.to_string().as_bytes());
-        out.push(b'\n');
+        canonical_contact_row(&mut out, c);
     }
     out
+}
+
+/// Appends one contact's line of [`canonical_contacts`]: the JSON array `[email, first, last, display]` and `\n`.
+fn canonical_contact_row(out: &mut Vec<u8>, c: &Contact) {
+    let row = (&c.email, &c.first_name, &c.last_name, &c.display_name);
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &row);
+    out.push(b'\n');
+}
+
+/// The SHA-256 (hex) of [`canonical_contacts`], a row at a time (the rows are never held together).
+fn contacts_sha256(contacts: &[Contact]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut row = Vec::new();
+    for c in contacts {
+        row.clear();
+        canonical_contact_row(&mut row, c);
+        hasher.update(&row);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// [`PoliteMailClient::contacts_page`] once the answer's bytes are in.
+fn page_contacts(bytes: &[u8], url: &Url, contacts: &mut Vec<Contact>) -> Result<Option<String>, PoliteMailError> {
+    match serde_json::from_slice::<ContactsPage>(bytes) {
+        Ok(page) => {
+            let items = page.value.ok_or_else(|| no_value_array(url))?;
+            contacts.extend(items.into_iter().map(ContactItem::into_contact));
+            Ok(page.next_link)
+        }
+        Err(_) => page_contacts_as_json(bytes, url, contacts),
+    }
+}
+
+/// [`page_contacts`] by way of a JSON value for the whole page.
+fn page_contacts_as_json(
+    bytes: &[u8],
+    url: &Url,
+    contacts: &mut Vec<Contact>,
+) -> Result<Option<String>, PoliteMailError> {
+    let page: Value = parse_json(bytes, url)?;
+    let items = page.get("value").and_then(Value::as_array).ok_or_else(|| no_value_array(url))?;
+    contacts.extend(items.iter().map(contact_from_json));
+    Ok(next_link_of(&page).map(str::to_string))
+}
+
+/// The refusal of an answer without its `value` array.
+fn no_value_array(url: &Url) -> PoliteMailError {
+    PoliteMailError::Protocol { what: format!("GET {}", url.path()), reason: "the answer has no 'value' array".into() }
+}
+
+/// The bytes of an answer as JSON.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], url: &Url) -> Result<T, PoliteMailError> {
+    serde_json::from_slice(bytes).map_err(|e| PoliteMailError::Protocol {
+        what: format!("GET {}", url.path()),
+        reason: format!("the answer is not JSON ({e}); check POLITEMAIL_URL"),
+    })
+}
+
+/// A page's next link: `@odata.nextLink`, else `odata.nextLink` (OData v3); `None` when the first present is not
+/// a string.
+fn next_link_of(page: &Value) -> Option<&str> {
+    page.get("@odata.nextLink").or_else(|| page.get("odata.nextLink")).and_then(Value::as_str)
+}
+
+/// A contact from one item of a list's answer: its `Email`, `FirstName`, `LastName` and `DisplayName` when they are
+/// strings (the line is set by the caller).
+fn contact_from_json(item: &Value) -> Contact {
+    let field = |name: &str| item.get(name).and_then(Value::as_str).map(str::to_string);
+    Contact {
+        email: field("Email").unwrap_or_default(),
+        first_name: field("FirstName"),
+        last_name: field("LastName"),
+        display_name: field("DisplayName"),
+        line: 0,
+    }
+}
+
+/// A page of a list's contacts, read without building a JSON value per contact: of each item only the four fields
+/// a contact has are kept, and every other field is skipped as it is parsed. A list's contacts usually come in one
+/// answer, and as JSON values a million of them took several GB. The page must be an object and each item an
+/// object; a repeated page field fails the reading (the caller then reads the page as any JSON).
+struct ContactsPage {
+    value: Option<Vec<ContactItem>>,
+    next_link: Option<String>,
+}
+
+/// One contact item of a [`ContactsPage`]: the four fields, each as the JSON it was (the last one when repeated,
+/// as a JSON object keeps it).
+#[derive(Default)]
+struct ContactItem {
+    email: Option<Value>,
+    first_name: Option<Value>,
+    last_name: Option<Value>,
+    display_name: Option<Value>,
+}
+
+impl ContactItem {
+    fn into_contact(self) -> Contact {
+        let text = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        Contact {
+            email: text(self.email).unwrap_or_default(),
+            first_name: text(self.first_name),
+            last_name: text(self.last_name),
+            display_name: text(self.display_name),
+            line: 0,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ContactsPage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PageVisitor;
+        impl<'de> serde::de::Visitor<'de> for PageVisitor {
+            type Value = ContactsPage;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a page of contacts (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ContactsPage, A::Error> {
+                let (mut value, mut at_link, mut v3_link) = (None, None, None);
+                while let Some(key) = map.next_key::<Key>()? {
+                    let seen = match key {
+                        Key::Value => value.replace(map.next_value::<Option<Vec<ContactItem>>>()?).is_some(),
+                        Key::AtNextLink => at_link.replace(map.next_value::<Value>()?).is_some(),
+                        Key::NextLink => v3_link.replace(map.next_value::<Value>()?).is_some(),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            false
+                        }
+                    };
+                    if seen {
+                        return Err(serde::de::Error::custom("a page field given twice"));
+                    }
+                }
+                // As `next_link_of`: the first link present counts, and only when it is a string.
+                let next_link = match (at_link, v3_link) {
+                    (Some(link), _) | (None, Some(link)) => link.as_str().map(str::to_string),
+                    (None, None) => None,
+                };
+                Ok(ContactsPage { value: value.flatten(), next_link })
+            }
+        }
+        deserializer.deserialize_map(PageVisitor)
+    }
+}
+
+/// The field names a [`ContactsPage`] and a [`ContactItem`] look at, read without allocating.
+enum Key {
+    Value,
+    AtNextLink,
+    NextLink,
+    Email,
+    FirstName,
+    LastName,
+    DisplayName,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(match name {
+                    "value" => Key::Value,
+                    "@odata.nextLink" => Key::AtNextLink,
+                    "odata.nextLink" => Key::NextLink,
+                    "Email" => Key::Email,
+                    "FirstName" => Key::FirstName,
+                    "LastName" => Key::LastName,
+                    "DisplayName" => Key::DisplayName,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ContactItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+        impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+            type Value = ContactItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a contact (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ContactItem, A::Error> {
+                let mut item = ContactItem::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::Email => &mut item.email,
+                        Key::FirstName => &mut item.first_name,
+                        Key::LastName => &mut item.last_name,
+                        Key::DisplayName => &mut item.display_name,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value::<Value>()?);
+                }
+                Ok(item)
+            }
+        }
+        deserializer.deserialize_map(ItemVisitor)
+    }
 }
 
 /// Up to five lists whose names are near `wanted`: those containing it (or contained in it) first, then by
@@ -620,5 +848,30 @@ mod tests {
             HttpConfig::default()
         )
         .is_err());
+    }
+
+    /// The compact reading of a page of contacts gives what reading it as a JSON value gives, on ordinary and odd
+    /// answers alike.
+    #[test]
+    fn contacts_pages_read_compactly_as_any_json() {
+        let url = Url::parse("https://pm.example/api/odata/Lists(1)/Contacts").unwrap();
+        let pages = [
+            r#"{"odata.metadata":"x","value":[{"ID":1,"Email":"a@x.com","FirstName":"A","Extra":{"n":[1,{"q":2}]}},{"Email":5,"LastName":null}],"odata.nextLink":"Lists(1)/Contacts?$skip=2"}"#,
+            r#"{"value":[{"Em\u0061il":"b@x.com","Email":"c@x.com","DisplayName":"C \"D\""}],"@odata.nextLink":5,"odata.nextLink":"y"}"#,
+            r#"{"value":[{"Email":"d@x.com"},7,"e",[1]],"@odata.nextLink":"Lists(1)/Contacts?$skip=9"}"#,
+            r#"{"value":[{"Email":"f@x.com"}],"value":[]}"#,
+            r#"{"value":null}"#,
+            r#"{"value":{"Email":"g@x.com"}}"#,
+            r#"[{"value":[]}]"#,
+            r#"{"nothing":1}"#,
+            r#"{"value":[]"#,
+        ];
+        for page in pages {
+            let (mut compact, mut json) = (Vec::new(), Vec::new());
+            let a = page_contacts(page.as_bytes(), &url, &mut compact).map_err(|e| e.to_string());
+            let b = page_contacts_as_json(page.as_bytes(), &url, &mut json).map_err(|e| e.to_string());
+            assert_eq!(a, b, "{page}");
+            assert_eq!(compact, json, "{page}");
+        }
     }
 }
