@@ -170,10 +170,15 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        if strip(&work.path().join("live.json")) == strip(&work.path().join("baseline.json")) {
+        let (ours, theirs) = (strip(&work.path().join("live.json")), strip(&work.path().join("baseline.json")));
+        if ours == theirs {
             println!("this build's live plan is the baseline's, byte for byte, apart from the plan id and times");
         } else {
-            println!("DIFFERENT: this build's live plan is not the baseline's");
+            println!("DIFFERENT: this build's live plan is not the baseline's; the first differing lines:");
+            let differing = ours.lines().zip(theirs.lines()).filter(|(a, b)| a != b).take(5);
+            for (a, b) in differing {
+                println!("  this build: {a}\n  baseline:   {b}");
+            }
             ok = false;
         }
     }

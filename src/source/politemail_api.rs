@@ -438,13 +438,20 @@ fn contacts_sha256(contacts: &[Contact]) -> String {
 
 /// [`PoliteMailClient::contacts_page`] once the answer's bytes are in.
 fn page_contacts(bytes: &[u8], url: &Url, contacts: &mut Vec<Contact>) -> Result<Option<String>, PoliteMailError> {
-    match serde_json::from_slice::<ContactsPage>(bytes) {
-        Ok(page) => {
-            let items = page.value.ok_or_else(|| no_value_array(url))?;
-            contacts.extend(items.into_iter().map(ContactItem::into_contact));
-            Ok(page.next_link)
+    let before = contacts.len();
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let read = serde::de::DeserializeSeed::deserialize(ContactsPage { contacts: &mut *contacts }, &mut reader)
+        .and_then(|page| reader.end().map(|()| page));
+    match read {
+        Ok((true, next_link)) => Ok(next_link),
+        Ok((false, _)) => {
+            contacts.truncate(before);
+            Err(no_value_array(url))
         }
-        Err(_) => page_contacts_as_json(bytes, url, contacts),
+        Err(_) => {
+            contacts.truncate(before);
+            page_contacts_as_json(bytes, url, contacts)
+        }
     }
 }
 
@@ -492,13 +499,19 @@ fn contact_from_json(item: &Value) -> Contact {
     }
 }
 
-/// A page of a list's contacts, read without building a JSON value per contact: of each item only the four fields
-/// a contact has are kept, and every other field is skipped as it is parsed. A list's contacts usually come in one
-/// answer, and as JSON values a million of them took several GB. The page must be an object and each item an
-/// object; a repeated page field fails the reading (the caller then reads the page as any JSON).
-struct ContactsPage {
-    value: Option<Vec<ContactItem>>,
-    next_link: Option<String>,
+/// A page of a list's contacts, read without building a JSON value per contact: each item goes straight into
+/// `contacts` with only the four fields a contact has, and every other field is skipped as it is parsed. A list's
+/// contacts usually come in one answer, and as JSON values a million of them took several GB. The page must be an
+/// object and each item an object; a repeated page field fails the reading (the caller then reads the page as any
+/// JSON). Gives whether the page had its `value` array, and its next link.
+struct ContactsPage<'a> {
+    contacts: &'a mut Vec<Contact>,
+}
+
+/// The `value` array of a [`ContactsPage`] (or `null`), each item pushed as it is read; gives whether it was an
+/// array.
+struct ContactItems<'a> {
+    contacts: &'a mut Vec<Contact>,
 }
 
 /// One contact item of a [`ContactsPage`]: the four fields, each as the JSON it was (the last one when repeated,
@@ -527,39 +540,78 @@ impl ContactItem {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for ContactsPage {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PageVisitor;
-        impl<'de> serde::de::Visitor<'de> for PageVisitor {
-            type Value = ContactsPage;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a page of contacts (a JSON object)")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ContactsPage, A::Error> {
-                let (mut value, mut at_link, mut v3_link) = (None, None, None);
-                while let Some(key) = map.next_key::<Key>()? {
-                    let seen = match key {
-                        Key::Value => value.replace(map.next_value::<Option<Vec<ContactItem>>>()?).is_some(),
-                        Key::AtNextLink => at_link.replace(map.next_value::<Value>()?).is_some(),
-                        Key::NextLink => v3_link.replace(map.next_value::<Value>()?).is_some(),
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                            false
-                        }
-                    };
-                    if seen {
-                        return Err(serde::de::Error::custom("a page field given twice"));
-                    }
+impl<'de> serde::de::DeserializeSeed<'de> for ContactsPage<'_> {
+    type Value = (bool, Option<String>);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ContactsPage<'_> {
+    type Value = (bool, Option<String>);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a page of contacts (a JSON object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut value, mut at_link, mut v3_link) = (None, None, None);
+        while let Some(key) = map.next_key::<Key>()? {
+            let seen = match key {
+                Key::Value => {
+                    let had = value.is_some();
+                    value = Some(map.next_value_seed(ContactItems { contacts: &mut *self.contacts })?);
+                    had
                 }
-                // As `next_link_of`: the first link present counts, and only when it is a string.
-                let next_link = match (at_link, v3_link) {
-                    (Some(link), _) | (None, Some(link)) => link.as_str().map(str::to_string),
-                    (None, None) => None,
-                };
-                Ok(ContactsPage { value: value.flatten(), next_link })
+                Key::AtNextLink => at_link.replace(map.next_value::<Value>()?).is_some(),
+                Key::NextLink => v3_link.replace(map.next_value::<Value>()?).is_some(),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    false
+                }
+            };
+            if seen {
+                return Err(serde::de::Error::custom("a page field given twice"));
             }
         }
-        deserializer.deserialize_map(PageVisitor)
+        // As `next_link_of`: the first link present counts, and only when it is a string.
+        let next_link = match (at_link, v3_link) {
+            (Some(link), _) | (None, Some(link)) => link.as_str().map(str::to_string),
+            (None, None) => None,
+        };
+        Ok((value == Some(true), next_link))
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ContactItems<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ContactItems<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of contacts")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while let Some(item) = seq.next_element::<ContactItem>()? {
+            self.contacts.push(item.into_contact());
+        }
+        Ok(true)
     }
 }
 
