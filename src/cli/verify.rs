@@ -100,7 +100,7 @@ fn check(args: &VerifyArgs, ctx: &Context) -> Result<Checked> {
 fn failure_json(args: &VerifyArgs, e: &Error) -> serde_json::Value {
     let check = match e {
         Error::BadSignature { .. } => "signature",
-        Error::UnsupportedVersion { .. } | Error::MalformedPlan { .. } => "plan",
+        Error::UnsupportedVersion { .. } | Error::MalformedPlan { .. } | Error::PlanMismatch(_) => "plan",
         Error::UntrustedSigner { .. } => "signer",
         Error::PlanTimes { .. } => "times",
         Error::Expired { .. } => "expiry",
