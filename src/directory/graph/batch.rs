@@ -53,6 +53,23 @@ impl std::fmt::Display for GraphErrorBody {
     }
 }
 
+/// The error of a read sent inside a `$batch` (`GET {path}`) that came back with `status`, as the
+/// [`ServiceError`](crate::http::ServiceError) every caller reports; `error` is the item's envelope, when any.
+pub fn batch_read_error(path: String, status: u16, error: Option<GraphErrorBody>) -> crate::http::ServiceError {
+    crate::http::ServiceError {
+        service: "Microsoft Graph",
+        method: "GET".into(),
+        path,
+        status,
+        code: error.as_ref().map(|e| e.code.clone()).filter(|c| !c.is_empty()),
+        message: error.as_ref().map(|e| e.message.clone()).filter(|m| !m.is_empty()),
+        request_id: error.and_then(|e| e.request_id),
+        client_request_id: String::new(),
+        retry_after: None,
+        hint: None,
+    }
+}
+
 /// The answer to one [`BatchItem`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchItemResponse {

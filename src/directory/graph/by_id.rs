@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::batch::{BatchItem, RawItemResponse, MAX_BATCH_ITEMS};
+use super::batch::{batch_read_error, BatchItem, RawItemResponse, MAX_BATCH_ITEMS};
 use super::users::{user_from_json, USER_SELECT};
 use super::{str_field, GraphClient, GraphError, Kind};
 use crate::directory::{DirectoryUser, MemberKind};
-use crate::http::{encode_query_value, ServiceError};
+use crate::http::encode_query_value;
 use crate::identity::ObjectId;
 
 /// The most ids in one `id in (…)` filter.
@@ -158,18 +158,8 @@ impl GraphClient {
                         }
                         status => {
                             let error = answer.response.error;
-                            return Err(GraphError::Service(Box::new(ServiceError {
-                                service: "Microsoft Graph",
-                                method: "GET".into(),
-                                path: format!("{what} (in $batch)"),
-                                status,
-                                code: error.as_ref().map(|e| e.code.clone()).filter(|c| !c.is_empty()),
-                                message: error.as_ref().map(|e| e.message.clone()).filter(|m| !m.is_empty()),
-                                request_id: error.and_then(|e| e.request_id),
-                                client_request_id: String::new(),
-                                retry_after: None,
-                                hint: None,
-                            })));
+                            let path = format!("{what} (in $batch)");
+                            return Err(GraphError::Service(Box::new(batch_read_error(path, status, error))));
                         }
                     }
                 }

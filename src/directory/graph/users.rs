@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::batch::{BatchItem, MAX_BATCH_ITEMS};
+use super::batch::{batch_read_error, BatchItem, MAX_BATCH_ITEMS};
 use super::{str_field, GraphClient, GraphError, Kind};
 use crate::directory::{DirectoryUser, UserType};
-use crate::http::{encode_query_value, odata_string, ServiceError};
+use crate::http::{encode_query_value, odata_string};
 use crate::identity::{address_key, smtp_proxy_address, Email, ObjectId};
 use crate::signin::Need;
 
@@ -137,19 +137,8 @@ impl GraphClient {
                             again.push(item.clone());
                         }
                         status => {
-                            let error = r.error.clone();
-                            let err = ServiceError {
-                                service: "Microsoft Graph",
-                                method: "GET".into(),
-                                path: "/users (in $batch)".into(),
-                                status,
-                                code: error.as_ref().map(|e| e.code.clone()).filter(|c| !c.is_empty()),
-                                message: error.as_ref().map(|e| e.message.clone()).filter(|m| !m.is_empty()),
-                                request_id: error.and_then(|e| e.request_id),
-                                client_request_id: String::new(),
-                                retry_after: None,
-                                hint: (status == 403).then(|| self.explain_forbidden(USER_READ_HINT)),
-                            };
+                            let mut err = batch_read_error("/users (in $batch)".into(), status, r.error.clone());
+                            err.hint = (status == 403).then(|| self.explain_forbidden(USER_READ_HINT));
                             return Err(GraphError::Service(Box::new(err)));
                         }
                     }
