@@ -18,6 +18,8 @@
 //! The fakes hold the whole directory as JSON-ready values in this process (about 1.5 KB a user), so 100k users
 //! is a good size for a 2-core machine shared with others; 1M needs a few GB here.
 
+#[path = "common/stats.rs"]
+mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use stats::median;
 use support::fake_graph::{self as fg, FakeGraph};
 use support::fake_politemail::{self as fp, FakePoliteMail};
 
@@ -254,16 +257,6 @@ fn rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
 struct Run {
     wall: f64,
     peak_mib: f64,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }
 
 /// Runs `cmd` (a `/usr/bin/time -f %M -o PEAK …` command) to its end and returns its wall time and the peak

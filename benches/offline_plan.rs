@@ -24,9 +24,14 @@
 //!
 //! The machine's other work shifts both programs' times; the ratios of pairs run back to back are what count.
 
+#[path = "common/stats.rs"]
+mod stats;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use stats::median;
 
 const GROUP_ID: &str = "00000000-0000-0000-0000-000000000001";
 const WALL_TARGET: f64 = 1.5;
@@ -212,16 +217,6 @@ fn print_row_progress(row: &Row) {
     let walls: Vec<String> =
         row.floor.iter().zip(&row.writeback).map(|(f, w)| format!("{:.2}/{:.2}", f.wall, w.wall)).collect();
     println!("{}: floor/writeback wall per pair (s): {}", size_name(row.n), walls.join(" "));
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }
 
 /// `median unit (min–max)`.
