@@ -25,7 +25,7 @@ use chrono::Utc;
 use support::fake_graph::{Config as FakeConfig, FakeGraph, Faults, Seed, WriteQuota};
 use writeback::apply::receipt::Receipt;
 use writeback::identity::ObjectId;
-use writeback::plan::{Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
+use writeback::plan::{Action, Change, Plan, PlanFormat};
 use writeback::trust::SigningKey;
 
 const SIGNER: &str = "planner@contoso.example";
@@ -79,27 +79,10 @@ fn write_plan(w: &World, dir: &Path, key: &SigningKey) -> PathBuf {
     let mut changes: Vec<Change> = w.adds.iter().map(|u| change(Action::Add, u)).collect();
     changes.extend(w.removes.iter().map(|u| change(Action::Remove, u)));
     let now = Utc::now();
-    let plan = Plan {
-        format: writeback::plan::FORMAT_NAME.into(),
-        format_version: writeback::plan::FORMAT_VERSION.into(),
-        plan_id: uuid::Uuid::new_v4(),
-        created_at: now - chrono::Duration::minutes(1),
-        expires_at: now + chrono::Duration::days(1),
-        signer: SIGNER.into(),
-        tool_version: "bench".into(),
-        tenant_id: Some(w.tenant.clone()),
-        entra_actor: None,
-        groups: vec![GroupPlan {
-            group_id: ObjectId::parse(&w.group).expect("a GUID"),
-            display_name: Some("Big Group".into()),
-            options: Default::default(),
-            inputs: vec![],
-            precondition: Precondition::from_members(&members),
-            counts: Counts::tally(&changes, &[]),
-            changes,
-            not_acted_on: vec![],
-        }],
-    };
+    let (created_at, expires_at) = (now - chrono::Duration::minutes(1), now + chrono::Duration::days(1));
+    let group = ObjectId::parse(&w.group).expect("a GUID");
+    let plan = support::one_group_plan(group, "Big Group", &members, changes, SIGNER, created_at, expires_at);
+    let plan = Plan { tenant_id: Some(w.tenant.clone()), ..plan };
     let bytes = writeback::plan::encode(&plan, PlanFormat::Json);
     let path = dir.join("plan.json");
     std::fs::write(&path, &bytes).expect("write the plan");

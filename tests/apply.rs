@@ -17,7 +17,7 @@ use writeback::apply::journal::{self, PlanProgress};
 use writeback::apply::receipt::Receipt;
 use writeback::apply::Outcome;
 use writeback::identity::ObjectId;
-use writeback::plan::{Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
+use writeback::plan::{Action, Change, Counts, Plan, PlanFormat, Precondition};
 
 use writeback::trust::SigningKey;
 
@@ -71,27 +71,10 @@ impl Env {
         let mut changes: Vec<Change> = adds.iter().map(|u| change(Action::Add, u)).collect();
         changes.extend(removes.iter().map(|u| change(Action::Remove, u)));
         let now = Utc::now();
-        Plan {
-            format: writeback::plan::FORMAT_NAME.into(),
-            format_version: writeback::plan::FORMAT_VERSION.into(),
-            plan_id: uuid::Uuid::new_v4(),
-            created_at: now - chrono::Duration::minutes(5),
-            expires_at: now + chrono::Duration::days(1),
-            signer: SIGNER.into(),
-            tool_version: "test".into(),
-            tenant_id: Some(self.tenant.clone()),
-            entra_actor: None,
-            groups: vec![GroupPlan {
-                group_id: oid(&self.group),
-                display_name: Some("Staff".into()),
-                options: Default::default(),
-                inputs: vec![],
-                precondition: Precondition::from_members(&members),
-                counts: Counts::tally(&changes, &[]),
-                changes,
-                not_acted_on: vec![],
-            }],
-        }
+        let (created_at, expires_at) = (now - chrono::Duration::minutes(5), now + chrono::Duration::days(1));
+        let plan =
+            support::one_group_plan(oid(&self.group), "Staff", &members, changes, SIGNER, created_at, expires_at);
+        Plan { tenant_id: Some(self.tenant.clone()), ..plan }
     }
 
     /// Writes and signs a plan; returns its path.

@@ -11,7 +11,7 @@ use chrono::Utc;
 use support::fake_graph::{FakeGraph, Seed};
 use support::{code, oid, ok, text};
 use writeback::identity::ObjectId;
-use writeback::plan::{Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
+use writeback::plan::{Action, Change, Plan, PlanFormat};
 use writeback::trust::SigningKey;
 
 const SIGNER: &str = "planner@contoso.example";
@@ -77,27 +77,10 @@ impl Env {
         let mut changes: Vec<Change> = adds.iter().map(|u| change(Action::Add, u)).collect();
         changes.extend(removes.iter().map(|u| change(Action::Remove, u)));
         let now = Utc::now();
-        Plan {
-            format: writeback::plan::FORMAT_NAME.into(),
-            format_version: writeback::plan::FORMAT_VERSION.into(),
-            plan_id: uuid::Uuid::new_v4(),
-            created_at: now - chrono::Duration::minutes(5),
-            expires_at: now + chrono::Duration::days(1),
-            signer: SIGNER.into(),
-            tool_version: "test".into(),
-            tenant_id: Some(self.tenant.clone()),
-            entra_actor: None,
-            groups: vec![GroupPlan {
-                group_id: oid(&self.group),
-                display_name: Some("Staff".into()),
-                options: Default::default(),
-                inputs: vec![],
-                precondition: Precondition::from_members(&members),
-                counts: Counts::tally(&changes, &[]),
-                changes,
-                not_acted_on: vec![],
-            }],
-        }
+        let (created_at, expires_at) = (now - chrono::Duration::minutes(5), now + chrono::Duration::days(1));
+        let plan =
+            support::one_group_plan(oid(&self.group), "Staff", &members, changes, SIGNER, created_at, expires_at);
+        Plan { tenant_id: Some(self.tenant.clone()), ..plan }
     }
 
     /// Writes and signs a plan at `rel` (a path under the workspace); returns its path.

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use support::fake_graph::{guid, FakeGraph, Seed, SeedObject};
 use support::{oid, text};
 use writeback::identity::ObjectId;
-use writeback::plan::{self, Action, Change, Counts, GroupPlan, Plan, PlanFormat, Precondition};
+use writeback::plan::{self, Action, Change, Plan, PlanFormat, Precondition};
 use writeback::trust::SigningKey;
 
 const SIGNER: &str = "planner@contoso.example";
@@ -71,27 +71,10 @@ impl Lab {
         let members: Vec<ObjectId> = self.fake.members(&self.group).iter().map(|m| oid(m)).collect();
         let mut changes: Vec<Change> = adds.iter().map(|&i| change(Action::Add, &self.users[i])).collect();
         changes.extend(removes.iter().map(|&i| change(Action::Remove, &self.users[i])));
-        Plan {
-            format: plan::FORMAT_NAME.into(),
-            format_version: plan::FORMAT_VERSION.into(),
-            plan_id: uuid::Uuid::new_v4(),
-            created_at,
-            expires_at: created_at + lifetime,
-            signer: SIGNER.into(),
-            tool_version: "writeback test".into(),
-            tenant_id: Some(self.tenant.clone()),
-            entra_actor: None,
-            groups: vec![GroupPlan {
-                group_id: oid(&self.group),
-                display_name: Some("Staff".into()),
-                options: Default::default(),
-                inputs: vec![],
-                precondition: Precondition::from_members(&members),
-                counts: Counts::tally(&changes, &[]),
-                changes,
-                not_acted_on: vec![],
-            }],
-        }
+        let expires_at = created_at + lifetime;
+        let plan =
+            support::one_group_plan(oid(&self.group), "Staff", &members, changes, SIGNER, created_at, expires_at);
+        Plan { tenant_id: Some(self.tenant.clone()), ..plan }
     }
 
     /// A plan made at `created_at` that lives `lifetime`: add the ninth user, remove the first (within the

@@ -183,6 +183,41 @@ fn numbered_oid(group: u32, n: u64) -> ObjectId {
     ObjectId::parse(&format!("{group:08x}-0000-4000-8000-{n:012x}")).unwrap()
 }
 
+/// A plan of one group, as `writeback plan` makes it: `changes` to the group `group_id` named `group_name`, whose
+/// members were `members` when planned, signed as `signer`, made at `created_at`, valid until `expires_at`. The
+/// tenant is left unrecorded (set `tenant_id` on the result for a live plan).
+pub fn one_group_plan(
+    group_id: ObjectId,
+    group_name: &str,
+    members: &[ObjectId],
+    changes: Vec<Change>,
+    signer: &str,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Plan {
+    Plan {
+        format: plan::FORMAT_NAME.into(),
+        format_version: plan::FORMAT_VERSION.into(),
+        plan_id: uuid::Uuid::new_v4(),
+        created_at,
+        expires_at,
+        signer: signer.into(),
+        tool_version: "writeback test".into(),
+        tenant_id: None,
+        entra_actor: None,
+        groups: vec![GroupPlan {
+            group_id,
+            display_name: Some(group_name.into()),
+            options: PlanOptions::default(),
+            inputs: vec![],
+            precondition: Precondition::from_members(members),
+            counts: Counts::tally(&changes, &[]),
+            changes,
+            not_acted_on: vec![],
+        }],
+    }
+}
+
 /// A plan with one group, `adds` adds and `removes` removes, made at `created_at`, signed as `signer` with the
 /// (unencrypted) key at `key`. Writes `name` and `name.sig` in `dir`.
 pub fn signed_plan(
@@ -220,27 +255,9 @@ pub fn signed_plan(
             flags: vec![],
         });
     }
-    let plan = Plan {
-        format: plan::FORMAT_NAME.into(),
-        format_version: plan::FORMAT_VERSION.into(),
-        plan_id: uuid::Uuid::new_v4(),
-        created_at,
-        expires_at: created_at + Duration::days(7),
-        signer: signer.into(),
-        tool_version: "writeback test".into(),
-        tenant_id: None,
-        entra_actor: None,
-        groups: vec![GroupPlan {
-            group_id: ObjectId::parse("b53a97e9-e214-49f9-9d7e-4e4a23c5c243").unwrap(),
-            display_name: Some("Big <group> & \"co\"".into()),
-            options: PlanOptions::default(),
-            inputs: vec![],
-            precondition: Precondition::from_members(&members),
-            counts: Counts::tally(&changes, &[]),
-            changes,
-            not_acted_on: vec![],
-        }],
-    };
+    let group = ObjectId::parse("b53a97e9-e214-49f9-9d7e-4e4a23c5c243").unwrap();
+    let expires_at = created_at + Duration::days(7);
+    let plan = one_group_plan(group, "Big <group> & \"co\"", &members, changes, signer, created_at, expires_at);
     let bytes = plan::encode(&plan, plan::PlanFormat::Json);
     let key = SigningKey::load(key).unwrap();
     let sig = key.sign(PLAN_NAMESPACE, &bytes).unwrap();
