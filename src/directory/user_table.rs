@@ -218,12 +218,109 @@ impl UserTable {
         }
     }
 
+    /// Appends to `out` the proxy addresses `proxies` of the user at `position`, in as few bytes as the table
+    /// allows: an `SMTP:`/`smtp:` address that is the user's UPN, `mail` or next kept address takes one byte; any
+    /// other is kept whole. [`UserTable::write_proxies_json`] gives them back exactly, in order.
+    pub fn encode_proxies<'a>(&self, position: usize, proxies: impl IntoIterator<Item = &'a str>, out: &mut Vec<u8>) {
+        let user = self.get(position);
+        let mut kept = user.map(|u| u.smtp_addresses()).into_iter().flatten().peekable();
+        for proxy in proxies {
+            let prefixed = match (proxy.strip_prefix("SMTP:"), proxy.strip_prefix("smtp:")) {
+                (Some(address), _) => Some((0, address)),
+                (_, Some(address)) => Some((1, address)),
+                _ => None,
+            };
+            let tag = match (user, prefixed) {
+                (Some(_), Some((case, address))) if kept.peek() == Some(&address) => {
+                    kept.next();
+                    Some(KEPT_PROXY + case)
+                }
+                (Some(u), Some((case, address))) if u.upn() == address => Some(UPN_PROXY + case),
+                (Some(u), Some((case, address))) if u.mail() == Some(address) => Some(MAIL_PROXY + case),
+                _ => None,
+            };
+            match tag {
+                Some(tag) => out.push(tag),
+                None => {
+                    out.push(LITERAL);
+                    push_length(out, proxy.len());
+                    out.extend_from_slice(proxy.as_bytes());
+                }
+            }
+        }
+    }
+
+    /// Appends the JSON array (compact, as `serde_json` writes a list of strings) of the proxy addresses that
+    /// [`UserTable::encode_proxies`] encoded for the user at `position`. `None` when `encoded` is not such an
+    /// encoding for this table.
+    pub fn write_proxies_json(&self, position: usize, mut encoded: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        let user = self.get(position)?;
+        let mut kept = user.smtp_addresses();
+        let mut proxy = String::new();
+        out.push(b'[');
+        let mut first = true;
+        while let Some((&tag, rest)) = encoded.split_first() {
+            encoded = rest;
+            proxy.clear();
+            if tag == LITERAL {
+                let (length, rest) = read_length(encoded)?;
+                let (bytes, rest) = rest.split_at_checked(length)?;
+                proxy.push_str(std::str::from_utf8(bytes).ok()?);
+                encoded = rest;
+            } else {
+                proxy.push_str(if (tag - 1) % 2 == 0 { "SMTP:" } else { "smtp:" });
+                proxy.push_str(match (tag - 1) / 2 {
+                    0 => user.upn(),
+                    1 => user.mail()?,
+                    2 => kept.next()?,
+                    _ => return None,
+                });
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // Writing a string as JSON into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &proxy);
+        }
+        out.push(b']');
+        Some(())
+    }
+
     /// Gives back the spare capacity (the table is read-only once filled).
     pub fn shrink_to_fit(&mut self) {
         self.ids.shrink_to_fit();
         self.rows.shrink_to_fit();
         self.text.shrink_to_fit();
     }
+}
+
+/// Tags of [`UserTable::encode_proxies`]: a whole address (its length, then its bytes), or `SMTP:` (+0) / `smtp:`
+/// (+1) and the user's UPN, `mail` or next kept address.
+const LITERAL: u8 = 0;
+const UPN_PROXY: u8 = 1;
+const MAIL_PROXY: u8 = 3;
+const KEPT_PROXY: u8 = 5;
+
+/// Appends `length` seven bits at a time, lowest first (LEB128).
+fn push_length(out: &mut Vec<u8>, mut length: usize) {
+    while length >= 0x80 {
+        out.push((length as u8 & 0x7f) | 0x80);
+        length >>= 7;
+    }
+    out.push(length as u8);
+}
+
+/// Reads a length written by [`push_length`]; gives it and the bytes after it.
+fn read_length(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let mut length = 0usize;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        length |= usize::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((length, bytes.get(i + 1..)?));
+        }
+    }
+    None
 }
 
 /// Reads `value` now, so that its cache line is on its way before it is needed. Tables of a million entries do
@@ -349,5 +446,39 @@ mod tests {
         let proxies: Vec<Vec<&str>> = table.iter().map(|u| u.smtp_addresses().collect()).collect();
         assert_eq!(proxies, vec![vec!["alias@x.example"], vec!["other@y.example"], vec![], vec![]]);
         assert!(table.get(4).is_none());
+    }
+
+    #[test]
+    fn proxies_come_back_byte_for_byte() {
+        let long = format!("X500:/o={}", "y".repeat(300));
+        let users = vec![
+            user(0, "a@x.example", Some("a@x.example"), &["SMTP:a@x.example", "smtp:alias@x.example", &long]),
+            user(
+                1,
+                "b@x.example",
+                Some("B@y.example"),
+                &["smtp:B@y.example", "SMTP:b@x.example", " smtp: o@y.example "],
+            ),
+            user(2, "c@x.example", None, &[]),
+            user(3, "d@x.example", Some("m@x.example"), &["SMTP:two\nlines@x.example", "Smtp:d@x.example", "smtp:"]),
+            user(4, "e@x.example", None, &["smtp:k1@x.example", "smtp:k2@x.example", "SMTP:k1@x.example", "\u{1F600}"]),
+        ];
+        let table = UserTable::from_users(&users).unwrap();
+        for (position, user) in users.iter().enumerate() {
+            let mut encoded = Vec::new();
+            table.encode_proxies(position, user.proxy_addresses.iter().map(String::as_str), &mut encoded);
+            let mut json = Vec::new();
+            table.write_proxies_json(position, &encoded, &mut json).unwrap();
+            assert_eq!(json, serde_json::to_vec(&user.proxy_addresses).unwrap(), "{}", user.upn);
+        }
+        // The ordinary user's two addresses take a byte each.
+        let mut encoded = Vec::new();
+        table.encode_proxies(0, ["SMTP:a@x.example", "smtp:alias@x.example"], &mut encoded);
+        assert_eq!(encoded.len(), 2);
+        // A broken encoding is refused, never read past its end.
+        assert!(table.write_proxies_json(0, &[LITERAL, 5, b'a'], &mut Vec::new()).is_none());
+        assert!(table.write_proxies_json(2, &[MAIL_PROXY], &mut Vec::new()).is_none());
+        assert!(table.write_proxies_json(0, &[200], &mut Vec::new()).is_none());
+        assert!(table.write_proxies_json(9, &[], &mut Vec::new()).is_none());
     }
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::identity::{Email, ObjectId};
 use crate::plan::{self, InputRecord, InputRole};
 use crate::reconcile::KeepList;
-use crate::source::{politemail_csv, ContactList};
+use crate::source::{politemail_csv, ContactBuffer, ContactList};
 
 /// Users exports already read, by path: mappings that share one file read it once.
 #[derive(Default)]
@@ -74,6 +74,23 @@ pub fn read_contacts(mapping: &Mapping, services: &mut Services) -> Result<Conta
             services.block_on(async {
                 let list = pm.find_list(list).await?;
                 pm.contacts(&list).await
+            })??
+        }
+    })
+}
+
+/// [`read_contacts`], each contact kept compactly in `into` as it is read (no [`crate::source::Contact`] per
+/// contact); gives the list's input record.
+pub fn read_contacts_into(mapping: &Mapping, services: &mut Services, into: &mut ContactBuffer) -> Result<InputRecord> {
+    Ok(match &mapping.contacts {
+        ContactsSource::Csv(path) => {
+            politemail_csv::read_refs(path, mapping.email_column.as_deref(), |contact| into.push(contact))?
+        }
+        ContactsSource::Api(list) => {
+            let pm = services.politemail()?;
+            services.block_on(async {
+                let list = pm.find_list(list).await?;
+                pm.contacts_into(&list, into).await
             })??
         }
     })

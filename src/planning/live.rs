@@ -4,15 +4,15 @@
 //! and [`crate::reconcile::reconcile`] make from the same reads, byte for byte.
 //!
 //! What is kept per member user is its position in the table (its fields are the same Graph object as the user
-//! the table holds); per resolved user, its position and its proxy addresses as JSON (the table keeps only the
-//! `smtp:` ones, and the plan's input hash covers all of them). Other members (groups, devices, contacts) are few
-//! and kept whole.
-
-use std::collections::HashMap;
+//! the table holds); per resolved user, its position and its proxy addresses in the few bytes
+//! [`UserTable::encode_proxies`] needs beside the table (the table keeps only some `smtp:` ones, and the plan's
+//! input hash covers all of them): one byte an address for the usual `SMTP:`/`smtp:` ones. The list's addresses
+//! are borrowed from the list where it already writes them in their normalized form. Other members (groups,
+//! devices, contacts) are few and kept whole.
 
 use sha2::{Digest, Sha256};
 
-use super::inputs::{live_group, read_contacts, read_keep_of, LiveGroup};
+use super::inputs::{live_group, read_contacts_into, read_keep_of, LiveGroup};
 use super::mapping::{DirectorySource, Mapping};
 use super::services::Services;
 use super::{reconcile_options, MappingPlan};
@@ -22,7 +22,7 @@ use crate::directory::{DirectoryUser, GroupMember, MemberKind, MemberRef};
 use crate::error::{Error, Result};
 use crate::identity::{Email, ObjectId};
 use crate::phases::Phases;
-use crate::reconcile::{MemberSet, Reconciler, UserIndex};
+use crate::reconcile::{IdPositions, MemberSet, Reconciler, UserIndex};
 use crate::source::ContactBuffer;
 
 /// A member in the order Graph listed it: a user at a position of the table, or another object kept whole.
@@ -38,11 +38,12 @@ struct Members {
     others: Vec<GroupMember>,
 }
 
-/// The users resolved from the list's addresses: their positions in the table and their proxy addresses (JSON).
+/// The users resolved from the list's addresses: their positions in the table and their proxy addresses
+/// ([`UserTable::encode_proxies`]).
 #[derive(Default)]
 struct Resolved {
-    /// (object id, position in the table, end of the user's proxy addresses in `proxies`), in arrival order.
-    users: Vec<(u128, u32, usize)>,
+    /// (position in the table, end of the user's proxy addresses in `proxies`), in arrival order.
+    users: Vec<(u32, usize)>,
     proxies: Vec<u8>,
     /// A user that came back twice, or whose member row says something else (it changed between the reads).
     conflict: bool,
@@ -54,11 +55,8 @@ pub fn plan_from_graph(mapping: &Mapping, services: &mut Services, phases: &mut 
     if mapping.members != DirectorySource::Graph || mapping.users != DirectorySource::Graph {
         return Ok(None);
     }
-    let list = read_contacts(mapping, services)?;
     let mut contacts = ContactBuffer::new();
-    list.contacts.iter().for_each(|c| contacts.push(c.as_ref()));
-    let contacts_input = list.input;
-    drop(list.contacts);
+    let contacts_input = read_contacts_into(mapping, services, &mut contacts)?;
     let LiveGroup { graph, group, tenant_id, display_name, warnings } = live_group(mapping, services)?;
     phases.lap("list and group");
 
@@ -84,16 +82,13 @@ pub fn plan_from_graph(mapping: &Mapping, services: &mut Services, phases: &mut 
     let members_input = graph.members_input_of(&group, members.slots.len(), members_sha256(&members, &table));
     phases.lap("members: read pages into the table (streamed)");
 
-    let mut emails: Vec<Email> = contacts.iter().filter_map(|c| Email::parse(c.email).ok()).collect();
-    emails.sort();
-    emails.dedup();
+    let mut spare = String::new();
+    let keys = address_keys(&contacts, &mut spare);
+    let addresses = keys.len();
     let member_users = table.len();
-    let mut position_of: HashMap<u128, u32> = HashMap::with_capacity(member_users);
-    for (position, &id) in table.ids().iter().enumerate() {
-        position_of.insert(id, position as u32);
-    }
+    let mut position_of = IdPositions::of(&table);
     let mut resolved = Resolved::default();
-    services.block_on(graph.each_resolved_user(&emails, |user| {
+    services.block_on(graph.each_resolved_user(keys, |user| {
         if let Err(e) = take_resolved(&mut table, &mut position_of, member_users, &mut resolved, &user) {
             table_error = Some(e);
         }
@@ -108,8 +103,9 @@ pub fn plan_from_graph(mapping: &Mapping, services: &mut Services, phases: &mut 
         tracing::info!("Microsoft Graph: a user changed while it was read; reading the group and users again whole");
         return Ok(None);
     }
-    let users_input = graph.users_input_of(emails.len(), resolved.users.len(), users_sha256(&resolved, &table));
-    drop(emails);
+    let users_input = graph.users_input_of(addresses, resolved.users.len(), users_sha256(&resolved, &table)?);
+    drop(resolved);
+    drop(spare);
     phases.lap("users: resolve the list's addresses into the table (streamed)");
 
     let index = UserIndex::new(&table);
@@ -169,19 +165,19 @@ fn member_of(table: &UserTable, position: u32) -> Option<MemberRef<'_>> {
 /// member read are the same object); any other user is added.
 fn take_resolved(
     table: &mut UserTable,
-    position_of: &mut HashMap<u128, u32>,
+    position_of: &mut IdPositions,
     member_users: usize,
     resolved: &mut Resolved,
     user: &DirectoryUser,
 ) -> std::result::Result<(), crate::directory::user_table::TableFull> {
     let id = user.id.to_u128();
-    let position = match position_of.get(&id) {
-        Some(&position) if (position as usize) >= member_users => {
+    let position = match position_of.get(table, id) {
+        Some(position) if (position as usize) >= member_users => {
             // The same user twice in the reads of all users: only the whole path says which one counts.
             resolved.conflict = true;
             return Ok(());
         }
-        Some(&position) => {
+        Some(position) => {
             if !table.holds(position as usize, user) {
                 resolved.conflict = true;
                 return Ok(());
@@ -191,13 +187,12 @@ fn take_resolved(
         None => {
             let position = table.len() as u32;
             table.push_user(user)?;
-            position_of.insert(id, position);
+            position_of.insert(table, id, position);
             position
         }
     };
-    // Writing JSON into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut resolved.proxies, &user.proxy_addresses);
-    resolved.users.push((id, position, resolved.proxies.len()));
+    table.encode_proxies(position as usize, user.proxy_addresses.iter().map(String::as_str), &mut resolved.proxies);
+    resolved.users.push((position, resolved.proxies.len()));
     Ok(())
 }
 
@@ -228,17 +223,18 @@ fn members_sha256(members: &Members, table: &UserTable) -> String {
 
 /// The SHA-256 (hex) of the resolved users' [`crate::directory::graph::canonical_users`] bytes, made from the
 /// table and the proxy addresses kept beside it.
-fn users_sha256(resolved: &Resolved, table: &UserTable) -> String {
-    let mut order: Vec<(u128, u32, usize, usize)> = Vec::with_capacity(resolved.users.len());
+fn users_sha256(resolved: &Resolved, table: &UserTable) -> Result<String> {
+    let mut order: Vec<(u32, usize, usize)> = Vec::with_capacity(resolved.users.len());
     let mut start = 0;
-    for &(id, position, end) in &resolved.users {
-        order.push((id, position, start, end));
+    for &(position, end) in &resolved.users {
+        order.push((position, start, end));
         start = end;
     }
-    order.sort_by_key(|&(id, ..)| id);
+    order.sort_by_key(|&(position, ..)| table.id_at(position as usize));
     let mut hasher = Sha256::new();
     let mut row = Vec::new();
-    for (_, position, start, end) in order {
+    let mut proxies = Vec::new();
+    for (position, start, end) in order {
         let Some(user) = table.get(position as usize) else { continue };
         let id = ObjectId::from_u128(user.id_u128());
         let fields = CanonicalUser {
@@ -249,9 +245,73 @@ fn users_sha256(resolved: &Resolved, table: &UserTable) -> String {
             user_type: user.user_type(),
             account_enabled: user.account_enabled(),
         };
+        proxies.clear();
+        resolved
+            .proxies
+            .get(start..end)
+            .and_then(|encoded| table.write_proxies_json(position as usize, encoded, &mut proxies))
+            .ok_or_else(|| Error::Internal(format!("the proxy addresses of user {id} were kept wrongly")))?;
         row.clear();
-        canonical_user_row(&mut row, &fields, resolved.proxies.get(start..end).unwrap_or_default());
+        canonical_user_row(&mut row, &fields, &proxies);
         hasher.update(&row);
     }
-    hex::encode(hasher.finalize())
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The list's addresses as [`Email`] normalizes them (invalid ones left out), sorted, each once: borrowed from the
+/// list where it writes an address that way already, else from `spare` (one line per address; a normalized
+/// address has no line break).
+fn address_keys<'a>(contacts: &'a ContactBuffer, spare: &'a mut String) -> Vec<&'a str> {
+    const INVALID: u8 = 0;
+    const AS_WRITTEN: u8 = 1;
+    const IN_SPARE: u8 = 2;
+    let mut key = String::new();
+    let kinds: Vec<u8> = contacts
+        .iter()
+        .map(|contact| match Email::normalize_into(contact.email, &mut key) {
+            Err(_) => INVALID,
+            Ok(()) if key == contact.email => AS_WRITTEN,
+            Ok(()) => {
+                spare.push_str(&key);
+                spare.push('\n');
+                IN_SPARE
+            }
+        })
+        .collect();
+    let spare: &'a str = spare;
+    let mut spare_keys = spare.split_terminator('\n');
+    let mut keys = Vec::with_capacity(kinds.iter().filter(|&&k| k != INVALID).count());
+    for (contact, kind) in contacts.iter().zip(kinds) {
+        match kind {
+            AS_WRITTEN => keys.push(contact.email),
+            IN_SPARE => keys.extend(spare_keys.next()),
+            _ => {}
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::ContactRef;
+
+    #[test]
+    fn address_keys_are_normalized_sorted_and_once_each() {
+        let mut contacts = ContactBuffer::new();
+        for (line, email) in
+            ["b@x.example", " A@X.example ", "not an address", "a@x.example", "", "C@x.example", "b@x.example"]
+                .into_iter()
+                .enumerate()
+        {
+            contacts.push(ContactRef { email, line: line as u64 + 1, ..ContactRef::default() });
+        }
+        let mut spare = String::new();
+        let keys = address_keys(&contacts, &mut spare);
+        assert_eq!(keys, ["a@x.example", "b@x.example", "c@x.example"]);
+        // Only the addresses not already written in normalized form are copied.
+        assert_eq!(spare, "a@x.example\nc@x.example\n");
+    }
 }

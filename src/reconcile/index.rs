@@ -403,6 +403,34 @@ fn id_table(users: &UserTable) -> (HashMultimap, bool) {
     (by_id, repeated)
 }
 
+/// Positions in a [`UserTable`] by object id, for a table that is still being filled: one 8-byte slot per user (a
+/// general hash map of ids took 32 and more), each hit confirmed against the table's id. An id added again stands
+/// for its last position, as in [`UserIndex::position_of`].
+#[derive(Debug, Default)]
+pub struct IdPositions {
+    by_id: HashMultimap,
+}
+
+impl IdPositions {
+    /// The positions of every user in `users`.
+    pub fn of(users: &UserTable) -> IdPositions {
+        IdPositions { by_id: id_table(users).0 }
+    }
+
+    /// Records that the user with `id` is at `position` of `users` (and no longer at an earlier one).
+    pub fn insert(&mut self, users: &UserTable, id: u128, position: u32) {
+        let hash = id_hash(id);
+        if !self.by_id.replace(hash, position, |p| users.id_at(p as usize) == Some(id)) {
+            self.by_id.insert(hash, position);
+        }
+    }
+
+    /// The position of the user with `id` in `users`, if it was recorded.
+    pub fn get(&self, users: &UserTable, id: u128) -> Option<u32> {
+        self.by_id.get(id_hash(id)).find(|&p| users.id_at(p as usize) == Some(id))
+    }
+}
+
 /// Users by the hash of each address they can be matched by.
 fn address_table(users: &UserTable) -> HashMultimap {
     let mut by_address = HashMultimap::with_capacity(users.len() * 2);

@@ -25,7 +25,7 @@ use crate::identity::{address_key, Email, InvalidEmail, ObjectId};
 use crate::plan::{Action, Change, Flag, Precondition, SkipKind, Skipped};
 use crate::source::{Contact, ContactRef};
 
-pub use index::UserIndex;
+pub use index::{IdPositions, UserIndex};
 
 /// What separates a change's reason from its note (a UPN match while another user holds the address as mail or
 /// proxy): `…; matched by userPrincipalName; note: another user also has this address: …`.

@@ -115,6 +115,16 @@ impl ContactBuffer {
         self.rows.push((contact.line, email_end, name_end));
     }
 
+    /// Forgets every contact after the first `len`.
+    pub fn truncate(&mut self, len: usize) {
+        self.rows.truncate(len);
+        let end = self
+            .rows
+            .last()
+            .map_or(0, |&(_, email_end, name_end)| if name_end == NO_NAME { email_end } else { name_end });
+        self.text.truncate(end);
+    }
+
     /// How many contacts the buffer holds.
     pub fn len(&self) -> usize {
         self.rows.len()

@@ -19,6 +19,7 @@ use crate::http::{
 use crate::plan::{InputRecord, InputRole};
 use crate::signin::Secret;
 use crate::source::{Contact, ContactList};
+use sha2::{Digest, Sha256};
 
 /// What can go wrong reading PoliteMail.
 #[derive(Debug, thiserror::Error)]
@@ -234,25 +235,34 @@ impl PoliteMailClient {
     /// The list's contacts (`GET Lists(ID)/Contacts`, following `odata.nextLink` / `@odata.nextLink` when the
     /// server pages), in the order PoliteMail gives them; `line` is the 1-based position.
     pub async fn contacts(&self, list: &PoliteMailList) -> Result<ContactList, PoliteMailError> {
-        let url = self.url(&format!("/Lists({})/Contacts", list.id))?;
         let mut contacts = Vec::new();
+        let input = self.contacts_into(list, &mut contacts).await?;
+        Ok(ContactList { contacts, input })
+    }
+
+    /// [`PoliteMailClient::contacts`], each contact kept in `into` as its page is read (a large list then takes
+    /// the room of its answer and of `into`, never of one [`Contact`] per contact as well). Gives the list's input
+    /// record.
+    pub async fn contacts_into(
+        &self,
+        list: &PoliteMailList,
+        into: &mut dyn KeepContacts,
+    ) -> Result<InputRecord, PoliteMailError> {
+        let url = self.url(&format!("/Lists({})/Contacts", list.id))?;
+        let mut read = ContactsRead::new(into);
         let mut next = Some(url);
         while let Some(url) = next {
             let sent = self.execute(&url).await?;
-            let before = contacts.len();
-            let link = self.contacts_page(sent, &url, &mut contacts).await?;
-            crate::progress::page("PoliteMail", contacts.len() - before);
+            let before = read.count;
+            let link = self.contacts_page(sent, &url, &mut read).await?;
+            crate::progress::page("PoliteMail", (read.count - before) as usize);
             next = self.next_page(link.as_deref(), &url)?;
         }
-        for (i, contact) in contacts.iter_mut().enumerate() {
-            contact.line = i as u64 + 1;
-        }
-        let input = InputRecord {
+        Ok(InputRecord {
             role: InputRole::Contacts,
             description: format!("PoliteMail API {} list '{}' (id {})", base_str(&self.base), list.name, list.id),
-            sha256: contacts_sha256(&contacts),
-        };
-        Ok(ContactList { contacts, input })
+            sha256: hex::encode(read.hasher.finalize()),
+        })
     }
 
     /// A URL under the base: `path` starts with `/` and is already encoded.
@@ -336,10 +346,10 @@ impl PoliteMailClient {
         &self,
         sent: Sent,
         url: &Url,
-        contacts: &mut Vec<Contact>,
+        read: &mut ContactsRead<'_>,
     ) -> Result<Option<String>, PoliteMailError> {
         let bytes = self.body(sent, url).await?;
-        page_contacts(&bytes, url, contacts)
+        page_contacts(&bytes, url, read)
     }
 
     /// GETs a collection and every further page.
@@ -423,34 +433,85 @@ fn canonical_contact_row(out: &mut Vec<u8>, c: &Contact) {
     out.push(b'\n');
 }
 
-/// The SHA-256 (hex) of [`canonical_contacts`], a row at a time (the rows are never held together).
-fn contacts_sha256(contacts: &[Contact]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut row = Vec::new();
-    for c in contacts {
-        row.clear();
-        canonical_contact_row(&mut row, c);
-        hasher.update(&row);
+/// Where [`PoliteMailClient::contacts_into`] keeps a list's contacts: whole ([`Vec`] of [`Contact`]) or compactly
+/// ([`crate::source::ContactBuffer`]).
+pub trait KeepContacts {
+    /// Keeps the next contact.
+    fn keep(&mut self, contact: Contact);
+    /// Forgets every contact after the first `len` (a page that is read again).
+    fn truncate(&mut self, len: usize);
+}
+
+impl KeepContacts for Vec<Contact> {
+    fn keep(&mut self, contact: Contact) {
+        self.push(contact);
     }
-    hex::encode(hasher.finalize())
+
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len);
+    }
+}
+
+impl KeepContacts for crate::source::ContactBuffer {
+    fn keep(&mut self, contact: Contact) {
+        self.push(contact.as_ref());
+    }
+
+    fn truncate(&mut self, len: usize) {
+        crate::source::ContactBuffer::truncate(self, len);
+    }
+}
+
+/// A list being read: each contact numbered (its 1-based position), hashed into [`canonical_contacts`]'s SHA-256
+/// and kept; a page read again starts from the mark made before it.
+struct ContactsRead<'k> {
+    keep: &'k mut dyn KeepContacts,
+    hasher: Sha256,
+    count: u64,
+    row: Vec<u8>,
+}
+
+impl<'k> ContactsRead<'k> {
+    fn new(keep: &'k mut dyn KeepContacts) -> ContactsRead<'k> {
+        ContactsRead { keep, hasher: Sha256::new(), count: 0, row: Vec::new() }
+    }
+
+    fn push(&mut self, mut contact: Contact) {
+        self.count += 1;
+        contact.line = self.count;
+        self.row.clear();
+        canonical_contact_row(&mut self.row, &contact);
+        self.hasher.update(&self.row);
+        self.keep.keep(contact);
+    }
+
+    /// Where the read is now, to come back to with [`ContactsRead::back_to`].
+    fn mark(&self) -> (u64, Sha256) {
+        (self.count, self.hasher.clone())
+    }
+
+    fn back_to(&mut self, (count, hasher): (u64, Sha256)) {
+        self.keep.truncate(count as usize);
+        self.count = count;
+        self.hasher = hasher;
+    }
 }
 
 /// [`PoliteMailClient::contacts_page`] once the answer's bytes are in.
-fn page_contacts(bytes: &[u8], url: &Url, contacts: &mut Vec<Contact>) -> Result<Option<String>, PoliteMailError> {
-    let before = contacts.len();
+fn page_contacts(bytes: &[u8], url: &Url, read: &mut ContactsRead<'_>) -> Result<Option<String>, PoliteMailError> {
+    let before = read.mark();
     let mut reader = serde_json::Deserializer::from_slice(bytes);
-    let read = serde::de::DeserializeSeed::deserialize(ContactsPage { contacts: &mut *contacts }, &mut reader)
+    let page = serde::de::DeserializeSeed::deserialize(ContactsPage { read: &mut *read }, &mut reader)
         .and_then(|page| reader.end().map(|()| page));
-    match read {
+    match page {
         Ok((true, next_link)) => Ok(next_link),
         Ok((false, _)) => {
-            contacts.truncate(before);
+            read.back_to(before);
             Err(no_value_array(url))
         }
         Err(_) => {
-            contacts.truncate(before);
-            page_contacts_as_json(bytes, url, contacts)
+            read.back_to(before);
+            page_contacts_as_json(bytes, url, read)
         }
     }
 }
@@ -459,11 +520,11 @@ fn page_contacts(bytes: &[u8], url: &Url, contacts: &mut Vec<Contact>) -> Result
 fn page_contacts_as_json(
     bytes: &[u8],
     url: &Url,
-    contacts: &mut Vec<Contact>,
+    read: &mut ContactsRead<'_>,
 ) -> Result<Option<String>, PoliteMailError> {
     let page: Value = parse_json(bytes, url)?;
     let items = page.get("value").and_then(Value::as_array).ok_or_else(|| no_value_array(url))?;
-    contacts.extend(items.iter().map(contact_from_json));
+    items.iter().map(contact_from_json).for_each(|contact| read.push(contact));
     Ok(next_link_of(&page).map(str::to_string))
 }
 
@@ -504,14 +565,14 @@ fn contact_from_json(item: &Value) -> Contact {
 /// contacts usually come in one answer, and as JSON values a million of them took several GB. The page must be an
 /// object and each item an object; a repeated page field fails the reading (the caller then reads the page as any
 /// JSON). Gives whether the page had its `value` array, and its next link.
-struct ContactsPage<'a> {
-    contacts: &'a mut Vec<Contact>,
+struct ContactsPage<'a, 'k> {
+    read: &'a mut ContactsRead<'k>,
 }
 
 /// The `value` array of a [`ContactsPage`] (or `null`), each item pushed as it is read; gives whether it was an
 /// array.
-struct ContactItems<'a> {
-    contacts: &'a mut Vec<Contact>,
+struct ContactItems<'a, 'k> {
+    read: &'a mut ContactsRead<'k>,
 }
 
 /// One contact item of a [`ContactsPage`]: the four fields, each as the JSON it was (the last one when repeated,
@@ -540,7 +601,7 @@ impl ContactItem {
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for ContactsPage<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for ContactsPage<'_, '_> {
     type Value = (bool, Option<String>);
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -548,7 +609,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for ContactsPage<'_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ContactsPage<'_> {
+impl<'de> serde::de::Visitor<'de> for ContactsPage<'_, '_> {
     type Value = (bool, Option<String>);
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -561,7 +622,7 @@ impl<'de> serde::de::Visitor<'de> for ContactsPage<'_> {
             let seen = match key {
                 Key::Value => {
                     let had = value.is_some();
-                    value = Some(map.next_value_seed(ContactItems { contacts: &mut *self.contacts })?);
+                    value = Some(map.next_value_seed(ContactItems { read: &mut *self.read })?);
                     had
                 }
                 Key::AtNextLink => at_link.replace(map.next_value::<Value>()?).is_some(),
@@ -584,7 +645,7 @@ impl<'de> serde::de::Visitor<'de> for ContactsPage<'_> {
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for ContactItems<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for ContactItems<'_, '_> {
     type Value = bool;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
@@ -592,7 +653,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for ContactItems<'_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ContactItems<'_> {
+impl<'de> serde::de::Visitor<'de> for ContactItems<'_, '_> {
     type Value = bool;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -609,7 +670,7 @@ impl<'de> serde::de::Visitor<'de> for ContactItems<'_> {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
         while let Some(item) = seq.next_element::<ContactItem>()? {
-            self.contacts.push(item.into_contact());
+            self.read.push(item.into_contact());
         }
         Ok(true)
     }
@@ -902,6 +963,16 @@ mod tests {
         .is_err());
     }
 
+    /// Reads with `read` into `keep`; gives its result and the hash of what it kept.
+    fn read_with(
+        keep: &mut dyn KeepContacts,
+        read: impl FnOnce(&mut ContactsRead<'_>) -> Result<Option<String>, PoliteMailError>,
+    ) -> (Result<Option<String>, String>, String) {
+        let mut reading = ContactsRead::new(keep);
+        let result = read(&mut reading).map_err(|e| e.to_string());
+        (result, hex::encode(reading.hasher.finalize()))
+    }
+
     /// The compact reading of a page of contacts gives what reading it as a JSON value gives, on ordinary and odd
     /// answers alike.
     #[test]
@@ -920,10 +991,22 @@ mod tests {
         ];
         for page in pages {
             let (mut compact, mut json) = (Vec::new(), Vec::new());
-            let a = page_contacts(page.as_bytes(), &url, &mut compact).map_err(|e| e.to_string());
-            let b = page_contacts_as_json(page.as_bytes(), &url, &mut json).map_err(|e| e.to_string());
+            let (mut buffer, mut in_buffer) =
+                (crate::source::ContactBuffer::new(), crate::source::ContactBuffer::new());
+            let (a, a_hash) = read_with(&mut compact, |read| page_contacts(page.as_bytes(), &url, read));
+            let (b, b_hash) = read_with(&mut json, |read| page_contacts_as_json(page.as_bytes(), &url, read));
+            let (c, c_hash) = read_with(&mut buffer, |read| page_contacts(page.as_bytes(), &url, read));
+            json.iter().for_each(|contact| in_buffer.push(contact.as_ref()));
             assert_eq!(a, b, "{page}");
             assert_eq!(compact, json, "{page}");
+            assert_eq!(a_hash, b_hash, "{page}");
+            // Kept compactly, the page gives the same contacts, lines and hash.
+            assert_eq!((&c, &c_hash), (&a, &a_hash), "{page}");
+            assert_eq!(buffer, in_buffer, "{page}");
+            if a.is_ok() {
+                let rows = canonical_contacts(&json);
+                assert_eq!(b_hash, hex::encode(Sha256::digest(&rows)), "{page}");
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ impl GraphClient {
     /// users instead when [`scan_is_cheaper`]; both ways give the same result.
     pub async fn resolve_users(&self, emails: &[Email]) -> Result<Vec<DirectoryUser>, GraphError> {
         let mut found = BTreeMap::new();
-        self.each_resolved_user(emails, |user| {
+        self.each_resolved_user(emails.iter().map(Email::as_str).collect(), |user| {
             found.insert(user.id.clone(), user);
         })
         .await?;
@@ -48,13 +48,14 @@ impl GraphClient {
     /// The users [`GraphClient::resolve_users`] finds (same requests), handed to `each` as they are read instead of
     /// collected: when all users are read, each matching user of a page as the page comes in (a page is the most
     /// that is held); when addresses are looked up, every user found, once each, in object id order. Nothing else
-    /// is held but the addresses, borrowed from `emails`.
+    /// is held but the addresses, borrowed.
+    ///
+    /// `keys` are the addresses as [`Email`] normalizes them (in any order, repeats allowed).
     pub async fn each_resolved_user(
         &self,
-        emails: &[Email],
+        mut keys: Vec<&str>,
         mut each: impl FnMut(DirectoryUser),
     ) -> Result<(), GraphError> {
-        let mut keys: Vec<&str> = emails.iter().map(Email::as_str).collect();
         keys.sort_unstable();
         keys.dedup();
         let wanted = SortedKeys(keys);
