@@ -654,3 +654,105 @@ fn plain_http_to_another_host_is_refused() {
     }
     assert_eq!(fakes.graph.count(|r| r.is_token()), 0, "nothing was sent, not even a sign-in");
 }
+
+/// The users a list's addresses resolve to in `seed`, as Graph gives them, by the rule any Graph read follows: a
+/// user whose UPN, mail or `smtp:` proxy address is one of the addresses.
+fn resolved_users(seed: &fg::Seed, addresses: &BTreeSet<String>) -> Vec<writeback::directory::DirectoryUser> {
+    use writeback::directory::{DirectoryUser, UserType};
+    use writeback::identity::{address_key, smtp_proxy_address, ObjectId};
+    let wanted = |a: &str| addresses.contains(&address_key(a));
+    seed.users
+        .iter()
+        .filter(|u| {
+            wanted(&u.user_principal_name)
+                || u.mail.as_deref().is_some_and(wanted)
+                || u.proxy_addresses.iter().filter_map(|p| smtp_proxy_address(p)).any(wanted)
+        })
+        .map(|u| DirectoryUser {
+            id: ObjectId::parse(&u.id).unwrap(),
+            upn: u.user_principal_name.clone(),
+            display_name: u.display_name.clone(),
+            mail: u.mail.clone(),
+            user_type: match u.user_type.as_deref() {
+                Some("Member") => UserType::Member,
+                Some("Guest") => UserType::Guest,
+                _ => UserType::Unknown,
+            },
+            account_enabled: Some(u.account_enabled),
+            proxy_addresses: u.proxy_addresses.clone(),
+        })
+        .collect()
+}
+
+/// A live plan streams the users it reads (keeping each one's proxy addresses in a few bytes beside a compact
+/// table) and still records, for the users input, the hash of exactly what Graph answered: the same hash the
+/// whole users would give, whatever their proxy addresses look like. Both ways of reading users (all of them, and
+/// lookups) are covered.
+#[test]
+fn the_users_input_hash_covers_every_proxy_address_as_graph_gave_it() {
+    use sha2::Digest;
+    let dir = workspace();
+    let mut seed = graph_seed();
+    let lists = pm_seed();
+    // Odd proxy addresses on some users each list resolves to: the UPN and mail under either prefix and in another
+    // case, other schemes, repeats, spaces, an empty address, and none at all.
+    let odd: [&[&str]; 4] = [
+        &[
+            "smtp:{mail}",
+            "SMTP:{upn}",
+            "sip:{upn}",
+            "X500:/o=Contoso/cn=x",
+            "smtp:{mail}",
+            "SMTP: spaced@contoso.example ",
+        ],
+        &[
+            "Smtp:{upn}",
+            "smtp:",
+            "SMTP:{UPN}",
+            "smtp:{upn}",
+            "smtp:second@contoso.example",
+            "SMTP:second@contoso.example",
+        ],
+        &[],
+        &["eum:1234;phone-context=contoso.example", "SMTP:{mail}"],
+    ];
+    let mut changed = 0;
+    for list in &lists.lists {
+        let addresses: BTreeSet<String> = list
+            .contacts
+            .iter()
+            .filter_map(|c| c.get("Email").and_then(Value::as_str))
+            .map(writeback::identity::address_key)
+            .collect();
+        let ids: Vec<String> = resolved_users(&seed, &addresses).iter().map(|u| u.id.to_string()).take(4).collect();
+        for (id, proxies) in ids.iter().zip(odd) {
+            let user = seed.users.iter_mut().find(|u| &u.id == id).unwrap();
+            let (upn, mail) = (user.user_principal_name.clone(), user.mail.clone().unwrap_or_default());
+            user.proxy_addresses = proxies
+                .iter()
+                .map(|p| p.replace("{upn}", &upn).replace("{UPN}", &upn.to_uppercase()).replace("{mail}", &mail))
+                .collect();
+            changed += 1;
+        }
+    }
+    assert!(changed >= 8);
+    let fakes = Fakes::with(seed.clone(), fg::Config::default(), fp::Config::default());
+    for m in [ALL_STAFF_MAP, MANAGERS_MAP] {
+        let plan = live_plan(dir.path(), &fakes, m.list_name, m.group_name);
+        let list = lists.lists.iter().find(|l| l.name == m.list_name).unwrap();
+        let addresses: BTreeSet<String> = list
+            .contacts
+            .iter()
+            .filter_map(|c| c.get("Email").and_then(Value::as_str))
+            .filter_map(|e| writeback::identity::Email::parse(e).ok())
+            .map(|e| e.as_str().to_string())
+            .collect();
+        let users = resolved_users(&seed, &addresses);
+        let expected = hex::encode(sha2::Sha256::digest(writeback::directory::graph::canonical_users(&users)));
+        let inputs = plan["groups"][0]["inputs"].as_array().unwrap();
+        let recorded = inputs.iter().find(|i| i["role"] == "users").unwrap();
+        assert_eq!(recorded["sha256"], expected.as_str(), "{}: {recorded}", m.list_name);
+        let description = recorded["description"].as_str().unwrap();
+        assert!(description.contains(&format!("{} users matching {} list addresses", users.len(), addresses.len())));
+    }
+}
