@@ -614,6 +614,16 @@ fn transport_reason(e: &reqwest::Error) -> String {
     format!("{kind}: {source}")
 }
 
+/// A tokio runtime on the calling thread alone, for reads that go one request at a time (a plan's): every
+/// answer is received, parsed and dropped on the one thread, so its memory is reused rather than held by the
+/// allocator for other threads.
+pub fn runtime_on_this_thread() -> Result<tokio::runtime::Runtime, HttpError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| HttpError::Setup(format!("cannot start the async runtime: {e}")))
+}
+
 /// A tokio runtime for the synchronous command layer to drive the async clients.
 pub fn runtime() -> Result<tokio::runtime::Runtime, HttpError> {
     tokio::runtime::Builder::new_multi_thread()

@@ -130,6 +130,7 @@ pub fn plan_from_graph(mapping: &Mapping, services: &mut Services, phases: &mut 
             }
         }
     }
+    drop(members);
     phases.lap("index, resolve, members");
     let (keep, keep_record) = read_keep_of(mapping)?;
     let result = reconciler.finish_with(set, &reconcile_options(mapping, keep));

@@ -33,7 +33,7 @@ impl Services {
     /// Runs `future` to completion on the runtime (started on first use).
     pub fn block_on<F: std::future::Future>(&mut self, future: F) -> Result<F::Output> {
         if self.runtime.is_none() {
-            self.runtime = Some(crate::http::runtime()?);
+            self.runtime = Some(crate::http::runtime_on_this_thread()?);
         }
         match &self.runtime {
             Some(rt) => Ok(rt.block_on(future)),
