@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -2484,42 +2485,55 @@ fn entity(st: &State, ctx: &Ctx, id: &str, q: &Query, set: &str) -> Answer {
 /// Renders one collection item (or refuses the request).
 type ItemFn<'a> = dyn Fn(&State, &str) -> Result<Map<String, Value>, Answer> + 'a;
 
-/// Pages through `ids` (ordered by sequence) after the cursor in `$skiptoken`.
-#[allow(clippy::too_many_arguments)]
-fn page(
-    st: &mut State,
-    ctx: &Ctx,
-    q: &Query,
-    collection: &str,
-    ids: Vec<(u64, String)>,
-    item: &ItemFn<'_>,
-    context: &str,
-    path: &str,
-    raw_query: &str,
-    with_count: bool,
-) -> Answer {
-    let size = match q.page_size(ctx, st.faults.max_page_size) {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
+/// The page size (`$top`, capped by the server-side fault) and the cursor: the sequence number the previous page
+/// ended at (0 on the first page). A token that is unknown or was issued for another collection has expired.
+fn cursor(st: &State, ctx: &Ctx, q: &Query, collection: &str) -> Result<(usize, u64), Answer> {
+    let size = q.page_size(ctx, st.faults.max_page_size)?;
     let after = match &q.skiptoken {
         None => 0,
         Some(t) => match st.page_tokens.get(t) {
             Some((c, after)) if c == collection => *after,
             _ => {
-                return graph_error(
+                return Err(graph_error(
                     ctx,
                     400,
                     "Directory_ExpiredPageToken",
                     "The specified page token value has expired and can no longer be included in your request.",
-                );
+                ));
             }
         },
     };
-    let total = ids.len();
-    let rest: Vec<&(u64, String)> = ids.iter().filter(|(s, _)| *s > after).collect();
-    let mut value = Vec::with_capacity(size.min(rest.len()));
-    for (_, id) in rest.iter().take(size) {
+    Ok((size, after))
+}
+
+/// The sequence numbers after the cursor `after`, for a `BTreeMap::range`.
+fn after_cursor(after: u64) -> (Bound<u64>, Bound<u64>) {
+    (Bound::Excluded(after), Bound::Unbounded)
+}
+
+/// Whether the object `id` passes `filter` (no filter passes everything).
+fn passes(dir: &Directory, filter: Option<&Filter>, id: &str) -> bool {
+    filter.is_none_or(|f| dir.props(id).is_some_and(|(_, all, _)| f.eval(&all).unwrap_or(false)))
+}
+
+/// Answers one page. `ids` = the items after the cursor, ordered by sequence, at most `size + 1` of them (one more
+/// than the page says there is a next page); `count` = the `@odata.count` to report, if any. The callers read
+/// only these from a range after the cursor, so a page costs its own size (and what a filter skips), not the
+/// collection's.
+#[allow(clippy::too_many_arguments)]
+fn page(
+    st: &mut State,
+    collection: &str,
+    size: usize,
+    ids: Vec<(u64, String)>,
+    count: Option<usize>,
+    item: &ItemFn<'_>,
+    context: &str,
+    path: &str,
+    raw_query: &str,
+) -> Answer {
+    let mut value = Vec::with_capacity(size.min(ids.len()));
+    for (_, id) in ids.iter().take(size) {
         match item(st, id) {
             Ok(m) => value.push(Value::Object(m)),
             Err(a) => return a,
@@ -2527,11 +2541,11 @@ fn page(
     }
     let mut o = Map::new();
     o.insert("@odata.context".into(), json!(context));
-    if with_count && q.skiptoken.is_none() {
+    if let Some(total) = count {
         o.insert("@odata.count".into(), json!(total));
     }
-    if rest.len() > size {
-        if let Some((last, _)) = rest.get(size - 1) {
+    if ids.len() > size {
+        if let Some((last, _)) = ids.get(size - 1) {
             let token = format!("RFNwdAIAAQAAA{}", uuid::Uuid::new_v4().simple());
             st.page_tokens.insert(token.clone(), (collection.to_string(), *last));
             let kept: Vec<&str> = raw_query
@@ -2574,15 +2588,22 @@ fn list_members(
         Ok(f) => f,
         Err(m) => return graph_error(ctx, 400, "Request_UnsupportedQuery", &m),
     };
-    let mut ids: Vec<(u64, String)> = g
+    let key = format!("members:{gid}:{users_only}");
+    let (size, after) = match cursor(st, ctx, q, &key) {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let dir = &st.dir;
+    let wanted = |id: &str| (!users_only || dir.users.contains_key(id)) && passes(dir, filter.as_ref(), id);
+    let ids: Vec<(u64, String)> = g
         .members
-        .iter()
-        .filter(|(_, id)| !users_only || st.dir.users.contains_key(id.as_str()))
+        .range(after_cursor(after))
+        .filter(|(_, id)| wanted(id))
+        .take(size.saturating_add(1))
         .map(|(s, id)| (*s, id.clone()))
         .collect();
-    if let Some(f) = &filter {
-        ids.retain(|(_, id)| st.dir.props(id).is_some_and(|(_, all, _)| f.eval(&all).unwrap_or(false)));
-    }
+    let count =
+        (q.count && eventual && q.skiptoken.is_none()).then(|| g.members.values().filter(|id| wanted(id)).count());
     let sel = q.select.clone();
     let item = move |st: &State, id: &str| -> Result<Map<String, Value>, Answer> {
         let mut m = Map::new();
@@ -2609,8 +2630,7 @@ fn list_members(
         Ok(m)
     };
     let context = format!("{}/$metadata#{}", st.base_url(), if users_only { "users" } else { "directoryObjects" });
-    let key = format!("members:{gid}:{users_only}");
-    page(st, ctx, q, &key, ids, &item, &context, path, raw_query, q.count && eventual)
+    page(st, &key, size, ids, count, &item, &context, path, raw_query)
 }
 
 fn list_users(st: &mut State, ctx: &Ctx, q: &Query, eventual: bool, path: &str, raw_query: &str) -> Answer {
@@ -2623,37 +2643,60 @@ fn list_users(st: &mut State, ctx: &Ctx, q: &Query, eventual: bool, path: &str, 
             return graph_error(ctx, 400, "Request_UnsupportedQuery", &m);
         }
     }
-    let mut ids: Vec<(u64, String)> = match filter.as_ref().and_then(Filter::indexed_literals) {
-        // Only equality on indexed properties: the index gives every possible match (and perhaps more).
-        Some(keys) => {
-            let mut ids: Vec<(u64, String)> = keys
-                .iter()
-                .flat_map(|k| st.dir.user_keys.get(k).into_iter().flatten())
-                .filter_map(|id| st.dir.user_seq.get(id).map(|s| (*s, id.clone())))
-                .collect();
-            ids.sort();
-            ids.dedup();
-            ids
-        }
-        None => st.dir.user_order.iter().map(|(s, id)| (*s, id.clone())).collect(),
-    };
-    if let Some(f) = &filter {
-        ids.retain(|(_, id)| st.dir.props(id).is_some_and(|(_, all, _)| f.eval(&all).unwrap_or(false)));
-    }
+    let dir = &st.dir;
+    let wanted = |id: &str| passes(dir, filter.as_ref(), id);
+    // Only equality on indexed properties: the index gives every possible match (and perhaps more), so the whole
+    // filtered collection is small. Otherwise pages are read from the sequence order after the cursor.
+    let indexed: Option<Vec<(u64, String)>> = filter.as_ref().and_then(Filter::indexed_literals).map(|keys| {
+        let mut ids: Vec<(u64, String)> = keys
+            .iter()
+            .flat_map(|k| dir.user_keys.get(k).into_iter().flatten())
+            .filter_map(|id| dir.user_seq.get(id).map(|s| (*s, id.clone())))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.retain(|(_, id)| wanted(id));
+        ids
+    });
     if let Some(sel) = &q.select {
-        if let Some((_, all, _)) = st.dir.props(&ids.first().map(|x| x.1.clone()).unwrap_or_default()) {
+        // `$select` is checked against the collection's first (filtered) user, whichever page is asked for.
+        let first = match &indexed {
+            Some(ids) => ids.first().map(|(_, id)| id.as_str()),
+            None => dir.user_order.values().map(String::as_str).find(|id| wanted(id)),
+        };
+        if let Some((_, all, _)) = first.and_then(|id| dir.props(id)) {
             if let Err(a) = project(ctx, &all, &[], Some(sel), "user", true) {
                 return a;
             }
         }
     }
+    let (size, after) = match cursor(st, ctx, q, "users") {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let with_count = q.count && eventual && q.skiptoken.is_none();
+    let (ids, count): (Vec<(u64, String)>, Option<usize>) = match indexed {
+        Some(ids) => {
+            let count = with_count.then_some(ids.len());
+            (ids.into_iter().filter(|(s, _)| *s > after).take(size.saturating_add(1)).collect(), count)
+        }
+        None => (
+            dir.user_order
+                .range(after_cursor(after))
+                .filter(|(_, id)| wanted(id))
+                .take(size.saturating_add(1))
+                .map(|(s, id)| (*s, id.clone()))
+                .collect(),
+            with_count.then(|| dir.user_order.values().filter(|id| wanted(id)).count()),
+        ),
+    };
     let sel = q.select.clone();
     let item = move |st: &State, id: &str| -> Result<Map<String, Value>, Answer> {
         let (_, all, default) = st.dir.props(id).ok_or_else(|| not_found(ctx, id))?;
         project(ctx, &all, default, sel.as_deref(), "user", true)
     };
     let context = format!("{}/$metadata#users", st.base_url());
-    page(st, ctx, q, "users", ids, &item, &context, path, raw_query, q.count && eventual)
+    page(st, "users", size, ids, count, &item, &context, path, raw_query)
 }
 
 fn list_groups(st: &mut State, ctx: &Ctx, q: &Query, path: &str, raw_query: &str) -> Answer {
@@ -2666,17 +2709,25 @@ fn list_groups(st: &mut State, ctx: &Ctx, q: &Query, path: &str, raw_query: &str
             return graph_error(ctx, 400, "Request_UnsupportedQuery", &m);
         }
     }
-    let mut ids: Vec<(u64, String)> = st.dir.group_order.iter().map(|(s, id)| (*s, id.clone())).collect();
-    if let Some(f) = &filter {
-        ids.retain(|(_, id)| st.dir.props(id).is_some_and(|(_, all, _)| f.eval(&all).unwrap_or(false)));
-    }
+    let (size, after) = match cursor(st, ctx, q, "groups") {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let ids: Vec<(u64, String)> = st
+        .dir
+        .group_order
+        .range(after_cursor(after))
+        .filter(|(_, id)| passes(&st.dir, filter.as_ref(), id))
+        .take(size.saturating_add(1))
+        .map(|(s, id)| (*s, id.clone()))
+        .collect();
     let sel = q.select.clone();
     let item = move |st: &State, id: &str| -> Result<Map<String, Value>, Answer> {
         let (_, all, default) = st.dir.props(id).ok_or_else(|| not_found(ctx, id))?;
         project(ctx, &all, default, sel.as_deref(), "group", true)
     };
     let context = format!("{}/$metadata#groups", st.base_url());
-    page(st, ctx, q, "groups", ids, &item, &context, path, raw_query, false)
+    page(st, "groups", size, ids, None, &item, &context, path, raw_query)
 }
 
 /// The object id in a `https://graph.microsoft.com/v1.0/directoryObjects/{id}` reference.
