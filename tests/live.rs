@@ -756,3 +756,62 @@ fn the_users_input_hash_covers_every_proxy_address_as_graph_gave_it() {
         assert!(description.contains(&format!("{} users matching {} list addresses", users.len(), addresses.len())));
     }
 }
+
+/// A user that changes between the read of the group's members and the read of the users (its two copies differ)
+/// is never planned from the mix: writeback reads the group and the users again, whole, and plans from what that
+/// read saw. The fake holds the users' read until the test has renamed a member the list resolves to.
+#[test]
+fn a_user_changed_between_the_member_and_user_reads_is_planned_from_one_read() {
+    use sha2::Digest;
+    let dir = workspace();
+    let seed = graph_seed();
+    let fakes = Fakes::with(seed.clone(), fg::Config::default(), fp::Config::default());
+    let lists = pm_seed();
+    let list = lists.lists.iter().find(|l| l.name == ALL_STAFF_MAP.list_name).unwrap();
+    let addresses: BTreeSet<String> = list
+        .contacts
+        .iter()
+        .filter_map(|c| c.get("Email").and_then(Value::as_str))
+        .filter_map(|e| writeback::identity::Email::parse(e).ok())
+        .map(|e| e.as_str().to_string())
+        .collect();
+    let members = fakes.graph.members(ALL_STAFF);
+    let resolved = resolved_users(&seed, &addresses);
+    let changed = resolved.iter().find(|u| members.contains(&u.id.to_string())).expect("a member the list resolves to");
+    let mut renamed = seed.users.iter().find(|u| u.id == changed.id.to_string()).unwrap().clone();
+    renamed.display_name = Some("Renamed While Planning".into());
+
+    fakes.graph.hold_user_reads();
+    let out = "changed.json";
+    let mut args = plan_args(out, &["--list", ALL_STAFF_MAP.list_name, "--group", ALL_STAFF_MAP.group_name]);
+    args.push("-v");
+    let child = support::command(dir.path())
+        .args(&args)
+        .envs(fakes.env().iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    fakes.graph.wait_for_held(1);
+    let member_pages = fakes.graph.count(|r| r.is_member_page(ALL_STAFF));
+    assert!(member_pages >= 1, "the members were read before the users");
+    fakes.graph.add_user(renamed.clone());
+    fakes.graph.release_requests();
+    let run = child.wait_with_output().unwrap();
+    assert!(run.status.success(), "{}", all_output(&run));
+    assert!(text(&run.stderr).contains("changed while it was read"), "{}", text(&run.stderr));
+    assert!(fakes.graph.count(|r| r.is_member_page(ALL_STAFF)) > member_pages, "the members were read again");
+
+    // The plan says what the second, whole read saw: the renamed user, in the users input and its hash.
+    let plan = read_plan(dir.path(), out);
+    let mut after = seed.clone();
+    let id = renamed.id.clone();
+    *after.users.iter_mut().find(|u| u.id == id).unwrap() = renamed;
+    let users = resolved_users(&after, &addresses);
+    let expected = hex::encode(sha2::Sha256::digest(writeback::directory::graph::canonical_users(&users)));
+    let inputs = plan["groups"][0]["inputs"].as_array().unwrap();
+    let recorded = inputs.iter().find(|i| i["role"] == "users").unwrap();
+    assert_eq!(recorded["sha256"], expected.as_str(), "{recorded}");
+    fakes.graph.assert_no_misuse();
+    assert_eq!(fakes.graph.count(|r| r.is_write()), 0, "plan never writes");
+}

@@ -946,8 +946,8 @@ struct State {
 struct Hold {
     /// Requests arriving now wait.
     on: std::sync::atomic::AtomicBool,
-    /// Only requests that are not GETs wait (`$batch` envelopes, writes).
-    writes_only: std::sync::atomic::AtomicBool,
+    /// Which requests wait: [`HOLD_ALL`], [`HOLD_WRITES`] or [`HOLD_USER_READS`].
+    mode: std::sync::atomic::AtomicU8,
     /// How many requests that would be held are still let through first.
     pass: std::sync::atomic::AtomicU64,
     /// How many requests arrived while holding.
@@ -955,6 +955,11 @@ struct Hold {
     arrivals: std::sync::Condvar,
     release: tokio::sync::Notify,
 }
+
+/// What [`Hold`] holds: every Graph request, writes only, or reads of users only.
+const HOLD_ALL: u8 = 0;
+const HOLD_WRITES: u8 = 1;
+const HOLD_USER_READS: u8 = 2;
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
@@ -1168,26 +1173,32 @@ impl FakeGraph {
     /// From now on, Graph requests (not the token endpoint) wait before they are handled, until
     /// [`FakeGraph::release_requests`]. Each is counted as it arrives ([`FakeGraph::wait_for_held`]).
     pub fn hold_requests(&self) {
-        self.hold(false, 0);
+        self.hold(HOLD_ALL, 0);
+    }
+
+    /// Like [`FakeGraph::hold_requests`], for reads of users only (`/users…` and every `$batch`): a test changes
+    /// the directory between a client's read of a group's members and its read of the users.
+    pub fn hold_user_reads(&self) {
+        self.hold(HOLD_USER_READS, 0);
     }
 
     /// Like [`FakeGraph::hold_requests`], for writes only (a `$batch` with a write among its items, a PATCH, a
     /// DELETE): reads, also a `$batch` of GETs, are answered; the first write waits.
     pub fn hold_writes(&self) {
-        self.hold(true, 0);
+        self.hold(HOLD_WRITES, 0);
     }
 
     /// Like [`FakeGraph::hold_writes`], after letting the next `n` writes through: a test catches a client in the
     /// middle of its writes, after exactly `n` of them were answered.
     pub fn hold_writes_after(&self, n: u64) {
-        self.hold(true, n);
+        self.hold(HOLD_WRITES, n);
     }
 
-    fn hold(&self, writes_only: bool, pass: u64) {
+    fn hold(&self, mode: u8, pass: u64) {
         let hold = self.st().hold.clone();
         *hold.arrived.lock().unwrap_or_else(|e| e.into_inner()) = 0;
         hold.pass.store(pass, std::sync::atomic::Ordering::SeqCst);
-        hold.writes_only.store(writes_only, std::sync::atomic::Ordering::SeqCst);
+        hold.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
         hold.on.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -1424,7 +1435,14 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Body>) -> Result<Response
         let st = lock(&state);
         (st.cfg.base_path.clone(), st.faults.delay, st.hold.clone())
     };
-    let holds_this = is_write(&method, &bytes) || !hold.writes_only.load(std::sync::atomic::Ordering::SeqCst);
+    let holds_this = match hold.mode.load(std::sync::atomic::Ordering::SeqCst) {
+        HOLD_WRITES => is_write(&method, &bytes),
+        HOLD_USER_READS => {
+            let rel = strip_base(&path, &base).unwrap_or_default().to_ascii_lowercase();
+            rel.starts_with("/users") || rel.starts_with("/$batch")
+        }
+        _ => true,
+    };
     let passes = || {
         hold.pass
             .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
