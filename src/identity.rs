@@ -317,6 +317,16 @@ pub fn address_key(raw: &str) -> String {
     raw.trim().to_lowercase()
 }
 
+/// The order of two addresses' comparison keys ([`address_key`]), without building the keys when both are ASCII.
+pub fn cmp_address_keys(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (trim(a), trim(b));
+    if a.is_ascii() && b.is_ascii() {
+        a.bytes().map(|c| c.to_ascii_lowercase()).cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+    } else {
+        address_key(a).cmp(&address_key(b))
+    }
+}
+
 /// [`str::trim`], looking at bytes while the ends are ASCII (nearly every cell of an export), and at characters
 /// only when an end is not.
 pub fn trim(text: &str) -> &str {
@@ -359,6 +369,17 @@ pub fn smtp_proxy_address(raw: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_keys_order_as_their_keys() {
+        let addresses =
+            [" B@x.example", "a@x.example", "ab@x.example", "A@X.EXAMPLE ", "Ä@x.example", "ä@X.example", "", "z"];
+        for a in addresses {
+            for b in addresses {
+                assert_eq!(cmp_address_keys(a, b), address_key(a).cmp(&address_key(b)), "{a:?} {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn the_short_form_is_the_first_eight_digits() {

@@ -307,7 +307,7 @@ impl PoliteMailClient {
     }
 
     /// The body of an answer; an error answer is refused, with what to do about it.
-    async fn body(&self, sent: Sent, url: &Url) -> Result<Vec<u8>, PoliteMailError> {
+    async fn body(&self, sent: Sent, url: &Url) -> Result<impl std::ops::Deref<Target = [u8]>, PoliteMailError> {
         if !sent.response.status().is_success() {
             return Err(self.refusal(sent).await);
         }
@@ -315,7 +315,8 @@ impl PoliteMailClient {
             what: format!("GET {}", url.path()),
             reason: format!("reading the answer failed: {e}"),
         })?;
-        Ok(Vec::from(bytes))
+        // Not copied: a list's contacts usually come in one answer, as large as the list.
+        Ok(bytes)
     }
 
     /// The error for an answer that is not a success, with a hint for the statuses a person can act on.
