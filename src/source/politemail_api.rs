@@ -307,15 +307,26 @@ impl PoliteMailClient {
     }
 
     /// The body of an answer; an error answer is refused, with what to do about it.
-    async fn body(&self, sent: Sent, url: &Url) -> Result<impl std::ops::Deref<Target = [u8]>, PoliteMailError> {
+    ///
+    /// A list's contacts usually come in one answer, as large as the list: its pieces are appended to one buffer
+    /// as they arrive (sized from `Content-Length` when given), so the answer is held once, not as its pieces and
+    /// then as a copy of them.
+    async fn body(&self, sent: Sent, url: &Url) -> Result<Vec<u8>, PoliteMailError> {
         if !sent.response.status().is_success() {
             return Err(self.refusal(sent).await);
         }
-        let bytes = sent.response.bytes().await.map_err(|e| PoliteMailError::Protocol {
+        let mut response = sent.response;
+        let failed = |e: reqwest::Error| PoliteMailError::Protocol {
             what: format!("GET {}", url.path()),
             reason: format!("reading the answer failed: {e}"),
-        })?;
-        // Not copied: a list's contacts usually come in one answer, as large as the list.
+        };
+        // Trusted only so far: a wrong length costs a larger buffer, never a wrong read.
+        const MOST_RESERVED: u64 = 256 << 20;
+        let reserve = response.content_length().unwrap_or(0).min(MOST_RESERVED);
+        let mut bytes = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
+        while let Some(piece) = response.chunk().await.map_err(failed)? {
+            bytes.extend_from_slice(&piece);
+        }
         Ok(bytes)
     }
 
