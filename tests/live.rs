@@ -684,13 +684,35 @@ fn resolved_users(seed: &fg::Seed, addresses: &BTreeSet<String>) -> Vec<writebac
         .collect()
 }
 
+/// The addresses of the PoliteMail list `name` in `lists`, as writeback normalizes them (invalid ones left out).
+fn list_addresses(lists: &fp::Seed, name: &str) -> BTreeSet<String> {
+    let list = lists.lists.iter().find(|l| l.name == name).unwrap();
+    list.contacts
+        .iter()
+        .filter_map(|c| c.get("Email").and_then(Value::as_str))
+        .filter_map(|e| writeback::identity::Email::parse(e).ok())
+        .map(|e| e.as_str().to_string())
+        .collect()
+}
+
+/// The SHA-256 (hex) a plan records for `users` read from Graph: that of their canonical form, whole.
+fn users_sha256(users: &[writeback::directory::DirectoryUser]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(writeback::directory::graph::canonical_users(users)))
+}
+
+/// The users input record of a one-group plan.
+fn users_input(plan: &Value) -> &Value {
+    let inputs = plan["groups"][0]["inputs"].as_array().unwrap();
+    inputs.iter().find(|i| i["role"] == "users").unwrap()
+}
+
 /// A live plan streams the users it reads (keeping each one's proxy addresses in a few bytes beside a compact
 /// table) and still records, for the users input, the hash of exactly what Graph answered: the same hash the
 /// whole users would give, whatever their proxy addresses look like. Both ways of reading users (all of them, and
 /// lookups) are covered.
 #[test]
 fn the_users_input_hash_covers_every_proxy_address_as_graph_gave_it() {
-    use sha2::Digest;
     let dir = workspace();
     let mut seed = graph_seed();
     let lists = pm_seed();
@@ -717,13 +739,8 @@ fn the_users_input_hash_covers_every_proxy_address_as_graph_gave_it() {
         &["eum:1234;phone-context=contoso.example", "SMTP:{mail}"],
     ];
     let mut changed = 0;
-    for list in &lists.lists {
-        let addresses: BTreeSet<String> = list
-            .contacts
-            .iter()
-            .filter_map(|c| c.get("Email").and_then(Value::as_str))
-            .map(writeback::identity::address_key)
-            .collect();
+    for m in [ALL_STAFF_MAP, MANAGERS_MAP] {
+        let addresses = list_addresses(&lists, m.list_name);
         let ids: Vec<String> = resolved_users(&seed, &addresses).iter().map(|u| u.id.to_string()).take(4).collect();
         for (id, proxies) in ids.iter().zip(odd) {
             let user = seed.users.iter_mut().find(|u| &u.id == id).unwrap();
@@ -739,19 +756,10 @@ fn the_users_input_hash_covers_every_proxy_address_as_graph_gave_it() {
     let fakes = Fakes::with(seed.clone(), fg::Config::default(), fp::Config::default());
     for m in [ALL_STAFF_MAP, MANAGERS_MAP] {
         let plan = live_plan(dir.path(), &fakes, m.list_name, m.group_name);
-        let list = lists.lists.iter().find(|l| l.name == m.list_name).unwrap();
-        let addresses: BTreeSet<String> = list
-            .contacts
-            .iter()
-            .filter_map(|c| c.get("Email").and_then(Value::as_str))
-            .filter_map(|e| writeback::identity::Email::parse(e).ok())
-            .map(|e| e.as_str().to_string())
-            .collect();
+        let addresses = list_addresses(&lists, m.list_name);
         let users = resolved_users(&seed, &addresses);
-        let expected = hex::encode(sha2::Sha256::digest(writeback::directory::graph::canonical_users(&users)));
-        let inputs = plan["groups"][0]["inputs"].as_array().unwrap();
-        let recorded = inputs.iter().find(|i| i["role"] == "users").unwrap();
-        assert_eq!(recorded["sha256"], expected.as_str(), "{}: {recorded}", m.list_name);
+        let recorded = users_input(&plan);
+        assert_eq!(recorded["sha256"], users_sha256(&users).as_str(), "{}: {recorded}", m.list_name);
         let description = recorded["description"].as_str().unwrap();
         assert!(description.contains(&format!("{} users matching {} list addresses", users.len(), addresses.len())));
     }
@@ -762,19 +770,11 @@ fn the_users_input_hash_covers_every_proxy_address_as_graph_gave_it() {
 /// read saw. The fake holds the users' read until the test has renamed a member the list resolves to.
 #[test]
 fn a_user_changed_between_the_member_and_user_reads_is_planned_from_one_read() {
-    use sha2::Digest;
     let dir = workspace();
     let seed = graph_seed();
     let fakes = Fakes::with(seed.clone(), fg::Config::default(), fp::Config::default());
     let lists = pm_seed();
-    let list = lists.lists.iter().find(|l| l.name == ALL_STAFF_MAP.list_name).unwrap();
-    let addresses: BTreeSet<String> = list
-        .contacts
-        .iter()
-        .filter_map(|c| c.get("Email").and_then(Value::as_str))
-        .filter_map(|e| writeback::identity::Email::parse(e).ok())
-        .map(|e| e.as_str().to_string())
-        .collect();
+    let addresses = list_addresses(&lists, ALL_STAFF_MAP.list_name);
     let members = fakes.graph.members(ALL_STAFF);
     let resolved = resolved_users(&seed, &addresses);
     let changed = resolved.iter().find(|u| members.contains(&u.id.to_string())).expect("a member the list resolves to");
@@ -807,11 +807,8 @@ fn a_user_changed_between_the_member_and_user_reads_is_planned_from_one_read() {
     let mut after = seed.clone();
     let id = renamed.id.clone();
     *after.users.iter_mut().find(|u| u.id == id).unwrap() = renamed;
-    let users = resolved_users(&after, &addresses);
-    let expected = hex::encode(sha2::Sha256::digest(writeback::directory::graph::canonical_users(&users)));
-    let inputs = plan["groups"][0]["inputs"].as_array().unwrap();
-    let recorded = inputs.iter().find(|i| i["role"] == "users").unwrap();
-    assert_eq!(recorded["sha256"], expected.as_str(), "{recorded}");
+    let recorded = users_input(&plan);
+    assert_eq!(recorded["sha256"], users_sha256(&resolved_users(&after, &addresses)).as_str(), "{recorded}");
     fakes.graph.assert_no_misuse();
     assert_eq!(fakes.graph.count(|r| r.is_write()), 0, "plan never writes");
 }
