@@ -317,14 +317,25 @@ pub fn address_key(raw: &str) -> String {
     raw.trim().to_lowercase()
 }
 
-/// The order of two addresses' comparison keys ([`address_key`]), without building the keys when both are ASCII.
+/// The order of two addresses' comparison keys ([`address_key`]), without building the keys while the two are
+/// ASCII up to where they differ.
+///
+/// Lowercasing never changes the bytes before a character, so an ASCII prefix the two share stays shared, and the
+/// first differing pair of ASCII bytes decides as it would in the keys. Only when a non-ASCII character comes first
+/// are the keys built (some lowercase to ASCII: the Kelvin sign to `k`).
 pub fn cmp_address_keys(a: &str, b: &str) -> std::cmp::Ordering {
     let (a, b) = (trim(a), trim(b));
-    if a.is_ascii() && b.is_ascii() {
-        a.bytes().map(|c| c.to_ascii_lowercase()).cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
-    } else {
-        address_key(a).cmp(&address_key(b))
+    for (x, y) in a.bytes().zip(b.bytes()) {
+        if !x.is_ascii() || !y.is_ascii() {
+            return address_key(a).cmp(&address_key(b));
+        }
+        match x.to_ascii_lowercase().cmp(&y.to_ascii_lowercase()) {
+            std::cmp::Ordering::Equal => {}
+            decided => return decided,
+        }
     }
+    // Equal, or one is a prefix of the other: what the longer one has beyond it lowercases to something non-empty.
+    a.len().cmp(&b.len())
 }
 
 /// [`str::trim`], looking at bytes while the ends are ASCII (nearly every cell of an export), and at characters
@@ -372,8 +383,25 @@ mod tests {
 
     #[test]
     fn address_keys_order_as_their_keys() {
-        let addresses =
-            [" B@x.example", "a@x.example", "ab@x.example", "A@X.EXAMPLE ", "Ä@x.example", "ä@X.example", "", "z"];
+        let addresses = [
+            " B@x.example",
+            "a@x.example",
+            "ab@x.example",
+            "A@X.EXAMPLE ",
+            "Ä@x.example",
+            "ä@X.example",
+            "",
+            "z",
+            "a@x.exampleÄ",
+            "a@x.example\u{212A}",
+            "a@x.examplek",
+            "a@x.examplej",
+            "\u{212A}@x.example",
+            "k@x.example",
+            "\u{130}@x.example",
+            "i@x.example",
+            "i",
+        ];
         for a in addresses {
             for b in addresses {
                 assert_eq!(cmp_address_keys(a, b), address_key(a).cmp(&address_key(b)), "{a:?} {b:?}");
