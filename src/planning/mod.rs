@@ -112,11 +112,12 @@ pub fn plan(request: PlanRequest) -> Result<Planned> {
         return Ok(Planned::Unchanged { plan, warnings });
     }
     output::check(&request.out, &request.output)?;
-    let (staged, digest, sha256) = write::stage_plan(&plan, request.format, &request.out, request.want_sha256)?;
+    let (staged, digest) = write::stage_plan(&plan, request.format, &request.out)?;
+    let sha256 = request.want_sha256.then(|| hex::encode(digest));
     phases.lap("plan: encode, hash, write and sync (two threads)");
     let signature = request
         .key
-        .sign_sha512_digest(crate::trust::PLAN_NAMESPACE, &digest)
+        .sign_digest(crate::trust::PLAN_NAMESPACE, ssh_key::HashAlg::Sha256, &digest)
         .map_err(|e| Error::Internal(format!("signing with {} failed: {e}", request.key_path.display())))?;
     let sig_path = crate::archive::signature_path(&request.out);
     let staged_signature = crate::atomic_write::stage(&sig_path, signature.as_bytes())?;

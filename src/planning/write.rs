@@ -1,12 +1,12 @@
-//! Writing a plan: encoded on this thread while a second one hashes each chunk (SHA-512 for the signature, and
-//! SHA-256 when asked) and writes it to a temporary file beside the target. A plan of a million members (130 MB)
+//! Writing a plan: encoded on this thread while a second one hashes each chunk (SHA-256, which the signature is
+//! made over and which names the plan) and writes it to a temporary file beside the target. A plan of a million members (130 MB)
 //! is never held whole, and its encoding, hashing and writing overlap.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
 
 use crate::atomic_write::Staged;
 use crate::error::{Error, Result};
@@ -15,34 +15,24 @@ use crate::plan::{self, Plan, PlanFormat};
 /// How many bytes travel to the writing thread at a time.
 const CHUNK: usize = 1 << 20;
 
-/// Encodes `plan` into a staged (synced, not yet renamed) file for `out`; gives the file, the SHA-512 digest of
-/// its bytes, and their SHA-256 (hex) when `want_sha256`.
-pub(super) fn stage_plan(
-    plan: &Plan,
-    format: PlanFormat,
-    out: &Path,
-    want_sha256: bool,
-) -> Result<(Staged, [u8; 64], Option<String>)> {
+/// Encodes `plan` into a staged (synced, not yet renamed) file for `out`; gives the file and the SHA-256 digest of
+/// its bytes.
+pub(super) fn stage_plan(plan: &Plan, format: PlanFormat, out: &Path) -> Result<(Staged, [u8; 32])> {
     std::thread::scope(|scope| {
         let (sender, receiver) = sync_channel::<Vec<u8>>(4);
         // Written chunks come back to be filled again (fresh memory costs a page fault per 4 KiB).
         let (give_back, returned) = sync_channel::<Vec<u8>>(4);
         let writer = scope.spawn(move || {
-            let mut sha512 = Sha512::new();
-            let mut sha256 = want_sha256.then(Sha256::new);
+            let mut sha256 = Sha256::new();
             let staged = crate::atomic_write::stage_with(out, |file| {
                 for chunk in receiver {
-                    sha512.update(&chunk);
-                    if let Some(sha256) = sha256.as_mut() {
-                        sha256.update(&chunk);
-                    }
+                    sha256.update(&chunk);
                     file.write_all(&chunk)?;
                     let _ = give_back.try_send(chunk);
                 }
                 Ok(())
             })?;
-            let sha256 = sha256.map(|h| hex::encode(h.finalize()));
-            Ok::<_, Error>((staged, sha512.finalize().into(), sha256))
+            Ok::<_, Error>((staged, sha256.finalize().into()))
         });
         let mut chunks = Chunks { buffer: Vec::with_capacity(CHUNK), sender: Some(sender), returned };
         let encoded = plan::encode_to(plan, format, &mut chunks).and_then(|()| chunks.flush());
@@ -110,15 +100,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for format in [PlanFormat::Json, PlanFormat::Csv] {
             let out = dir.path().join("plan.out");
-            let (staged, sha512, sha256) = stage_plan(&plan, format, &out, true).unwrap();
+            let (staged, sha256) = stage_plan(&plan, format, &out).unwrap();
             crate::atomic_write::commit_together(vec![staged]).unwrap();
             let bytes = plan::encode(&plan, format);
             assert_eq!(std::fs::read(&out).unwrap(), bytes);
-            assert_eq!(sha512, <[u8; 64]>::from(Sha512::digest(&bytes)));
-            assert_eq!(sha256, Some(crate::plan::precondition::sha256_hex(&bytes)));
-            let (staged, _, none) = stage_plan(&plan, format, &out, false).unwrap();
-            assert_eq!(none, None);
-            drop(staged);
+            assert_eq!(hex::encode(sha256), crate::plan::precondition::sha256_hex(&bytes));
         }
     }
 
@@ -126,7 +112,7 @@ mod tests {
     fn a_write_that_fails_is_an_error_naming_the_file() {
         let plan = crate::fixtures::sample_plan();
         let out = Path::new("/nonexistent-folder/plan.json");
-        let err = stage_plan(&plan, PlanFormat::Json, out, false).err().unwrap().to_string();
+        let err = stage_plan(&plan, PlanFormat::Json, out).err().unwrap().to_string();
         assert!(err.contains("/nonexistent-folder/plan.json"), "{err}");
     }
 }

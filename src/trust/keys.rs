@@ -141,21 +141,31 @@ impl SigningKey {
         self.key.public_key()
     }
 
-    /// Like [`SigningKey::sign`], for a message of which only the SHA-512 digest is at hand (a plan hashed as it
-    /// is written to disk): the same signature, byte for byte.
-    pub fn sign_sha512_digest(&self, namespace: &str, digest: &[u8; 64]) -> Result<String, KeyProblem> {
+    /// Like signing the message itself with `hash`, for a message of which only that digest is at hand (a plan
+    /// hashed as it is written to disk): the same signature, byte for byte. A plan is signed over its SHA-256,
+    /// which writeback computes anyway (it names the plan in receipts and the ledger); `ssh-keygen -Y verify`
+    /// checks SHA-256 and SHA-512 signatures alike.
+    pub fn sign_digest(&self, namespace: &str, hash: HashAlg, digest: &[u8]) -> Result<String, KeyProblem> {
         if namespace.is_empty() {
             return Err(KeyProblem::Sign("the signature needs a namespace".into()));
+        }
+        if digest.len() != hash.digest_size() {
+            return Err(KeyProblem::Sign(format!(
+                "a {} digest has {} bytes, not {}",
+                hash.as_str(),
+                hash.digest_size(),
+                digest.len()
+            )));
         }
         // What SSHSIG signs: the magic preamble, then the namespace, reserved, hash algorithm and message digest
         // as SSH strings (PROTOCOL.sshsig).
         let mut signed = b"SSHSIG".to_vec();
-        for field in [namespace.as_bytes(), b"", b"sha512", digest] {
+        for field in [namespace.as_bytes(), b"", hash.as_str().as_bytes(), digest] {
             signed.extend_from_slice(&(field.len() as u32).to_be_bytes());
             signed.extend_from_slice(field);
         }
         let signature = try_sign(&self.key, &signed).map_err(KeyProblem::Sign)?;
-        let sig = SshSig::new(self.key.public_key().key_data().clone(), namespace, HashAlg::Sha512, signature)
+        let sig = SshSig::new(self.key.public_key().key_data().clone(), namespace, hash, signature)
             .map_err(|e| KeyProblem::Sign(e.to_string()))?;
         sig.to_pem(LineEnding::LF).map_err(|e| KeyProblem::Sign(e.to_string()))
     }
@@ -288,12 +298,19 @@ mod tests {
         use sha2::Digest;
         let key = SigningKey::generate("alice@contoso.com").unwrap();
         for message in [&b""[..], b"x", &[7u8; 100_000]] {
-            let digest: [u8; 64] = sha2::Sha512::digest(message).into();
-            let signed = key.sign_sha512_digest("writeback-plan", &digest).unwrap();
-            // Ed25519 signatures are deterministic: the two ways give the same bytes.
-            assert_eq!(signed, key.sign("writeback-plan", message).unwrap());
+            for hash in [HashAlg::Sha256, HashAlg::Sha512] {
+                let digest = match hash {
+                    HashAlg::Sha256 => sha2::Sha256::digest(message).to_vec(),
+                    _ => sha2::Sha512::digest(message).to_vec(),
+                };
+                let signed = key.sign_digest("writeback-plan", hash, &digest).unwrap();
+                // Ed25519 signatures are deterministic: the two ways give the same bytes.
+                let whole = key.key.sign("writeback-plan", hash, message).unwrap().to_pem(LineEnding::LF).unwrap();
+                assert_eq!(signed, whole);
+            }
         }
-        assert!(key.sign_sha512_digest("", &[0; 64]).is_err());
+        assert!(key.sign_digest("", HashAlg::Sha256, &[0; 32]).is_err());
+        assert!(key.sign_digest("writeback-plan", HashAlg::Sha256, &[0; 64]).is_err());
     }
 
     #[cfg(unix)]
