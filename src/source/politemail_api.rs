@@ -323,7 +323,9 @@ impl PoliteMailClient {
         // Trusted only so far: a wrong length costs a larger buffer, never a wrong read.
         const MOST_RESERVED: u64 = 256 << 20;
         let reserve = response.content_length().unwrap_or(0).min(MOST_RESERVED);
-        let mut bytes = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
+        let mut bytes = Vec::new();
+        // A reservation the system refuses (an address-space limit) is no error: the buffer then grows as it fills.
+        let _ = bytes.try_reserve(usize::try_from(reserve).unwrap_or(0));
         while let Some(piece) = response.chunk().await.map_err(failed)? {
             bytes.extend_from_slice(&piece);
         }
@@ -452,6 +454,8 @@ pub trait KeepContacts {
     fn keep(&mut self, contact: Contact);
     /// Forgets every contact after the first `len` (a page that is read again).
     fn truncate(&mut self, len: usize);
+    /// How many contacts are kept.
+    fn kept(&self) -> usize;
 }
 
 impl KeepContacts for Vec<Contact> {
@@ -462,6 +466,10 @@ impl KeepContacts for Vec<Contact> {
     fn truncate(&mut self, len: usize) {
         Vec::truncate(self, len);
     }
+
+    fn kept(&self) -> usize {
+        self.len()
+    }
 }
 
 impl KeepContacts for crate::source::ContactBuffer {
@@ -471,6 +479,10 @@ impl KeepContacts for crate::source::ContactBuffer {
 
     fn truncate(&mut self, len: usize) {
         crate::source::ContactBuffer::truncate(self, len);
+    }
+
+    fn kept(&self) -> usize {
+        self.len()
     }
 }
 
@@ -498,15 +510,23 @@ impl<'k> ContactsRead<'k> {
     }
 
     /// Where the read is now, to come back to with [`ContactsRead::back_to`].
-    fn mark(&self) -> (u64, Sha256) {
-        (self.count, self.hasher.clone())
+    fn mark(&self) -> ReadMark {
+        ReadMark { kept: self.keep.kept(), count: self.count, hasher: self.hasher.clone() }
     }
 
-    fn back_to(&mut self, (count, hasher): (u64, Sha256)) {
-        self.keep.truncate(count as usize);
-        self.count = count;
-        self.hasher = hasher;
+    fn back_to(&mut self, mark: ReadMark) {
+        self.keep.truncate(mark.kept);
+        self.count = mark.count;
+        self.hasher = mark.hasher;
     }
+}
+
+/// A point of a [`ContactsRead`]: how many contacts its keeper held (it may have held some before the read), how
+/// many the read had numbered, and the hash so far.
+struct ReadMark {
+    kept: usize,
+    count: u64,
+    hasher: Sha256,
 }
 
 /// [`PoliteMailClient::contacts_page`] once the answer's bytes are in.
@@ -983,6 +1003,19 @@ mod tests {
         let mut reading = ContactsRead::new(keep);
         let result = read(&mut reading).map_err(|e| e.to_string());
         (result, hex::encode(reading.hasher.finalize()))
+    }
+
+    /// A page read again takes back only what it kept itself, also from a keeper that held contacts before.
+    #[test]
+    fn a_page_read_again_leaves_earlier_contacts_alone() {
+        let url = Url::parse("https://pm.example/api/odata/Lists(1)/Contacts").unwrap();
+        let earlier = Contact { email: "e@x.com".into(), line: 9, ..Contact::default() };
+        let mut kept = vec![earlier.clone(), earlier.clone()];
+        let page = r#"{"value":[{"Email":"f@x.com"}],"value":[{"Email":"g@x.com"}]}"#;
+        let (read, _) = read_with(&mut kept, |read| page_contacts(page.as_bytes(), &url, read));
+        assert_eq!(read, Ok(None));
+        let emails: Vec<&str> = kept.iter().map(|c| c.email.as_str()).collect();
+        assert_eq!(emails, ["e@x.com", "e@x.com", "g@x.com"]);
     }
 
     /// The compact reading of a page of contacts gives what reading it as a JSON value gives, on ordinary and odd
