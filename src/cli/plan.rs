@@ -122,7 +122,7 @@ pub fn run(args: PlanArgs, ctx: &Context) -> Result<i32> {
     let planned = planned?;
     let (plan, warnings, files) = match &planned {
         Planned::Written(w) => {
-            (&w.plan, &w.warnings, Some(Files { plan: &w.out, signature: &w.signature, sha256: w.sha256.as_deref() }))
+            (&w.plan, &w.warnings, Some(Files { plan: &w.out, signature: &w.signature, sha256: Some(&w.sha256) }))
         }
         Planned::Unchanged { plan, warnings } => (plan, warnings, None),
     };
@@ -196,7 +196,6 @@ fn request(args: &PlanArgs, ctx: &Context) -> Result<PlanRequest> {
         max_removal_percent: defaults
             .max_removal_percent
             .unwrap_or(crate::apply::gates::Thresholds::default().max_removal_percent),
-        want_sha256: args.json,
         only_with_changes: args.detailed_exitcode,
     })
 }

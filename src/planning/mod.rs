@@ -66,8 +66,6 @@ pub struct PlanRequest {
     pub allow_empty: bool,
     /// Warn when a plan removes more than this percentage of a group (`max_removal_percent`).
     pub max_removal_percent: f64,
-    /// Whether to give the plan file's SHA-256 in [`WrittenPlan::sha256`] (for a summary that shows it).
-    pub want_sha256: bool,
     /// `plan --detailed-exitcode`: write nothing when no mapping has a change ([`Planned::Unchanged`]).
     pub only_with_changes: bool,
 }
@@ -90,8 +88,8 @@ pub enum Planned {
 pub struct WrittenPlan {
     /// The plan.
     pub plan: Plan,
-    /// The SHA-256 (hex) of the plan file, when the request asked for it.
-    pub sha256: Option<String>,
+    /// The SHA-256 (hex) of the plan file (the digest its signature is made over).
+    pub sha256: String,
     /// The plan file.
     pub out: PathBuf,
     /// The signature file.
@@ -113,7 +111,7 @@ pub fn plan(request: PlanRequest) -> Result<Planned> {
     }
     output::check(&request.out, &request.output)?;
     let (staged, digest) = write::stage_plan(&plan, request.format, &request.out)?;
-    let sha256 = request.want_sha256.then(|| hex::encode(digest));
+    let sha256 = hex::encode(digest);
     phases.lap("plan: encode, hash, write and sync (two threads)");
     let signature = request
         .key

@@ -1,6 +1,6 @@
 //! Writing a plan: encoded on this thread while a second one hashes each chunk (SHA-256, which the signature is
-//! made over and which names the plan) and writes it to a temporary file beside the target. A plan of a million members (130 MB)
-//! is never held whole, and its encoding, hashing and writing overlap.
+//! made over and which names the plan) and writes it to a temporary file beside the target. A plan of a million
+//! members (130 MB) is never held whole, and its encoding, hashing and writing overlap.
 
 use std::io::Write;
 use std::path::Path;
